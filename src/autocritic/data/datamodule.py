@@ -1,0 +1,228 @@
+"""CriticDataModule: local json/jsonl/csv/parquet files or a hub dataset id → validated, tokenized batches.
+
+Batches are right-padded to the longest sequence in the batch (the model pools by attention mask, so the
+padding side does not matter). Pairwise batches stack chosen rows first, then rejected rows: (2B, T).
+After `use_features`, batches carry precomputed final states instead of tokens (the frozen phase's cache).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset
+from transformers import PreTrainedTokenizerBase
+
+from autocritic.data.schemas import check_rows, check_schema, scan_json_lines, scan_text
+from autocritic.data.template import Template
+from autocritic.errors import DataError
+
+BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class DataSettings:
+    schema: str = "pointwise"
+    train_files: list[str] = field(default_factory=list)
+    val_files: list[str] = field(default_factory=list)
+    test_files: list[str] = field(default_factory=list)
+    hub_id: str | None = None
+    hub_splits: dict[str, str] = field(default_factory=lambda: {"train": "train", "val": "validation", "test": "test"})
+    columns: dict[str, str] = field(default_factory=dict)
+    template: str = "{prompt}{response}"
+    max_length: int = 256
+    batch_size: int = 32
+    eval_batch_size: int = 64
+    val_fraction: float = 0.1
+    num_workers: int = 0
+    seed: int = 0
+
+
+class ListDataset(Dataset):
+    def __init__(self, items: list[dict]):
+        self.items = items
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> dict:
+        return self.items[index]
+
+
+def as_list(files) -> list[str]:
+    if files is None:
+        return []
+    return [files] if isinstance(files, str) else [str(f) for f in files]
+
+
+def read_local_file(path: str) -> list[dict]:
+    import datasets
+
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise DataError(f"data file {file} does not exist. Check data.train_files / val_files / test_files.")
+    builder = BUILDERS.get(file.suffix.lower())
+    if builder is None:
+        raise DataError(f"{file}: unsupported extension {file.suffix!r}; use one of {sorted(BUILDERS)}.")
+    if builder == "json" and file.suffix.lower() == ".jsonl":
+        scan_json_lines(file)
+    elif builder != "parquet":
+        scan_text(file)
+    try:
+        return datasets.load_dataset(builder, data_files=str(file), split="train").to_list()
+    except Exception as error:  # datasets/pyarrow raise many types for a malformed file
+        raise DataError(f"{file}: could not be read as {builder}: {error}") from None
+
+
+def read_hub_split(hub_id: str, split: str) -> list[dict] | None:
+    import datasets
+
+    try:
+        return datasets.load_dataset(hub_id, split=split).to_list()
+    except ValueError:
+        return None  # the split does not exist
+    except Exception as error:
+        raise DataError(
+            f"could not load the dataset {hub_id!r} split {split!r}: {error}. Without hub access, download it "
+            "elsewhere and point data.train_files to local files."
+        ) from None
+
+
+class CriticDataModule(L.LightningDataModule):
+    def __init__(self, settings: DataSettings, tokenizer: PreTrainedTokenizerBase):
+        super().__init__()
+        self.settings = settings
+        self.tokenizer = tokenizer
+        self.template = Template(settings.template)
+        check_schema(settings.schema)
+        self.encoded: dict[str, list[dict]] = {}
+        self.features: dict[str, torch.Tensor] = {}
+        self.stats: dict[str, float] = {}
+
+    @property
+    def pairwise(self) -> bool:
+        return self.settings.schema == "pairwise"
+
+    # ---- reading and validation: everything is checked before any compute ----
+    def read_split(self, split: str) -> list[dict]:
+        s = self.settings
+        files = as_list(getattr(s, f"{split}_files"))
+        if files:
+            rows = []
+            for file in files:
+                rows += check_rows(read_local_file(file), s.schema, s.columns, file)
+            return rows
+        if s.hub_id and split in s.hub_splits:
+            raw = read_hub_split(s.hub_id, s.hub_splits[split])
+            return [] if raw is None else check_rows(raw, s.schema, s.columns, f"{s.hub_id}[{s.hub_splits[split]}]")
+        return []
+
+    def prepare_rows(self) -> dict[str, list[dict]]:
+        rows = {split: self.read_split(split) for split in SPLITS}
+        if not rows["train"]:
+            raise DataError("no training rows: set data.train_files (json/jsonl/csv/parquet) or data.hub_id.")
+        if not rows["val"]:
+            shuffled = rows["train"][:]
+            random.Random(self.settings.seed).shuffle(shuffled)
+            n_val = max(1, int(len(shuffled) * self.settings.val_fraction))
+            rows["val"], rows["train"] = shuffled[:n_val], shuffled[n_val:]
+        return rows
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.encoded:
+            return
+        for split, rows in self.prepare_rows().items():
+            self.encoded[split] = self.encode_rows(rows, split)
+
+    # ---- tokenization ----
+    def encode_text(self, prompt: str, response: str) -> tuple[list[int], int, bool]:
+        """Token ids of prompt+response (keeping the end when too long), prompt length, truncated?"""
+        prompt_text = self.template.render_prompt(prompt)
+        ids = self.tokenizer(prompt_text + response)["input_ids"]
+        prompt_len = len(self.tokenizer(prompt_text)["input_ids"])
+        cut = max(0, len(ids) - self.settings.max_length)
+        return ids[cut:], max(0, prompt_len - cut), cut > 0
+
+    def encode_rows(self, rows: list[dict], split: str) -> list[dict]:
+        items, truncated = [], 0
+        for row in rows:
+            if self.pairwise:
+                chosen, chosen_len, cut_c = self.encode_text(row["prompt"], row["chosen"])
+                rejected, rejected_len, cut_r = self.encode_text(row["prompt"], row["rejected"])
+                items.append({"ids": [chosen, rejected], "prompt_len": [chosen_len, rejected_len], "target": 1.0})
+                truncated += cut_c or cut_r
+            else:
+                ids, prompt_len, cut = self.encode_text(row["prompt"], row["response"])
+                target = row["label"] if self.settings.schema == "pointwise" else row["score"]
+                items.append({"ids": [ids], "prompt_len": [prompt_len], "target": target})
+                truncated += cut
+        self.stats[f"data/{split}_examples"] = len(items)
+        self.stats[f"data/{split}_truncated"] = truncated
+        return items
+
+    def collate_tokens(self, batch: list[dict]) -> dict[str, torch.Tensor]:
+        # Pairwise: all chosen rows, then all rejected rows.
+        n_seq = len(batch[0]["ids"])
+        seqs = [(item["ids"][k], item["prompt_len"][k], item["target"]) for k in range(n_seq) for item in batch]
+        length = max(len(ids) for ids, _, _ in seqs)
+        input_ids = torch.full((len(seqs), length), self.tokenizer.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(seqs), length), dtype=torch.long)
+        lm_labels = torch.full((len(seqs), length), -100, dtype=torch.long)
+        for row, (ids, prompt_len, target) in enumerate(seqs):
+            input_ids[row, : len(ids)] = torch.tensor(ids)
+            attention_mask[row, : len(ids)] = 1
+            good = row < len(batch) and target >= 0.5  # chosen rows, or pointwise rows labelled good
+            if good:
+                lm_labels[row, prompt_len : len(ids)] = torch.tensor(ids[prompt_len:], dtype=torch.long)
+        return {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "lm_labels": lm_labels,
+            "target": torch.tensor([item["target"] for item in batch], dtype=torch.float32),
+        }
+
+    @staticmethod
+    def collate_features(batch: list[dict]) -> dict[str, torch.Tensor]:
+        features = torch.stack([item["features"] for item in batch])  # (B, S, H), S = 1 or 2
+        return {
+            "features": features.transpose(0, 1).reshape(-1, features.shape[-1]),  # (S*B, H)
+            "target": torch.tensor([item["target"] for item in batch], dtype=torch.float32),
+        }
+
+    def use_features(self, features: dict[str, torch.Tensor]) -> None:
+        """Serve precomputed final states (split -> (N, S, H)) instead of tokens."""
+        self.features = features
+
+    # ---- loaders ----
+    def loader(self, split: str, shuffle: bool) -> DataLoader:
+        s = self.settings
+        batch_size = s.batch_size if split == "train" else s.eval_batch_size
+        if split in self.features:
+            items = [{"features": f, "target": it["target"]} for f, it in zip(self.features[split], self.encoded[split])]
+            return DataLoader(ListDataset(items), batch_size=batch_size, shuffle=shuffle, collate_fn=self.collate_features)
+        return DataLoader(
+            ListDataset(self.encoded[split]),
+            batch_size=batch_size,
+            shuffle=shuffle,
+            collate_fn=self.collate_tokens,
+            num_workers=s.num_workers,
+        )
+
+    def token_loader(self, split: str) -> DataLoader:
+        """Unshuffled token batches, for computing the feature cache."""
+        return DataLoader(
+            ListDataset(self.encoded[split]), batch_size=self.settings.eval_batch_size, collate_fn=self.collate_tokens
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self.loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self.loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self.loader("test" if self.encoded.get("test") else "val", shuffle=False)

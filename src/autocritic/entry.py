@@ -1,0 +1,50 @@
+"""What every entry point does around its job: run dir, quiet libraries, clear errors, wandb closed."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Callable
+
+from omegaconf import DictConfig, open_dict
+
+from autocritic.errors import AutocriticError
+
+log = logging.getLogger("autocritic")
+
+
+def quiet_libraries() -> None:
+    os.environ.setdefault("WANDB_MODE", "offline")
+    os.environ.setdefault("WANDB_SILENT", "true")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    for name in ("bitsandbytes", "transformers.modeling_utils", "lightning.pytorch.utilities.rank_zero"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def task(job: Callable[[DictConfig], float | None], cfg: DictConfig) -> float | None:
+    """Run `job`; a user mistake ends with its message and exit code 2, never a traceback."""
+    from hydra.core.hydra_config import HydraConfig
+
+    quiet_libraries()
+    if cfg.paths.get("run_dir") is None and HydraConfig.initialized():
+        with open_dict(cfg):
+            cfg.paths.run_dir = HydraConfig.get().runtime.output_dir
+    try:
+        return job(cfg)
+    except AutocriticError as error:
+        log.error("%s", error)
+        print(f"\nautocritic: {error}", file=sys.stderr)
+        sys.exit(2)
+    finally:
+        try:
+            import wandb
+
+            if wandb.run is not None:
+                wandb.finish()
+        except ImportError:
+            pass

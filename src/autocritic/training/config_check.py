@@ -1,0 +1,91 @@
+"""Config validation before any compute: one clear paragraph per mistake (what, where, how to fix)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from omegaconf import DictConfig, OmegaConf
+
+from autocritic.errors import ConfigError
+from autocritic.training.objectives import SCHEMA_OF
+
+PHASES = ("transfer", "finetune", "pretrain", "generate")
+
+
+def positive(x) -> bool:
+    return x > 0
+
+
+def fraction(x) -> bool:
+    return 0 <= x < 1
+
+
+# key: (expected types, predicate on the value, what a good value looks like)
+RULES: dict[str, tuple[tuple[type, ...], Callable | None, str]] = {
+    "seed": ((int,), None, "an integer"),
+    "phase.lr": ((float, int), positive, "a positive number such as 1e-3"),
+    "phase.max_epochs": ((int,), positive, "a positive integer"),
+    "phase.weight_decay": ((float, int), lambda x: x >= 0, "a number ≥ 0"),
+    "phase.warmup_steps": ((int,), lambda x: x >= 0, "an integer ≥ 0"),
+    "phase.freeze_backbone": ((bool,), None, "true or false"),
+    "phase.cache_features": ((bool,), None, "true or false"),
+    "phase.optimizer": ((str,), lambda x: x in ("adamw", "adamw8bit"), "adamw or adamw8bit"),
+    "data.batch_size": ((int,), positive, "a positive integer"),
+    "data.eval_batch_size": ((int,), positive, "a positive integer"),
+    "data.max_length": ((int,), positive, "a positive integer"),
+    "data.val_fraction": ((float,), lambda x: 0 < x < 1, "a number in (0, 1)"),
+    "data.template": ((str,), None, "a string with {prompt} and a final {response}"),
+    "head.kind": ((str,), lambda x: x in ("linear", "mlp"), "linear or mlp"),
+    "head.dropout": ((float, int), fraction, "a number in [0, 1)"),
+    "head.hidden_dim": ((int,), lambda x: x >= 0, "an integer ≥ 0"),
+    "objective.kind": ((str,), lambda x: x in SCHEMA_OF, f"one of {list(SCHEMA_OF)}"),
+    "objective.margin": ((float, int), None, "a number"),
+    "objective.center_coef": ((float, int), lambda x: x >= 0, "a number ≥ 0"),
+    "objective.lm_weight": ((float, int), lambda x: x >= 0, "a number ≥ 0"),
+    "model.name_or_path": ((str,), lambda x: bool(x.strip()), "a hub id or a local directory"),
+    "model.dtype": ((str,), lambda x: x in ("float32", "bfloat16", "float16"), "float32, bfloat16 or float16"),
+    "model.trust_remote_code": ((bool,), None, "true or false"),
+    "peft.mode": ((str,), lambda x: x in ("none", "lora"), "none or lora"),
+    "peft.r": ((int,), positive, "a positive integer"),
+    "peft.alpha": ((int, float), positive, "a positive number"),
+}
+
+
+def check_value(cfg: DictConfig, key: str) -> None:
+    value = OmegaConf.select(cfg, key, default=None)
+    if value is None:
+        return
+    types, predicate, expected = RULES[key]
+    is_bool = isinstance(value, bool)
+    ok = isinstance(value, types) and (bool in types or not is_bool) and (predicate is None or predicate(value))
+    if not ok:
+        raise ConfigError(f"{key}={value!r} is not valid: expected {expected}. Override it, e.g. `{key}=<value>`.")
+
+
+def check_config(cfg: DictConfig) -> None:
+    phase = OmegaConf.select(cfg, "phase.name")
+    if phase not in PHASES:
+        raise ConfigError(f"phase={phase!r} is unknown: use one of {list(PHASES)}, e.g. `python train.py phase=transfer`.")
+    for key in RULES:
+        check_value(cfg, key)
+    if phase in ("pretrain", "generate"):
+        return
+    schema, kind = cfg.data.schema, cfg.objective.kind
+    if SCHEMA_OF[kind] != schema:
+        raise ConfigError(
+            f"objective={kind} needs {SCHEMA_OF[kind]} data but data.schema={schema}: use objective="
+            f"{[k for k, s in SCHEMA_OF.items() if s == schema][0]} or data of the {SCHEMA_OF[kind]} schema."
+        )
+    if cfg.phase.freeze_backbone and cfg.objective.lm_weight > 0:
+        raise ConfigError(
+            "objective.lm_weight>0 trains the language model, but phase=transfer freezes it: use it with "
+            "phase=finetune, or set objective.lm_weight=0."
+        )
+    if cfg.phase.freeze_backbone and cfg.peft.mode != "none":
+        raise ConfigError("peft=lora trains adapters, but phase=transfer freezes the backbone: use phase=finetune.")
+    quant = OmegaConf.select(cfg, "quantization.mode", default="none")
+    if quant != "none" and not cfg.phase.freeze_backbone and cfg.peft.mode == "none":
+        raise ConfigError(
+            f"quantization={quant} with peft=none would fully fine-tune a quantized model, which cannot be trained: "
+            "use peft=lora (QLoRA) or quantization=none."
+        )

@@ -1,0 +1,113 @@
+"""CriticModule: the LightningModule shared by both phases. What is frozen is decided before it is built."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import lightning as L
+import torch
+from torch import nn
+
+from autocritic.errors import AutocriticError
+from autocritic.model.backbone import unwrap
+from autocritic.training.metrics import make_metrics, update_metrics
+from autocritic.training.objectives import ObjectiveSettings, critic_loss, lm_loss
+
+
+class NonFiniteLossError(AutocriticError):
+    pass
+
+
+@dataclass
+class OptimSettings:
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    optimizer: str = "adamw"  # "adamw" | "adamw8bit" (bitsandbytes)
+
+
+class CriticModule(L.LightningModule):
+    def __init__(self, critic: nn.Module, objective: ObjectiveSettings, optim: OptimSettings, backbone_frozen: bool):
+        super().__init__()
+        self.critic = critic  # a CriticModel, or a PeftModel around one
+        self.objective = objective
+        self.optim = optim
+        self.backbone_frozen = backbone_frozen
+        self.metrics = nn.ModuleDict({split: make_metrics(objective.kind) for split in ("train_", "val_", "test_")})
+        # Checkpoints hold trainable weights only (see on_save_checkpoint), so loading is not strict.
+        self.strict_loading = False
+
+    def on_train_epoch_start(self) -> None:
+        # Lightning restores each submodule's own mode; a frozen backbone must stay in eval (dropout off).
+        if self.backbone_frozen:
+            unwrap(self.critic).backbone.eval()
+
+    def step(self, batch: dict, split: str) -> torch.Tensor:
+        target = batch["target"]
+        lm_term = None
+        if "features" in batch:
+            scores = unwrap(self.critic).score_features(batch["features"])
+        else:
+            want_logits = self.objective.lm_weight > 0 and not self.backbone_frozen
+            out = self.critic(
+                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], return_logits=want_logits
+            )
+            scores = out.score
+            if want_logits:
+                lm_term = lm_loss(out.logits, batch["lm_labels"])
+        loss = critic_loss(self.objective, scores, target)
+        batch_size = target.shape[0]
+        if lm_term is not None:
+            self.log(f"{split}/lm_loss", lm_term, batch_size=batch_size)
+            loss = loss + self.objective.lm_weight * lm_term
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(
+                f"the {split} loss became {loss.item()} at step {self.global_step}: training stopped. The last "
+                "good checkpoint (last.ckpt) is intact. Lower the learning rate (phase.lr), enable gradient "
+                "clipping (trainer.gradient_clip_val), or use precision=32."
+            )
+        metrics = self.metrics[f"{split}_"]
+        update_metrics(metrics, self.objective.kind, scores, target)
+        self.log(f"{split}/loss", loss, prog_bar=split != "test", batch_size=batch_size)
+        self.log_dict({f"{split}/{k}": m for k, m in metrics.items()}, batch_size=batch_size)
+        if split != "train":
+            self.log(f"{split}/score_mean", scores.detach().mean(), batch_size=batch_size)
+        return loss
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        return self.step(batch, "train")
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self.step(batch, "val")
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self.step(batch, "test")
+
+    def configure_optimizers(self):
+        decay, no_decay = [], []
+        for name, param in self.critic.named_parameters():
+            if param.requires_grad:
+                (decay if param.ndim >= 2 else no_decay).append(param)
+        groups = [
+            {"params": decay, "weight_decay": self.optim.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
+        if self.optim.optimizer == "adamw8bit":
+            import bitsandbytes as bnb
+
+            optimizer = bnb.optim.AdamW8bit(groups, lr=self.optim.lr)
+        else:
+            optimizer = torch.optim.AdamW(groups, lr=self.optim.lr)
+        if not self.optim.warmup_steps:
+            return optimizer
+        warmup = self.optim.warmup_steps
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # A frozen 7B backbone must not be copied into every checkpoint: keep trainable weights and buffers only.
+        trainable = {f"critic.{n}" for n, p in self.critic.named_parameters() if p.requires_grad}
+        frozen = {f"critic.{n}" for n, p in self.critic.named_parameters() if not p.requires_grad}
+        checkpoint["state_dict"] = {
+            k: v for k, v in checkpoint["state_dict"].items() if k in trainable or k not in frozen
+        }

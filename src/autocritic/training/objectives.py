@@ -1,0 +1,59 @@
+"""Critic objectives: pointwise BCE, scalar MSE, pairwise Bradley–Terry, and the optional joint LM loss."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from autocritic.errors import ConfigError
+
+KINDS = ("bce", "mse", "pairwise")
+SCHEMA_OF = {"bce": "pointwise", "mse": "scalar", "pairwise": "pairwise"}
+
+
+@dataclass
+class ObjectiveSettings:
+    kind: str = "bce"
+    margin: float = 0.0  # pairwise: required gap between chosen and rejected scores
+    center_coef: float = 0.0  # pairwise: weight of mean((s_c + s_r)^2), keeps rewards centred (TRL uses 1e-2)
+    lm_weight: float = 0.0  # λ of the joint LM loss on good / chosen responses (Cobbe et al.)
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ConfigError(f"objective.kind={self.kind!r} is unknown: use one of {list(KINDS)}.")
+
+
+def pointwise_bce(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    return F.binary_cross_entropy_with_logits(scores, labels)
+
+
+def scalar_mse(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return F.mse_loss(scores, targets)
+
+
+def bradley_terry(chosen: torch.Tensor, rejected: torch.Tensor, margin: float = 0.0, center_coef: float = 0.0) -> torch.Tensor:
+    loss = -F.logsigmoid(chosen - rejected - margin).mean()
+    if center_coef:
+        loss = loss + center_coef * ((chosen + rejected) ** 2).mean()
+    return loss
+
+
+def lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Next-token cross-entropy on the positions whose label is not -100 (response tokens of good rows)."""
+    shift_logits = logits[:, :-1].float()  # (B, T-1, V)
+    shift_labels = labels[:, 1:]
+    if not (shift_labels != -100).any():
+        return shift_logits.sum() * 0.0
+    return F.cross_entropy(shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels.reshape(-1), ignore_index=-100)
+
+
+def critic_loss(settings: ObjectiveSettings, scores: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """scores: (B,) or, for pairwise, (2B,) with chosen rows first."""
+    if settings.kind == "bce":
+        return pointwise_bce(scores, target)
+    if settings.kind == "mse":
+        return scalar_mse(scores, target)
+    chosen, rejected = scores.chunk(2)
+    return bradley_terry(chosen, rejected, settings.margin, settings.center_coef)

@@ -1,0 +1,222 @@
+"""`python train.py`: build everything from the config, train, test the best checkpoint, export.
+
+Phases are configuration: `phase.freeze_backbone` decides what trains, `phase.init_from` where the head starts,
+`peft` whether LoRA wraps the model. The offline phases (pretrain, generate) live in `autocritic.offline`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar, TQDMProgressBar
+from omegaconf import DictConfig, OmegaConf
+
+from autocritic.data.datamodule import CriticDataModule, DataSettings, as_list
+from autocritic.errors import CheckpointError, ConfigError
+from autocritic.model.backbone import (
+    LoraSettings,
+    apply_lora,
+    count_parameters,
+    freeze,
+    load_backbone,
+    load_tokenizer,
+)
+from autocritic.model.critic import CriticModel
+from autocritic.model.export import CONFIG_NAME, load_head, read_critic_config, save_critic
+from autocritic.model.head import HeadSettings
+from autocritic.training.config_check import check_config
+from autocritic.training.feature_cache import cache_key, load_or_compute
+from autocritic.training.module import CriticModule, OptimSettings
+from autocritic.training.objectives import ObjectiveSettings
+
+log = logging.getLogger("autocritic")
+
+
+def latest(pattern: str, root: Path) -> Path | None:
+    found = sorted(root.glob(pattern), key=lambda p: p.stat().st_mtime)
+    return found[-1] if found else None
+
+
+def find_start_export(cfg: DictConfig) -> Path | None:
+    """phase=finetune starts from `ckpt` or, if unset, the latest transfer export."""
+    if cfg.phase.init_from is None:
+        return None
+    if cfg.ckpt:
+        path = Path(cfg.ckpt)
+        read_critic_config(path)
+        return path
+    found = latest(f"{cfg.phase.init_from}/*/export/{CONFIG_NAME}", Path(cfg.paths.outputs))
+    if found is None:
+        raise CheckpointError(
+            f"phase={cfg.phase.name} starts from a {cfg.phase.init_from} checkpoint, but none was found under "
+            f"{cfg.paths.outputs}/{cfg.phase.init_from}/. Run `python train.py phase={cfg.phase.init_from}` first, "
+            "or pass ckpt=<export dir>."
+        )
+    return found.parent
+
+
+def find_resume(cfg: DictConfig) -> str | None:
+    if cfg.resume in (None, "", "none"):
+        return None
+    if cfg.resume == "auto":
+        found = latest(f"{cfg.phase.name}/*/checkpoints/last.ckpt", Path(cfg.paths.outputs))
+        if found is None:
+            log.info("resume=auto: no earlier %s run to resume, starting fresh", cfg.phase.name)
+        return str(found) if found else None
+    if not Path(cfg.resume).is_file():
+        raise CheckpointError(f"resume={cfg.resume!r} is not a file: pass a last.ckpt path or resume=auto.")
+    return str(cfg.resume)
+
+
+def data_settings(cfg: DictConfig) -> DataSettings:
+    keys = DataSettings.__dataclass_fields__
+    values = {k: v for k, v in OmegaConf.to_container(cfg.data, resolve=True).items() if k in keys}
+    return DataSettings(**values, seed=cfg.seed)
+
+
+def build_critic(cfg: DictConfig, start: Path | None) -> tuple[torch.nn.Module, HeadSettings]:
+    quantization = None
+    if OmegaConf.select(cfg, "quantization.mode", default="none") != "none":
+        from autocritic.model.quantization import QuantizationSettings
+
+        quantization = QuantizationSettings(**OmegaConf.to_container(cfg.quantization, resolve=True))
+    backbone = load_backbone(cfg.model.name_or_path, cfg.model.dtype, cfg.model.trust_remote_code, quantization)
+    if start is not None:
+        head_settings = HeadSettings(**read_critic_config(start)["head"])
+        head = load_head(start, backbone.config.hidden_size, head_settings)
+    else:
+        head_settings = HeadSettings(**OmegaConf.to_container(cfg.head, resolve=True))
+        head = None
+    critic = CriticModel(backbone, head, head_settings)
+    if cfg.phase.freeze_backbone:
+        freeze(critic.backbone)
+        return critic, head_settings
+    critic.backbone.train()  # from_pretrained returns eval mode: dropout would silently stay off
+    if quantization is not None:
+        from autocritic.model.quantization import prepare_for_kbit_training
+
+        prepare_for_kbit_training(critic.backbone, cfg.model.gradient_checkpointing)
+    elif cfg.model.gradient_checkpointing:
+        critic.backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if cfg.peft.mode == "lora":
+        lora = LoraSettings(**{k: v for k, v in OmegaConf.to_container(cfg.peft).items() if k != "mode"})
+        return apply_lora(critic, lora), head_settings
+    return critic, head_settings
+
+
+def attach_feature_cache(cfg: DictConfig, critic: CriticModel, datamodule: CriticDataModule) -> None:
+    files = as_list(cfg.data.train_files) + as_list(cfg.data.val_files) + as_list(cfg.data.test_files)
+    key = cache_key(
+        cfg.model.name_or_path,
+        files,
+        cfg.data.template,
+        cfg.data.max_length,
+        {"dtype": cfg.model.dtype, "schema": cfg.data.schema, "hub": cfg.data.hub_id, "columns": dict(cfg.data.columns),
+         "quantization": OmegaConf.to_container(cfg.quantization), "seed": cfg.seed},
+    )
+    device = torch.device("cuda" if torch.cuda.is_available() and cfg.trainer.accelerator in ("auto", "gpu", "cuda") else "cpu")
+    features, hit = load_or_compute(critic.to(device), datamodule, cfg.paths.cache, key, device)
+    critic.to("cpu")
+    log.info("feature cache %s (%s)", "hit" if hit else "written", key)
+    datamodule.use_features(features)
+
+
+def build_trainer(cfg: DictConfig, run_dir: Path) -> tuple[L.Trainer, ModelCheckpoint]:
+    checkpoint = ModelCheckpoint(
+        dirpath=run_dir / "checkpoints",
+        filename="best",
+        monitor=cfg.objective.monitor,
+        mode=cfg.objective.mode,
+        save_top_k=cfg.checkpoint.save_top_k,
+        save_last=True,
+        every_n_train_steps=cfg.checkpoint.every_n_train_steps,
+    )
+    callbacks: list = [checkpoint]
+    if cfg.progress_bar == "rich":
+        callbacks.append(RichProgressBar())
+    elif cfg.progress_bar == "tqdm":
+        callbacks.append(TQDMProgressBar())
+    logger = False
+    if "_target_" in cfg.logger:
+        save_dir = {"save_dir": str(run_dir)}
+        logger = instantiate(cfg.logger, **save_dir)
+    trainer = instantiate(
+        cfg.trainer,
+        callbacks=callbacks,
+        logger=logger,
+        default_root_dir=str(run_dir),
+        enable_progress_bar=cfg.progress_bar != "none",
+    )
+    return trainer, checkpoint
+
+
+def ensure_offline_inputs(cfg: DictConfig) -> None:
+    """The offline default builds its backbone and critic data on first use."""
+    if not (cfg.model.get("offline_default") or cfg.data.get("offline_default")):
+        return
+    from autocritic.offline.pipeline import ensure_backbone, ensure_critic_data
+
+    if cfg.model.get("offline_default"):
+        ensure_backbone(cfg, force=False)
+    if cfg.data.get("offline_default"):
+        ensure_critic_data(cfg, force=False)
+
+
+def train(cfg: DictConfig) -> float | None:
+    check_config(cfg)
+    run_dir = Path(cfg.paths.run_dir or cfg.paths.outputs)
+    if cfg.phase.name in ("pretrain", "generate"):
+        from autocritic.offline.pipeline import run_offline_phase
+
+        return run_offline_phase(cfg)
+    ensure_offline_inputs(cfg)
+    start = find_start_export(cfg)
+    resume = find_resume(cfg)
+    L.seed_everything(cfg.seed, workers=True)
+
+    tokenizer = load_tokenizer(cfg.model.name_or_path, cfg.model.trust_remote_code)
+    datamodule = CriticDataModule(data_settings(cfg), tokenizer)
+    datamodule.setup()  # reads and validates every row before the model is loaded
+    critic, head_settings = build_critic(cfg, start)
+    if cfg.phase.freeze_backbone and cfg.phase.cache_features:
+        attach_feature_cache(cfg, critic, datamodule)
+
+    module = CriticModule(
+        critic,
+        ObjectiveSettings(**{k: v for k, v in OmegaConf.to_container(cfg.objective).items() if k not in ("monitor", "mode")}),
+        OptimSettings(lr=cfg.phase.lr, weight_decay=cfg.phase.weight_decay, warmup_steps=cfg.phase.warmup_steps, optimizer=cfg.phase.optimizer),
+        backbone_frozen=cfg.phase.freeze_backbone,
+    )
+    trainer, checkpoint = build_trainer(cfg, run_dir)
+    params = {f"params/{k}": v for k, v in count_parameters(critic).items()}
+    log.info("parameters: %s", ", ".join(f"{k.split('/')[1]} {v:,}" for k, v in params.items()))
+    if trainer.logger:
+        trainer.logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True) | params | datamodule.stats)
+
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
+    best = checkpoint.best_model_path or None
+    if cfg.trainer.fast_dev_run:
+        best = None  # fast_dev_run saves no checkpoint
+    tested = trainer.test(module, datamodule=datamodule, ckpt_path=best, weights_only=False) if best else trainer.test(module, datamodule=datamodule)
+    metrics = tested[0] if tested else {}
+    backbone_mode = "frozen" if cfg.phase.freeze_backbone else ("lora" if cfg.peft.mode == "lora" else "full")
+    export = save_critic(
+        module.critic,
+        tokenizer,
+        run_dir / "export",
+        backbone_name_or_path=str(Path(cfg.model.name_or_path).resolve()) if Path(cfg.model.name_or_path).exists() else cfg.model.name_or_path,
+        head_settings=head_settings,
+        template=cfg.data.template,
+        backbone_mode=backbone_mode,
+        extra={"phase": cfg.phase.name, "test_metrics": metrics, "started_from": str(start) if start else None},
+    )
+    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    log.info("export written to %s", export)
+    monitor = cfg.objective.monitor
+    value = trainer.callback_metrics.get(monitor, metrics.get(monitor.replace("val/", "test/")))
+    return float(value) if value is not None else None

@@ -1,0 +1,23 @@
+"""Train the auto-critic. Examples:
+
+    python train.py phase=transfer                 # head only, backbone frozen (offline default)
+    python train.py phase=finetune peft=lora       # whole model through LoRA, from the transfer export
+    python train.py phase=finetune peft=none       # full fine-tuning
+    python train.py phase=pretrain | phase=generate  # rebuild the offline backbone / self-labelled data
+"""
+
+import hydra
+from omegaconf import DictConfig
+
+from autocritic.entry import task
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    from autocritic.training.run import train
+
+    return task(train, cfg)
+
+
+if __name__ == "__main__":
+    main()
