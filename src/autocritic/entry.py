@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import warnings
 from collections.abc import Callable
 
 from omegaconf import DictConfig, open_dict
@@ -15,6 +16,9 @@ log = logging.getLogger("autocritic")
 
 
 def quiet_libraries() -> None:
+    warnings.filterwarnings("ignore", message=r".*LeafSpec.* is deprecated")
+    # The frozen phase keeps its backbone in eval mode on purpose.
+    warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
     os.environ.setdefault("WANDB_MODE", "offline")
     os.environ.setdefault("WANDB_SILENT", "true")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -24,6 +28,10 @@ def quiet_libraries() -> None:
 
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
+    import datasets
+
+    datasets.disable_progress_bars()
+    datasets.utils.logging.set_verbosity_error()
 
 
 def task(job: Callable[[DictConfig], float | None], cfg: DictConfig) -> float | None:

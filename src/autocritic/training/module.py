@@ -69,10 +69,25 @@ class CriticModule(L.LightningModule):
         metrics = self.metrics[f"{split}_"]
         update_metrics(metrics, self.objective.kind, scores, target)
         self.log(f"{split}/loss", loss, prog_bar=split != "test", batch_size=batch_size)
-        self.log_dict({f"{split}/{k}": m for k, m in metrics.items()}, batch_size=batch_size)
         if split != "train":
             self.log(f"{split}/score_mean", scores.detach().mean(), batch_size=batch_size)
         return loss
+
+    def log_epoch_metrics(self, split: str) -> None:
+        # Computed once per epoch: logging metric objects at every step costs more than a head step on features.
+        metrics = self.metrics[f"{split}_"]
+        if metrics[next(iter(metrics.keys()))].update_count:
+            self.log_dict({f"{split}/{k}": v for k, v in metrics.compute().items()}, sync_dist=True)
+        metrics.reset()
+
+    def on_train_epoch_end(self) -> None:
+        self.log_epoch_metrics("train")
+
+    def on_validation_epoch_end(self) -> None:
+        self.log_epoch_metrics("val")
+
+    def on_test_epoch_end(self) -> None:
+        self.log_epoch_metrics("test")
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         return self.step(batch, "train")
@@ -111,3 +126,14 @@ class CriticModule(L.LightningModule):
         checkpoint["state_dict"] = {
             k: v for k, v in checkpoint["state_dict"].items() if k in trainable or k not in frozen
         }
+        # Dropout draws from the global RNG, which Lightning does not checkpoint: a resumed run continues its stream.
+        checkpoint["rng_state"] = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            checkpoint["rng_state"]["cuda"] = torch.cuda.get_rng_state_all()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        state = checkpoint.get("rng_state")
+        if state is not None:
+            torch.set_rng_state(state["torch"])
+            if "cuda" in state and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(state["cuda"])
