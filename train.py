@@ -6,10 +6,13 @@
     python train.py phase=pretrain | phase=generate  # rebuild the offline backbone / self-labelled data
 """
 
+import sys
+
 import hydra
 from omegaconf import DictConfig
 
 from autocritic.entry import task
+from autocritic.training.sweep_args import sanitize_overrides
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
@@ -20,4 +23,5 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    sys.argv[1:] = sanitize_overrides(sys.argv[1:])  # safe for wandb sweep agents, a no-op otherwise
     main()

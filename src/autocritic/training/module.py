@@ -68,9 +68,9 @@ class CriticModule(L.LightningModule):
             )
         metrics = self.metrics[f"{split}_"]
         update_metrics(metrics, self.objective.kind, scores, target)
-        self.log(f"{split}/loss", loss, prog_bar=split != "test", batch_size=batch_size)
+        self.log(f"{split}/loss", loss, prog_bar=split != "test", batch_size=batch_size, sync_dist=split != "train")
         if split != "train":
-            self.log(f"{split}/score_mean", scores.detach().mean(), batch_size=batch_size)
+            self.log(f"{split}/score_mean", scores.detach().mean(), batch_size=batch_size, sync_dist=True)
         return loss
 
     def log_epoch_metrics(self, split: str) -> None:

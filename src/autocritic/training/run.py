@@ -12,7 +12,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar, TQDMProgressBar
 from omegaconf import DictConfig, OmegaConf
 
@@ -134,9 +134,19 @@ def build_trainer(cfg: DictConfig, run_dir: Path) -> tuple[L.Trainer, ModelCheck
         mode=cfg.objective.mode,
         save_top_k=cfg.checkpoint.save_top_k,
         save_last=True,
-        every_n_train_steps=cfg.checkpoint.every_n_train_steps,
     )
     callbacks: list = [checkpoint]
+    if cfg.checkpoint.every_n_train_steps:
+        # A callback with a monitor defers step saves until validation has run (end of epoch): this one, without
+        # a monitor, writes last.ckpt every n steps, so a crash mid-epoch loses at most n steps.
+        callbacks.append(
+            ModelCheckpoint(
+                dirpath=run_dir / "checkpoints",
+                save_top_k=0,
+                save_last=True,
+                every_n_train_steps=cfg.checkpoint.every_n_train_steps,
+            )
+        )
     if cfg.progress_bar == "rich":
         callbacks.append(RichProgressBar())
     elif cfg.progress_bar == "tqdm":
@@ -147,12 +157,32 @@ def build_trainer(cfg: DictConfig, run_dir: Path) -> tuple[L.Trainer, ModelCheck
         logger = instantiate(cfg.logger, **save_dir)
     trainer = instantiate(
         cfg.trainer,
+        strategy=build_strategy(cfg.trainer.get("strategy")),
         callbacks=callbacks,
         logger=logger,
         default_root_dir=str(run_dir),
         enable_progress_bar=cfg.progress_bar != "none",
     )
     return trainer, checkpoint
+
+
+LAYER_POLICIES = ("auto_wrap_policy", "activation_checkpointing_policy")
+
+
+def build_strategy(spec):
+    """A strategy name passes through; a `_target_` spec is built, its layer-class names resolved to classes."""
+    if spec is None:
+        return "auto"
+    if isinstance(spec, str) or "_target_" not in spec:
+        return spec
+    layer_sets = {k: {get_class(name) for name in spec[k]} for k in LAYER_POLICIES if spec.get(k)}
+    try:
+        return instantiate(spec, **layer_sets)
+    except Exception as error:  # a missing optional backend (deepspeed) or a bad argument
+        raise ConfigError(
+            f"trainer.strategy {spec._target_} could not be built: {error}. Install its backend on this machine "
+            "(e.g. pip install deepspeed) or choose trainer=default / trainer=ddp."
+        ) from None
 
 
 def ensure_offline_inputs(cfg: DictConfig) -> None:
@@ -204,6 +234,10 @@ def train(cfg: DictConfig) -> float | None:
         best = None  # fast_dev_run saves no checkpoint
     tested = trainer.test(module, datamodule=datamodule, ckpt_path=best, weights_only=False) if best else trainer.test(module, datamodule=datamodule)
     metrics = tested[0] if tested else {}
+    monitor = cfg.objective.monitor
+    value = trainer.callback_metrics.get(monitor, metrics.get(monitor.replace("val/", "test/")))
+    if not trainer.is_global_zero:
+        return None  # one export per run, written by rank 0
     backbone_mode = "frozen" if cfg.phase.freeze_backbone else ("lora" if cfg.peft.mode == "lora" else "full")
     export = save_critic(
         module.critic,
@@ -217,6 +251,4 @@ def train(cfg: DictConfig) -> float | None:
     )
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     log.info("export written to %s", export)
-    monitor = cfg.objective.monitor
-    value = trainer.callback_metrics.get(monitor, metrics.get(monitor.replace("val/", "test/")))
     return float(value) if value is not None else None

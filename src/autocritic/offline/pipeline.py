@@ -1,0 +1,70 @@
+"""Hydra wiring of the offline default: `phase=pretrain`, `phase=generate`, and building both on first use.
+
+    data/offline/backbone/   tiny Falcon + tokenizer (save_pretrained), build_info.json
+    data/offline/critic/     self-labelled answers: {train,val,test}.jsonl, pairs_*.jsonl, card.json
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from autocritic.errors import ConfigError
+from autocritic.offline.generate import CARD, GenerateSettings, build_critic_data
+from autocritic.offline.pretrain import BUILD_INFO, PretrainSettings, build_backbone
+
+log = logging.getLogger("autocritic")
+
+
+def settings_from(cls, cfg: DictConfig | None, where: str):
+    values = OmegaConf.to_container(cfg, resolve=True) if cfg is not None else {}
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ConfigError(f"{where} has unknown keys {unknown}; known keys: {sorted(known)}.")
+    for name, value in values.items():
+        if isinstance(value, list) and isinstance(known[name].default, tuple):
+            values[name] = tuple(value)
+    return cls(**values)
+
+
+def backbone_dir(cfg: DictConfig) -> Path:
+    return Path(cfg.paths.offline) / "backbone"
+
+
+def critic_dir(cfg: DictConfig) -> Path:
+    return Path(cfg.paths.offline) / "critic"
+
+
+def ensure_backbone(cfg: DictConfig, force: bool) -> Path:
+    settings = settings_from(PretrainSettings, cfg.offline.get("pretrain"), "offline.pretrain")
+    out = backbone_dir(cfg)
+    log.info("offline backbone: %s %s", "rebuilding" if force else "checking", out)
+    build_backbone(settings, out, force=force, progress=cfg.progress_bar != "none")
+    info = json.loads((out / BUILD_INFO).read_text())
+    log.info("offline backbone ready: %s", {k: v for k, v in info.items() if k != "settings"})
+    return out
+
+
+def ensure_critic_data(cfg: DictConfig, force: bool) -> Path:
+    backbone = ensure_backbone(cfg, force=False)
+    settings = settings_from(GenerateSettings, cfg.offline.get("generate"), "offline.generate")
+    out = critic_dir(cfg)
+    log.info("self-labelled critic data: %s %s", "rebuilding" if force else "checking", out)
+    build_critic_data(backbone, settings, out, force=force, progress=cfg.progress_bar != "none")
+    card = json.loads((out / CARD).read_text())
+    log.info("critic data ready: %s", json.dumps(card.get("splits", {})))
+    return out
+
+
+def run_offline_phase(cfg: DictConfig) -> None:
+    force = bool(cfg.phase.get("force", True))
+    if cfg.phase.name == "pretrain":
+        ensure_backbone(cfg, force=force)
+    else:
+        ensure_critic_data(cfg, force=force)
+    return None
