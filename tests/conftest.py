@@ -14,18 +14,24 @@ os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import torch  # noqa: E402
+
+# Tiny models on a shared 2-core box: one thread each avoids oversubscription (a 30 ms generate took 2 s).
+torch.set_num_threads(1)
+
 CHARS = list("0123456789+-*/^().=?: QAabcdefghijklmnopqrstuvwxyz\n")
 
 
 def build_tiny_backbone(out_dir: Path, seed: int = 0) -> Path:
     """A character-level tokenizer and a 2-layer, 64-dim Falcon saved with `save_pretrained`."""
     import torch
-    from tokenizers import Tokenizer, models, pre_tokenizers
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import FalconConfig, FalconForCausalLM, PreTrainedTokenizerFast
 
     vocab = {"<eos>": 0, "<unk>": 1} | {c: i + 2 for i, c in enumerate(CHARS)}
     core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     core.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
+    core.decoder = decoders.Fuse()  # decode "ab" as "ab", not "a b"
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, eos_token="<eos>", unk_token="<unk>")
     tokenizer.save_pretrained(out_dir)
     torch.manual_seed(seed)

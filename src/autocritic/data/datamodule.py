@@ -7,13 +7,14 @@ After `use_features`, batches carry precomputed final states instead of tokens (
 
 from __future__ import annotations
 
+import csv
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 from transformers import PreTrainedTokenizerBase
 
 from autocritic.data.schemas import check_rows, check_schema, scan_json_lines, scan_text
@@ -53,6 +54,25 @@ class ListDataset(Dataset):
         return self.items[index]
 
 
+class EpochShuffle(Sampler[int]):
+    """A permutation drawn from (seed, epoch) alone, so a run resumed at an epoch boundary sees the same order as
+    an uninterrupted one (`shuffle=True` draws from the global RNG, which a checkpoint does not restore).
+    Lightning calls `set_epoch` before each epoch."""
+
+    def __init__(self, size: int, seed: int):
+        self.size, self.seed, self.epoch = size, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        return iter(torch.randperm(self.size, generator=generator).tolist())
+
+
 def as_list(files) -> list[str]:
     if files is None:
         return []
@@ -68,10 +88,17 @@ def read_local_file(path: str) -> list[dict]:
     builder = BUILDERS.get(file.suffix.lower())
     if builder is None:
         raise DataError(f"{file}: unsupported extension {file.suffix!r}; use one of {sorted(BUILDERS)}.")
+    if file.stat().st_size == 0:
+        raise DataError(f"{file} is empty.")
     if builder == "json" and file.suffix.lower() == ".jsonl":
         scan_json_lines(file)
     elif builder != "parquet":
         scan_text(file)
+    if builder == "csv":
+        # Every cell as text: pandas' type inference makes a numeric response an int, and one bad label turns the
+        # whole column into strings (the error would then blame row 1). Numbers are parsed by check_row.
+        with file.open(newline="", encoding="utf-8-sig") as handle:  # -sig: Excel writes a BOM
+            return [dict(row) for row in csv.DictReader(handle)]
     try:
         return datasets.load_dataset(builder, data_files=str(file), split="train").to_list()
     except Exception as error:  # datasets/pyarrow raise many types for a malformed file
@@ -201,13 +228,14 @@ class CriticDataModule(L.LightningDataModule):
     def loader(self, split: str, shuffle: bool) -> DataLoader:
         s = self.settings
         batch_size = s.batch_size if split == "train" else s.eval_batch_size
+        sampler = EpochShuffle(len(self.encoded[split]), s.seed) if shuffle else None
         if split in self.features:
-            items = [{"features": f, "target": it["target"]} for f, it in zip(self.features[split], self.encoded[split])]
-            return DataLoader(ListDataset(items), batch_size=batch_size, shuffle=shuffle, collate_fn=self.collate_features)
+            items = [{"features": f, "target": it["target"]} for f, it in zip(self.features[split], self.encoded[split], strict=True)]
+            return DataLoader(ListDataset(items), batch_size=batch_size, sampler=sampler, collate_fn=self.collate_features)
         return DataLoader(
             ListDataset(self.encoded[split]),
             batch_size=batch_size,
-            shuffle=shuffle,
+            sampler=sampler,
             collate_fn=self.collate_tokens,
             num_workers=s.num_workers,
         )

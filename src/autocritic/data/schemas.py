@@ -35,13 +35,15 @@ def check_row(row: Mapping, schema: str, columns: Mapping[str, str], where: str)
     out = {}
     for field in check_schema(schema):
         column = columns.get(field, field)
-        if column not in row or row[column] is None:
+        if column not in row:
             present = ", ".join(sorted(map(str, row))) or "none"
             raise DataError(
                 f"{where}: missing column {column!r} (schema {schema} needs {list(SCHEMAS[schema])}; columns "
                 f"present: {present}). Rename the column or map it with data.columns.{field}=<name>."
             )
         value = row[column]
+        if value is None:
+            raise DataError(f"{where}: column {column!r} has no value (an empty cell, or a key missing in this row)")
         if field in TEXT_FIELDS:
             if not isinstance(value, str):
                 raise DataError(f"{where}: column {column!r} must be text, got {type(value).__name__} {value!r}.")
@@ -50,6 +52,11 @@ def check_row(row: Mapping, schema: str, columns: Mapping[str, str], where: str)
         else:
             if isinstance(value, bool):
                 value = int(value)
+            if isinstance(value, str):  # CSV cells are text
+                try:
+                    value = float(value)
+                except ValueError:
+                    pass
             if not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise DataError(f"{where}: column {column!r} must be a finite number, got {value!r}.")
             if field == "label" and not 0 <= value <= 1:

@@ -8,7 +8,13 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
 from autocritic.errors import ConfigError
 
@@ -81,7 +87,11 @@ def freeze(module: nn.Module) -> None:
 
 
 def apply_lora(critic: nn.Module, settings: LoraSettings) -> nn.Module:
-    """LoRA on the backbone; the head is trained in full and saved with the adapter (`modules_to_save`)."""
+    """LoRA on the backbone; the head is trained in full and saved by `save_critic` (head.safetensors).
+
+    Not through `modules_to_save=["head"]`: peft matches those names by suffix, so "head" also catches the
+    backbone's `lm_head` and would train and save a full copy of it (vocab x hidden) beside the adapter.
+    """
     from peft import LoraConfig, get_peft_model
 
     config = LoraConfig(
@@ -89,10 +99,11 @@ def apply_lora(critic: nn.Module, settings: LoraSettings) -> nn.Module:
         lora_alpha=settings.alpha,
         lora_dropout=settings.dropout,
         target_modules=list(settings.target_modules),
-        modules_to_save=["head"],
     )
     try:
-        return get_peft_model(critic, config)
+        model = get_peft_model(critic, config)
+        unwrap(model).head.requires_grad_(True)
+        return model
     except ValueError as error:
         raise ConfigError(
             f"LoRA could not be applied: {error}. Set peft.target_modules to linear layer names of this model "

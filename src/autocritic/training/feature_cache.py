@@ -62,7 +62,9 @@ def load_or_compute(
             return features, True
     was_training = critic.training
     critic.eval()
-    features = {s: compute_features(critic, datamodule, s, device) for s in SPLITS if datamodule.encoded.get(s)}
+    # DataLoader iterators draw from the global RNG: a cache miss must not change the run that follows it.
+    with torch.random.fork_rng(devices=[]):
+        features = {s: compute_features(critic, datamodule, s, device) for s in SPLITS if datamodule.encoded.get(s)}
     critic.train(was_training)
     file.parent.mkdir(parents=True, exist_ok=True)
     tmp = file.with_suffix(f".tmp{os.getpid()}")

@@ -100,7 +100,7 @@ class CriticModule(L.LightningModule):
 
     def configure_optimizers(self):
         decay, no_decay = [], []
-        for name, param in self.critic.named_parameters():
+        for param in self.critic.parameters():
             if param.requires_grad:
                 (decay if param.ndim >= 2 else no_decay).append(param)
         groups = [

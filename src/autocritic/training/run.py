@@ -133,20 +133,13 @@ def build_trainer(cfg: DictConfig, run_dir: Path) -> tuple[L.Trainer, ModelCheck
         monitor=cfg.objective.monitor,
         mode=cfg.objective.mode,
         save_top_k=cfg.checkpoint.save_top_k,
-        save_last=True,
     )
-    callbacks: list = [checkpoint]
+    # last.ckpt comes from callbacks without a monitor: since Lightning 2.6 a monitored callback rewrites last.ckpt
+    # only when its metric improves, and defers step saves until validation has run (the end of the epoch).
+    last = dict(dirpath=run_dir / "checkpoints", filename="last", save_top_k=1, enable_version_counter=False)
+    callbacks: list = [checkpoint, ModelCheckpoint(**last)]  # every epoch
     if cfg.checkpoint.every_n_train_steps:
-        # A callback with a monitor defers step saves until validation has run (end of epoch): this one, without
-        # a monitor, writes last.ckpt every n steps, so a crash mid-epoch loses at most n steps.
-        callbacks.append(
-            ModelCheckpoint(
-                dirpath=run_dir / "checkpoints",
-                save_top_k=0,
-                save_last=True,
-                every_n_train_steps=cfg.checkpoint.every_n_train_steps,
-            )
-        )
+        callbacks.append(ModelCheckpoint(**last, every_n_train_steps=cfg.checkpoint.every_n_train_steps))
     if cfg.progress_bar == "rich":
         callbacks.append(RichProgressBar())
     elif cfg.progress_bar == "tqdm":

@@ -1,0 +1,475 @@
+"""CriticGenerator: batched generation whose critic scores come from the generation's own forward passes.
+
+    prompt ──► decoder ──► state of the last prompt token ────────────┐  step 0 (the whole prompt)
+    token 1 ─► decoder ──► state of token 1 ───────────────────────────┤  step 1 (one token, KV cache)
+    ...                                                                ├─► head(state at the last KEPT token) = score
+    token k ─► decoder ──► state of token k (fed only when needed) ───┘
+
+A forward hook on the base decoder records the final (post-norm) state that `lm_head` reads at each step. After
+cutting the stop string and eos, the score is the head applied to the state of the last kept response token:
+exactly `CriticModel(prompt ids + kept response ids).score`, with no second pass over the text. Only when that
+token was never fed (the last generated token: max_new_tokens reached, or the cut ends on it) one extra cached
+forward of one token runs.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import weakref
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Protocol
+
+import torch
+from transformers import PreTrainedTokenizerBase, StoppingCriteria, StoppingCriteriaList
+from transformers.generation.streamers import BaseStreamer
+
+from autocritic.data.template import Template
+from autocritic.model.backbone import unwrap
+from autocritic.model.critic import CriticModel, decoder_of, positions_from_mask
+
+FINISH_REASONS = ("stop", "eos", "length")  # stop string found, eos generated, max_new_tokens reached
+
+# One forward at a time per model while a hook records its decoder: LangChain batches with threads, and two
+# generators may share a model.
+_LOCKS: weakref.WeakKeyDictionary[torch.nn.Module, threading.Lock] = weakref.WeakKeyDictionary()
+_LOCKS_GUARD = threading.Lock()
+
+
+def _lock_of(model: torch.nn.Module) -> threading.Lock:
+    with _LOCKS_GUARD:
+        return _LOCKS.setdefault(model, threading.Lock())
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """Greedy unless `do_sample`. `seed=None` leaves the global RNG alone; an int makes each call reproducible."""
+
+    max_new_tokens: int = 64
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_k: int = 0  # 0: off
+    top_p: float = 1.0
+    n: int = 1  # samples per prompt (greedy: n copies of the one greedy answer)
+    seed: int | None = 0
+    stop: tuple[str, ...] = ()
+    return_values: bool = False  # token-level values (the head over each response token's state)
+
+
+@dataclass
+class Sample:
+    """One generated response. `token_ids` are the kept response tokens: `score` is the critic score of
+    (prompt ids + token_ids). They decode to `text`, except when a token straddles the stop string: it is kept
+    (the scored sequence covers the whole text) and so brings the first characters of the stop."""
+
+    text: str
+    score: float | None
+    token_ids: list[int] = field(default_factory=list)
+    finish_reason: str = "length"
+    values: list[float] | None = None  # one per token in token_ids, when asked
+
+
+class TextGenerator(Protocol):
+    """What the LangChain adapters need; `CriticGenerator` and `ScriptedGenerator` implement it."""
+
+    def generate(
+        self, prompts: Sequence[str], settings: GenerationSettings | None = None
+    ) -> list[list[Sample]]: ...
+
+    def stream(self, prompt: str, settings: GenerationSettings | None = None) -> Iterator[str | Sample]: ...
+
+
+def find_stop(text: str, stop: Sequence[str]) -> int | None:
+    """Index of the earliest stop string in `text`, or None."""
+    hits = [index for index in (text.find(s) for s in stop if s) if index >= 0]
+    return min(hits) if hits else None
+
+
+def held_back(text: str, stop: Sequence[str]) -> int:
+    """How many trailing characters of `text` could still become a stop string (not safe to stream yet)."""
+    longest = 0
+    for s in stop:
+        for size in range(min(len(s) - 1, len(text)), longest, -1):
+            if text.endswith(s[:size]):
+                longest = size
+                break
+    return longest
+
+
+class _Recorder:
+    """Forward hook on the decoder: keeps the final state of the last position of every call, (B, H) each."""
+
+    def __init__(self, decoder: torch.nn.Module):
+        self.states: list[torch.Tensor] = []
+        self.handle = decoder.register_forward_hook(self._hook)
+
+    def _hook(self, module, args, output) -> None:
+        self.states.append(output.last_hidden_state[:, -1])  # step 0: last prompt token; later: the fed token
+
+    def close(self) -> None:
+        self.handle.remove()
+
+
+class _StopOnText(StoppingCriteria):
+    """Stops a row once its generated text (not the prompt) contains a stop string: exactly where `_cut` will
+    cut. transformers' `stop_strings` also matches across the prompt boundary and fails on tokenizers whose
+    vocabulary it cannot clean."""
+
+    def __init__(self, batch_decode, prompt_length: int, stop: Sequence[str]):
+        self.batch_decode = batch_decode
+        self.prompt_length = prompt_length
+        self.stop = [s for s in stop if s]
+        self.window = 2 * max(map(len, self.stop)) + 8  # tokens: a new stop string can only end the text
+        self.done: list[bool] | None = None
+
+    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
+        if self.done is None:
+            self.done = [False] * input_ids.shape[0]
+        rows = [row for row, done in enumerate(self.done) if not done]
+        tails = input_ids[rows, max(self.prompt_length, input_ids.shape[1] - self.window) :].tolist()
+        for row, text in zip(rows, self.batch_decode(tails), strict=True):
+            self.done[row] = find_stop(text, self.stop) is not None
+        return torch.tensor(self.done, dtype=torch.bool, device=input_ids.device)
+
+
+class _Cancel(StoppingCriteria):
+    def __init__(self, event: threading.Event):
+        self.event = event
+
+    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
+        return torch.full(
+            (input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device
+        )
+
+
+class _QueueStreamer(BaseStreamer):
+    """Pushes each new token id of a batch-of-one generation into a queue (the first put is the prompt)."""
+
+    def __init__(self, out: queue.Queue):
+        self.out = out
+        self.prompt_seen = False
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self.prompt_seen:
+            self.prompt_seen = True
+            return
+        self.out.put(int(value.reshape(-1)[0]))
+
+    def end(self) -> None:
+        pass
+
+
+class CriticGenerator:
+    """Generation and scoring with an in-process CriticModel (or a PeftModel around one).
+
+    Prompts are rendered with the critic's template (`Template.render_prompt`), so the generated sequence is
+    exactly the text the critic was trained to score. The model is put in eval mode (the head's dropout off).
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        tokenizer: PreTrainedTokenizerBase,
+        template: str = "{prompt}{response}",
+        batch_size: int = 16,
+    ):
+        self.model: CriticModel = unwrap(model).eval()
+        self.tokenizer = tokenizer
+        self.template = Template(template)
+        self.batch_size = batch_size
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        eos = self.model.backbone.generation_config.eos_token_id
+        eos = tokenizer.eos_token_id if eos is None else eos
+        self.eos_ids = set(eos if isinstance(eos, list) else [eos]) - {None}
+        self._lock = _lock_of(self.model)
+
+    @classmethod
+    def from_export(cls, path: str | Path, batch_size: int = 16, **load_kwargs) -> CriticGenerator:
+        from autocritic.model.export import load_critic
+
+        loaded = load_critic(path, **load_kwargs)
+        return cls(loaded.model, loaded.tokenizer, loaded.template, batch_size=batch_size)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    # ---- generation ----
+
+    def generate(
+        self, prompts: Sequence[str], settings: GenerationSettings | None = None, **overrides
+    ) -> list[list[Sample]]:
+        """`settings.n` samples per prompt, in the order of `prompts`. Rows are batched by prompt length."""
+        settings = replace(settings or GenerationSettings(), **overrides)
+        encoded = [self._encode_prompt(p) for p in prompts]
+        rows_per_prompt = settings.n if settings.do_sample else 1
+        per_batch = max(1, self.batch_size // rows_per_prompt)
+        order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
+        results: list[list[Sample]] = [[] for _ in prompts]
+        for start in range(0, len(order), per_batch):
+            indices = order[start : start + per_batch]
+            samples = self._generate_rows([encoded[i] for i in indices], settings, rows_per_prompt)
+            for row, sample in enumerate(samples):
+                results[indices[row // rows_per_prompt]].append(sample)
+        if rows_per_prompt != settings.n:  # greedy: every sample is the same
+            results = [[replace(row[0]) for _ in range(settings.n)] for row in results]
+        return results
+
+    def stream(
+        self, prompt: str, settings: GenerationSettings | None = None, **overrides
+    ) -> Iterator[str | Sample]:
+        """Text deltas as tokens arrive (never any part of a stop string), then the final `Sample`.
+        The deltas concatenate to `Sample.text`; the Sample comes from the same code path as `generate`."""
+        settings = replace(settings or GenerationSettings(), n=1, **overrides)
+        ids = self._encode_prompt(prompt)
+        tokens: queue.Queue = queue.Queue()
+        cancel = threading.Event()
+        outcome: dict = {}
+
+        def work() -> None:
+            try:
+                outcome["sample"] = self._generate_rows([ids], settings, 1, _QueueStreamer(tokens), cancel)[0]
+            except BaseException as error:  # re-raised in the consuming thread
+                outcome["error"] = error
+            finally:
+                tokens.put(None)
+
+        thread = threading.Thread(target=work, daemon=True)
+        thread.start()
+        emitted, generated, done = "", [], False
+        try:
+            while (token := tokens.get()) is not None:
+                if done:
+                    continue
+                if token in self.eos_ids:
+                    done = True
+                    continue
+                generated.append(token)
+                text = self._decode(generated)
+                cut = find_stop(text, settings.stop)
+                if cut is not None:
+                    text, done = text[:cut], True
+                else:
+                    text = text[: len(text) - held_back(text, settings.stop)]
+                text = text.rstrip("\ufffd")  # an incomplete multi-byte character
+                if len(text) > len(emitted) and text.startswith(emitted):
+                    yield text[len(emitted) :]
+                    emitted = text
+        finally:
+            cancel.set()  # the consumer may stop early: end the generation too
+            thread.join()
+        if "error" in outcome:
+            raise outcome["error"]
+        sample: Sample = outcome["sample"]
+        if sample.text.startswith(emitted) and len(sample.text) > len(emitted):
+            yield sample.text[len(emitted) :]
+        yield sample
+
+    def _encode_prompt(self, prompt: str) -> list[int]:
+        ids = self.tokenizer(self.template.render_prompt(prompt))["input_ids"]
+        if not ids:
+            raise ValueError("cannot generate from an empty prompt (it encodes to no tokens)")
+        return ids
+
+    def _decode(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+
+    def _batch_decode(self, rows: Sequence[Sequence[int]]) -> list[str]:
+        return self.tokenizer.batch_decode(rows, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+
+    @torch.no_grad()
+    def _generate_rows(
+        self,
+        prompts: list[list[int]],
+        settings: GenerationSettings,
+        n: int,
+        streamer: BaseStreamer | None = None,
+        cancel: threading.Event | None = None,
+    ) -> list[Sample]:
+        """`n` samples for each tokenized prompt, prompt-major (row = prompt * n + sample)."""
+        input_ids, attention_mask = self._left_pad(prompts)
+        sampling = (
+            {
+                "do_sample": True,
+                "temperature": settings.temperature,
+                "top_k": settings.top_k,
+                "top_p": settings.top_p,
+            }
+            if settings.do_sample
+            else {"do_sample": False}
+        )
+        criteria = StoppingCriteriaList()
+        if any(settings.stop):
+            criteria.append(_StopOnText(self._batch_decode, input_ids.shape[1], settings.stop))
+        if cancel is not None:
+            criteria.append(_Cancel(cancel))
+        with self._lock, _seeded(settings.seed, self.device):
+            recorder = _Recorder(decoder_of(self.model.backbone))
+            try:
+                out = self.model.backbone.generate(
+                    input_ids=input_ids,
+                    attention_mask=attention_mask,
+                    max_new_tokens=settings.max_new_tokens,
+                    num_return_sequences=n,
+                    pad_token_id=self.pad_id,
+                    eos_token_id=sorted(self.eos_ids),
+                    return_dict_in_generate=True,
+                    streamer=streamer,
+                    stopping_criteria=criteria,
+                    **sampling,
+                )
+                generated = out.sequences[:, input_ids.shape[1] :]  # (R, L)
+                if len(recorder.states) != generated.shape[1]:
+                    raise RuntimeError(
+                        f"expected one decoder call per generated token ({generated.shape[1]}), saw "
+                        f"{len(recorder.states)}: this generation mode is not supported by CriticGenerator"
+                    )
+                kept = [self._cut(row, settings.stop) for row in generated.tolist()]
+                if any(length == generated.shape[1] for _, length, _ in kept):
+                    self._feed_last(out, attention_mask.repeat_interleave(n, dim=0))
+            finally:
+                recorder.close()
+            # states[:, 0]: last prompt token; states[:, j]: generated token j-1.
+            states = torch.stack(recorder.states, dim=1)  # (R, L or L+1, H)
+            rows = torch.arange(states.shape[0], device=states.device)
+            last = torch.tensor([length for _, length, _ in kept], device=states.device)
+            scores = self.model.head(states[rows, last]).tolist()  # (R,)
+            samples = []
+            for row, ((text, length, reason), score) in enumerate(zip(kept, scores, strict=True)):
+                token_ids = generated[row, :length].tolist()
+                values = (
+                    self.model.head(states[row, 1 : length + 1]).tolist() if settings.return_values else None
+                )
+                samples.append(Sample(text, score, token_ids, reason, values))
+        return samples
+
+    def _left_pad(self, prompts: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        length = max(map(len, prompts))
+        input_ids = torch.full((len(prompts), length), self.pad_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(prompts), length), dtype=torch.long)
+        for row, ids in enumerate(prompts):
+            input_ids[row, length - len(ids) :] = torch.tensor(ids)
+            attention_mask[row, length - len(ids) :] = 1
+        return input_ids.to(self.device), attention_mask.to(self.device)
+
+    def _cut(self, ids: list[int], stop: Sequence[str]) -> tuple[str, int, str]:
+        """(kept text, number of kept tokens, finish reason) of one generated row."""
+        end = next((i for i, token in enumerate(ids) if token in self.eos_ids), len(ids))
+        body = ids[:end]
+        text = self._decode(body)
+        cut = find_stop(text, stop)
+        if cut is None:
+            return text, end, "eos" if end < len(ids) else "length"
+        return text[:cut], self._tokens_covering(body, cut), "stop"
+
+    def _tokens_covering(self, ids: list[int], chars: int) -> int:
+        """Fewest leading tokens whose text has at least `chars` characters (binary search over prefixes)."""
+        low, high = 0, len(ids)
+        while low < high:
+            middle = (low + high) // 2
+            if len(self._decode(ids[:middle])) >= chars:
+                high = middle
+            else:
+                low = middle + 1
+        return low
+
+    def _feed_last(self, out, attention_mask: torch.Tensor) -> None:
+        """One cached forward of the last generated token (never fed by `generate`); the hook records it."""
+        sequences = out.sequences
+        mask = torch.cat(
+            [
+                attention_mask,
+                attention_mask.new_ones(sequences.shape[0], sequences.shape[1] - attention_mask.shape[1]),
+            ],
+            1,
+        )
+        cache = getattr(out, "cache", None)
+        if cache is None:
+            cache = out.past_key_values
+        decoder_of(self.model.backbone)(
+            input_ids=sequences[:, -1:],
+            attention_mask=mask,
+            position_ids=positions_from_mask(mask)[:, -1:],
+            cache=cache,
+            use_cache=True,
+        )
+
+    # ---- scoring arbitrary text ----
+
+    @torch.no_grad()
+    def score_ids(self, sequences: Sequence[Sequence[int]], batch_size: int | None = None) -> list[float]:
+        """Critic scores of token id sequences (batched by length, right padding: pooling reads the mask)."""
+        batch_size = batch_size or self.batch_size
+        order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
+        scores: list[float] = [0.0] * len(sequences)
+        for start in range(0, len(order), batch_size):
+            indices = order[start : start + batch_size]
+            length = max(len(sequences[i]) for i in indices)
+            input_ids = torch.full((len(indices), length), self.pad_id, dtype=torch.long)
+            attention_mask = torch.zeros((len(indices), length), dtype=torch.long)
+            for row, i in enumerate(indices):
+                input_ids[row, : len(sequences[i])] = torch.tensor(list(sequences[i]))
+                attention_mask[row, : len(sequences[i])] = 1
+            with self._lock:  # a hook of a running generation would record this forward
+                batch_scores = self.model(
+                    input_ids.to(self.device), attention_mask.to(self.device)
+                ).score.tolist()
+            for i, score in zip(indices, batch_scores, strict=True):
+                scores[i] = score
+        return scores
+
+    def score_texts(
+        self, prompts: Sequence[str], responses: Sequence[str], batch_size: int | None = None
+    ) -> list[float]:
+        """Critic scores of (prompt, response) pairs, tokenized as in training: `render_prompt(prompt) + response`
+        in one piece."""
+        if len(prompts) != len(responses):
+            raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
+        texts = [self.template.render(p, r) for p, r in zip(prompts, responses, strict=True)]
+        return self.score_ids([self.tokenizer(t)["input_ids"] for t in texts], batch_size)
+
+
+@contextmanager
+def _seeded(seed: int | None, device: torch.device) -> Iterator[None]:
+    """Seed torch's RNG for one call and restore it afterwards (no-op for seed=None)."""
+    if seed is None:
+        yield
+        return
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        yield
+
+
+class ScriptedGenerator:
+    """A `TextGenerator` that replies with scripted texts in order (cut at the stop strings like the real one).
+    For deterministic tests of chains and agents; `prompts` records what it was asked."""
+
+    def __init__(self, replies: Sequence[str], score: float = 0.0):
+        self.replies = list(replies)
+        self.score = score
+        self.prompts: list[str] = []
+
+    def _next(self, prompt: str, settings: GenerationSettings) -> Sample:
+        self.prompts.append(prompt)
+        if not self.replies:
+            raise RuntimeError("ScriptedGenerator ran out of replies")
+        text = self.replies.pop(0)
+        cut = find_stop(text, settings.stop)
+        reason = "stop" if cut is not None else "eos"
+        return Sample(text[:cut] if cut is not None else text, self.score, [], reason)
+
+    def generate(
+        self, prompts: Sequence[str], settings: GenerationSettings | None = None, **overrides
+    ) -> list[list[Sample]]:
+        settings = replace(settings or GenerationSettings(), **overrides)
+        return [[self._next(p, settings) for _ in range(settings.n)] for p in prompts]
+
+    def stream(
+        self, prompt: str, settings: GenerationSettings | None = None, **overrides
+    ) -> Iterator[str | Sample]:
+        sample = self._next(prompt, replace(settings or GenerationSettings(), **overrides))
+        yield from (sample.text[i : i + 3] for i in range(0, len(sample.text), 3))
+        yield sample

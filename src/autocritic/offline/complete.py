@@ -1,0 +1,62 @@
+"""Batched completion of prompts (left padding, KV cache, stop strings) for evaluation and data generation."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from tqdm.auto import tqdm
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+
+def cut_at_stop(text: str, stop: Sequence[str]) -> str:
+    """Drop the first stop string and everything after it (`generate` keeps the stop string)."""
+    ends = [index for index in (text.find(s) for s in stop) if index >= 0]
+    return text[: min(ends)] if ends else text
+
+
+@torch.no_grad()
+def complete(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    max_new_tokens: int = 16,
+    stop: Sequence[str] = (),
+    temperature: float = 0.0,
+    num_samples: int = 1,
+    batch_size: int = 64,
+    seed: int = 0,
+    progress: bool = False,
+    desc: str = "generate",
+) -> list[list[str]]:
+    """`num_samples` continuations per prompt (greedy when temperature is 0), stop strings and eos cut off.
+
+    `batch_size` counts generated rows (prompts x samples). Prompts are sorted by length so that batches carry
+    little padding; the output keeps the order of `prompts`.
+    """
+    model.eval()
+    tokenizer.padding_side = "left"
+    lengths = [len(ids) for ids in tokenizer(list(prompts), add_special_tokens=False)["input_ids"]]
+    order = sorted(range(len(prompts)), key=lambda i: lengths[i])
+    per_batch = max(1, batch_size // num_samples)
+    sampling = {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0} if temperature > 0 else {"do_sample": False}
+    results: list[list[str]] = [[] for _ in prompts]
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        for start in tqdm(range(0, len(order), per_batch), desc=desc, disable=not progress):
+            indices = order[start : start + per_batch]
+            batch = tokenizer([prompts[i] for i in indices], return_tensors="pt", padding=True, add_special_tokens=False)
+            output = model.generate(
+                **batch,
+                max_new_tokens=max_new_tokens,
+                num_return_sequences=num_samples,
+                stop_strings=list(stop) or None,
+                tokenizer=tokenizer,
+                pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+                **sampling,
+            )
+            texts = tokenizer.batch_decode(output[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
+            for row, text in enumerate(texts):
+                results[indices[row // num_samples]].append(cut_at_stop(text, stop))
+    return results

@@ -1,0 +1,212 @@
+"""Critic data the backbone writes about itself (Cobbe et al. 2021): sample K answers per problem, label each.
+
+    problems --few-shot prompt--> backbone samples K continuations --label_fn--> pointwise rows + pairs
+
+Output in `out_dir`: {train,val,test}.jsonl with {"prompt", "response", "label"} where `prompt + response` is
+exactly the sampled sequence; pairs_{train,val,test}.jsonl with {"prompt", "chosen", "rejected"}; card.json
+with counts per split. Skipped when card.json records the same settings, problems and backbone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import itertools
+import json
+import random
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from autocritic.offline.complete import complete
+from autocritic.offline.labelling import LabelFn, label_final_number
+from autocritic.offline.pretrain import BUILD_INFO
+from autocritic.offline.tasks import ARITHMETIC_STOP, SPLITS, Problem, few_shot_prompts, make_splits
+
+CARD = "card.json"
+
+
+@dataclass(frozen=True)
+class GenerateSettings:
+    seed: int = 0
+    family: str = "arithmetic"
+    train_problems: int = 400
+    val_problems: int = 100
+    test_problems: int = 200
+    samples: int = 8
+    temperature: float = 0.8
+    shots: int = 2
+    max_new_tokens: int = 12
+    stop: tuple[str, ...] = ARITHMETIC_STOP
+    batch_size: int = 64
+    max_pairs_per_problem: int = 4
+
+
+def output_files(out_dir: Path) -> list[Path]:
+    names = [f"{split}.jsonl" for split in SPLITS] + [f"pairs_{split}.jsonl" for split in SPLITS] + [CARD]
+    return [Path(out_dir) / name for name in names]
+
+
+def backbone_fingerprint(backbone_dir: Path) -> str:
+    """The build fingerprint of an offline backbone; for any other model, its config and weight file sizes
+    (hashing gigabytes of weights would cost more than the generation)."""
+    backbone_dir = Path(backbone_dir)
+    info = backbone_dir / BUILD_INFO
+    if info.is_file():
+        return json.loads(info.read_text())["fingerprint"]
+    digest = hashlib.sha256((backbone_dir / "config.json").read_bytes())
+    for path in sorted(backbone_dir.glob("*.safetensors")) + sorted(backbone_dir.glob("*.bin")):
+        digest.update(f"{path.name}:{path.stat().st_size}".encode())
+    return digest.hexdigest()[:16]
+
+
+def _fingerprint(settings: GenerateSettings, backbone: str, label_fn: LabelFn, problems: Mapping | None) -> str:
+    content = {
+        "settings": dataclasses.asdict(settings),
+        "backbone": backbone,
+        "label_fn": f"{getattr(label_fn, '__module__', '')}.{getattr(label_fn, '__qualname__', repr(label_fn))}",
+        "problems": None if problems is None else {s: [(p.question, p.answer) for p in ps] for s, ps in problems.items()},
+    }
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def is_built(out_dir: Path, fingerprint: str) -> bool:
+    card = Path(out_dir) / CARD
+    return (
+        all(path.is_file() for path in output_files(out_dir))
+        and json.loads(card.read_text()).get("fingerprint") == fingerprint
+    )
+
+
+def _write_jsonl(path: Path, rows: Sequence[dict]) -> None:
+    # Written beside the target and renamed, so a crash never leaves a half file that looks finished.
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+    tmp.replace(path)
+
+
+def label_split(
+    problems: Sequence[Problem],
+    prompts: Sequence[str],
+    responses: Sequence[Sequence[str]],
+    label_fn: LabelFn,
+    max_pairs_per_problem: int,
+    seed: int,
+) -> tuple[list[dict], list[dict], dict]:
+    """Pointwise rows, pairwise rows and counts; drops empty responses, exact duplicates and unjudgeable ones."""
+    rng = random.Random(f"{seed}|pairs")
+    rows, pairs = [], []
+    counts = dict.fromkeys(("generated", "empty", "duplicates", "unlabelled", "problems_with_both"), 0)
+    for problem, prompt, samples in zip(problems, prompts, responses, strict=True):
+        right, wrong = [], []
+        for response in samples:
+            counts["generated"] += 1
+            if not response.strip():
+                counts["empty"] += 1
+                continue
+            if response in right or response in wrong:
+                counts["duplicates"] += 1
+                continue
+            label = label_fn(problem, response)
+            if label is None:
+                counts["unlabelled"] += 1
+                continue
+            (right if label else wrong).append(response)
+            rows.append({"prompt": prompt, "response": response, "label": int(label)})
+        if right and wrong:
+            counts["problems_with_both"] += 1
+            combos = list(itertools.product(right, wrong))
+            rng.shuffle(combos)
+            pairs += [{"prompt": prompt, "chosen": c, "rejected": r} for c, r in combos[:max_pairs_per_problem]]
+    positives = sum(row["label"] for row in rows)
+    counts |= {
+        "problems": len(problems),
+        "rows": len(rows),
+        "positives": positives,
+        "negatives": len(rows) - positives,
+        "positive_rate": round(positives / max(1, len(rows)), 4),
+        "pairs": len(pairs),
+    }
+    return rows, pairs, counts
+
+
+def read_problems(
+    path: Path,
+    extract: Callable[[str], str | None],
+    question_key: str = "question",
+    answer_key: str = "answer",
+    family: str = "file",
+) -> list[Problem]:
+    """Problems from a JSON-lines file such as GSM8K's {"question", "answer": "... #### 42"}: the worked answer
+    is what a few-shot example shows, `extract` pulls the final answer that samples are checked against."""
+    problems = []
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            row = json.loads(line)
+            final = extract(row[answer_key])
+            if final is not None:
+                problems.append(Problem(family, row[question_key], final.strip(), 0, family, solution=row[answer_key]))
+    return problems
+
+
+def build_critic_data(
+    backbone_dir: Path,
+    settings: GenerateSettings,
+    out_dir: Path,
+    force: bool = False,
+    label_fn: LabelFn | None = None,
+    problems: Mapping[str, Sequence[Problem]] | None = None,
+    progress: bool = True,
+) -> Path:
+    """Sample, label and write the critic data; `problems` (split -> problems, e.g. a GSM8K-style file read by
+    the caller) replaces the generated arithmetic, and few-shot examples always come from its train split."""
+    out_dir = Path(out_dir)
+    label_fn = label_fn or label_final_number
+    fingerprint = _fingerprint(settings, backbone_fingerprint(backbone_dir), label_fn, problems)
+    if not force and is_built(out_dir, fingerprint):
+        return out_dir
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / CARD).unlink(missing_ok=True)
+    started = time.perf_counter()
+    if problems is None:
+        sizes = {"train": settings.train_problems, "val": settings.val_problems, "test": settings.test_problems}
+        problems = make_splits(settings.seed, families=[settings.family], **sizes)
+    tokenizer = AutoTokenizer.from_pretrained(backbone_dir)
+    if tokenizer.pad_token is None:
+        # Generation masks padding by the attention mask, so pad = eos is safe.
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(backbone_dir).eval()
+
+    card = {"fingerprint": fingerprint, "backbone": str(backbone_dir), "settings": dataclasses.asdict(settings)}
+    card["label_fn"] = getattr(label_fn, "__qualname__", repr(label_fn))
+    card["splits"] = {}
+    for index, split in enumerate(SPLITS):
+        split_problems = list(problems.get(split, []))
+        prompts = few_shot_prompts(split_problems, problems["train"], settings.shots, settings.seed + index)
+        split_start = time.perf_counter()
+        responses = complete(
+            model,
+            tokenizer,
+            prompts,
+            max_new_tokens=settings.max_new_tokens,
+            stop=settings.stop,
+            temperature=settings.temperature,
+            num_samples=settings.samples,
+            batch_size=settings.batch_size,
+            seed=settings.seed + index,
+            progress=progress,
+            desc=f"critic data: {split}",
+        )
+        rows, pairs, counts = label_split(
+            split_problems, prompts, responses, label_fn, settings.max_pairs_per_problem, settings.seed + index
+        )
+        counts["seconds"] = round(time.perf_counter() - split_start, 1)
+        card["splits"][split] = counts
+        _write_jsonl(out_dir / f"{split}.jsonl", rows)
+        _write_jsonl(out_dir / f"pairs_{split}.jsonl", pairs)
+    card["seconds"] = round(time.perf_counter() - started, 1)
+    (out_dir / CARD).write_text(json.dumps(card, indent=2) + "\n")
+    return out_dir

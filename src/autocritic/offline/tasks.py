@@ -1,0 +1,391 @@
+"""Seeded generators for the offline world: arithmetic, ReAct calculator traces and recall dialogues.
+
+Every problem has a `key` (its identity: the expression, or the whole conversation) and the split is a
+pure function of that key, so arithmetic and ReAct never share a problem across splits, any generator can
+draw unlimited fresh training problems, and train / val / test never overlap whatever the seed.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import math
+import operator
+import random
+import re
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+FAMILIES = ("arithmetic", "react", "dialogue")
+SPLITS = ("train", "val", "test")
+# Fraction of non-tiny problems held out, per mille; the salt is fixed so that the seed never moves a
+# problem from one split to another (a backbone and its critic data built with different seeds stay clean).
+TEST_PER_MILLE = 80
+VAL_PER_MILLE = 40
+SPLIT_SALT = "autocritic-offline-v1"
+
+# --- the formats other modules import -------------------------------------------------------------------
+
+QUESTION_PREFIX = "Question: "
+ANSWER_PREFIX = "Answer:"
+SHOT_SEPARATOR = "\n\n"
+ARITHMETIC_STOP = ("\n",)
+
+CALCULATOR_NAME = "Calculator"
+CALCULATOR_DESCRIPTION = "evaluates arithmetic such as (4.5*2.1)**2"
+# LangChain's zero-shot ReAct variables ({tools}, {tool_names}, {input}, {agent_scratchpad}), with a short
+# header: the tiny model reads every token of it, and LangChain's scratchpad ends "Thought: " exactly as here.
+REACT_TEMPLATE = (
+    "Answer the question with a tool.\n"
+    "Tools: {tools}\n"
+    "Tool names: {tool_names}\n\n"
+    "Question: {input}\n"
+    "Thought:{agent_scratchpad}"
+)
+REACT_TOOLS = f"{CALCULATOR_NAME}: {CALCULATOR_DESCRIPTION}"
+REACT_STOP = ("\nObservation",)
+REACT_FIRST_THOUGHT = "I should use the calculator."
+REACT_LAST_THOUGHT = "I now know the final answer."
+
+HUMAN_PREFIX = "Human"
+AI_PREFIX = "AI"
+DIALOGUE_STOP = ("\n",)
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One question with its exact answer. `question` is the whole conversation for dialogues; `solution`, when
+    given (e.g. a GSM8K worked answer ending "#### 42"), is what a solved few-shot example shows."""
+
+    family: str
+    question: str
+    answer: str
+    level: int
+    kind: str
+    expression: str | None = None
+    solution: str | None = None
+
+    @property
+    def key(self) -> str:
+        return self.expression if self.expression is not None else self.question
+
+
+# --- numbers and the calculator -------------------------------------------------------------------------
+
+
+def format_number(value: float, places: int = 4) -> str:
+    """Deterministic text for a number: rounded to `places` decimals, no trailing zeros, no exponent, no -0."""
+    if isinstance(value, bool) or not math.isfinite(value):
+        raise ValueError(f"cannot format {value!r}")
+    text = f"{float(value):.{places}f}"
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return "0" if text in ("-0", "") else text
+
+
+_BINARY = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv}
+
+
+def evaluate_expression(expression: str) -> float:
+    """Evaluate +, -, *, /, ** and brackets over plain numbers (ast, no eval); the world's calculator."""
+
+    def visit(node: ast.AST) -> float:
+        if isinstance(node, ast.Constant) and isinstance(node.value, int | float) and not isinstance(node.value, bool):
+            return node.value
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub | ast.UAdd):
+            value = visit(node.operand)
+            return -value if isinstance(node.op, ast.USub) else value
+        if isinstance(node, ast.BinOp) and type(node.op) in _BINARY:
+            return _BINARY[type(node.op)](visit(node.left), visit(node.right))
+        if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Pow):
+            base, exponent = visit(node.left), visit(node.right)
+            if abs(exponent) > 12:
+                raise ValueError(f"exponent {exponent} is too large")
+            return float(base) ** exponent if not float(exponent).is_integer() else base ** int(exponent)
+        raise ValueError(f"unsupported expression {expression!r}")
+
+    if len(expression) > 200:
+        raise ValueError("expression is too long")
+    return float(visit(ast.parse(expression.strip(), mode="eval").body))
+
+
+# --- splits ---------------------------------------------------------------------------------------------
+
+_NUMBER = re.compile(r"\d+(?:\.\d+)?")
+
+
+def is_tiny(expression: str) -> bool:
+    """Single-digit operands only (all 1-digit sums, the times table): too few facts to hold any out."""
+    return all(len(number) == 1 for number in _NUMBER.findall(expression))
+
+
+def split_of(problem: Problem) -> str:
+    if problem.expression is not None and is_tiny(problem.expression):
+        return "train"
+    bucket = int(hashlib.sha256(f"{SPLIT_SALT}|{problem.key}".encode()).hexdigest(), 16) % 1000
+    if bucket < TEST_PER_MILLE:
+        return "test"
+    return "val" if bucket < TEST_PER_MILLE + VAL_PER_MILLE else "train"
+
+
+# --- arithmetic -----------------------------------------------------------------------------------------
+
+
+def _decimal(rng: random.Random, high: int) -> str:
+    return f"{rng.randint(0, high)}.{rng.randint(1, 9)}"
+
+
+def _division(rng: random.Random) -> str:
+    divisor = rng.randint(2, 9)
+    return f"{divisor * rng.randint(2, 199)}/{divisor}"
+
+
+# (kind, level, expression sampler, eligible for val/test, weight). Levels grow with what the tiny model
+# learns late: 2-digit + first, then - and 3 digits, then x and /, decimals. 1-digit facts and powers are
+# train only and quickly learned, so they get half weight.
+ARITHMETIC_KINDS: list[tuple[str, int, Callable[[random.Random], str], bool, float]] = [
+    ("add_1d", 1, lambda r: f"{r.randint(0, 9)}+{r.randint(0, 9)}", False, 0.5),
+    ("sub_1d", 1, lambda r: "{1}-{0}".format(*sorted((r.randint(0, 9), r.randint(0, 9)))), False, 0.5),
+    ("mul_1d", 1, lambda r: f"{r.randint(0, 9)}*{r.randint(0, 9)}", False, 0.5),
+    ("add_2d_1d", 2, lambda r: f"{r.randint(10, 99)}+{r.randint(0, 9)}", True, 1.0),
+    ("add_2d", 2, lambda r: f"{r.randint(10, 99)}+{r.randint(10, 99)}", True, 1.0),
+    ("sub_2d_1d", 2, lambda r: f"{r.randint(10, 99)}-{r.randint(0, 9)}", True, 1.0),
+    ("sub_2d", 3, lambda r: f"{r.randint(10, 99)}-{r.randint(10, 99)}", True, 1.0),
+    ("add_3d", 3, lambda r: f"{r.randint(100, 999)}+{r.randint(10, 999)}", True, 1.0),
+    ("sub_3d", 3, lambda r: f"{r.randint(100, 999)}-{r.randint(10, 99)}", True, 1.0),
+    ("mul_2d_1d", 4, lambda r: f"{r.randint(10, 99)}*{r.randint(2, 9)}", True, 1.0),
+    ("div_exact", 4, _division, True, 1.0),
+    ("add_dec", 5, lambda r: f"{_decimal(r, 9)}+{_decimal(r, 9)}", True, 1.0),
+    ("mul_dec", 5, lambda r: f"{_decimal(r, 9)}*{r.randint(2, 9)}", True, 1.0),
+    ("square", 5, lambda r: f"{r.randint(10, 30)}**2", False, 0.5),
+    ("pow_small", 5, lambda r: f"{r.randint(2, 5)}**{r.randint(2, 4)}", False, 0.5),
+]
+
+
+def arithmetic_problem(rng: random.Random, kinds: Sequence[tuple] = ARITHMETIC_KINDS) -> Problem:
+    kind, level, sample, _, _ = rng.choices(kinds, [k[4] for k in kinds])[0]
+    expression = sample(rng)
+    return Problem(
+        family="arithmetic",
+        question=f"What is {expression}?",
+        answer=format_number(evaluate_expression(expression)),
+        level=level,
+        kind=kind,
+        expression=expression,
+    )
+
+
+# --- ReAct calculator traces ----------------------------------------------------------------------------
+
+_WORDS = {"+": "plus", "-": "minus", "*": "times", "/": "divided by"}
+_PHRASINGS = ("What is {e}?", "Calculate {e}.", "Compute {e}.", "How much is {e}?", "Use the calculator on {e}.")
+
+
+def _operand(rng: random.Random) -> str:
+    return str(rng.randint(10, 999)) if rng.random() < 0.6 else _decimal(rng, 99)
+
+
+# Harder than direct arithmetic on purpose: the tool does the maths, the model only copies.
+REACT_KINDS: list[tuple[str, int, Callable[[random.Random], str]]] = [
+    ("binary", 2, lambda r: f"{_operand(r)}{r.choice('+-*/')}{_operand(r)}"),
+    ("bracket", 3, lambda r: f"({_operand(r)}{r.choice('+-')}{_operand(r)}){r.choice('*/')}{_operand(r)}"),
+    ("power", 4, lambda r: f"({_decimal(r, 9)}{r.choice('+*')}{_decimal(r, 9)})**{r.randint(2, 3)}"),
+]
+
+
+def react_problem(rng: random.Random) -> Problem:
+    kind, level, sample = rng.choice(REACT_KINDS)
+    expression = sample(rng)
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)([-+*/])(\d+(?:\.\d+)?)", expression)
+    if match and rng.random() < 0.3:
+        question = f"What is {match[1]} {_WORDS[match[2]]} {match[3]}?"
+    else:
+        question = rng.choice(_PHRASINGS).format(e=expression)
+    return Problem(
+        family="react",
+        question=question,
+        answer=format_number(evaluate_expression(expression)),
+        level=level,
+        kind=kind,
+        expression=expression,
+    )
+
+
+def react_prompt(question: str, scratchpad: str = "") -> str:
+    return REACT_TEMPLATE.format(tools=REACT_TOOLS, tool_names=CALCULATOR_NAME, input=question, agent_scratchpad=scratchpad)
+
+
+def react_action(expression: str) -> str:
+    """What the model writes after "Thought:" up to the stop sequence (LangChain's `AgentAction.log`)."""
+    return f" {REACT_FIRST_THOUGHT}\nAction: {CALCULATOR_NAME}\nAction Input: {expression}"
+
+
+def react_finish(result: str) -> str:
+    """What the model writes after LangChain's "\\nObservation: <result>\\nThought: "."""
+    return f"{REACT_LAST_THOUGHT}\nFinal Answer: {result}"
+
+
+def render_react(question: str, expression: str, result: str) -> str:
+    """A full trace, byte-identical to the prompt LangChain builds after one tool call plus the final step."""
+    return react_prompt(question, react_action(expression) + f"\nObservation: {result}\nThought: " + react_finish(result))
+
+
+# --- dialogues with facts to recall ---------------------------------------------------------------------
+
+_NAMES = (
+    "Ada Alan Grace Linus Marie Nikola Rosa Emil Ines Omar Yuki Priya Lars Noor Tomas Elena Kofi Mei Ivan Sara "
+    "Hugo Lena Amir Clara Diego Freya Hana Jonas Leila Mateo Nina Oskar Paula Ravi Sofia Theo Uma Viktor Wanda Zoe "
+    "Bruno Chloe Dara Ezra Fatima Gustav Helga Idris Jana Kai Luca Maya Nils Olga Pavel Quinn Rhea Sven Tara"
+).split()
+_FACTS: tuple[tuple[str, str, str, tuple[str, ...]], ...] = (
+    ("name", "My name is {v}.", "What is my name?", _NAMES),
+    ("colour", "My favourite colour is {v}.", "What is my favourite colour?",
+     tuple("red blue green yellow purple orange black white pink grey brown teal".split())),
+    ("city", "I live in {v}.", "Where do I live?",
+     tuple("Paris Lagos Lima Oslo Cairo Delhi Tokyo Quito Rome Seoul Dublin Nairobi Lisbon Hanoi Vienna Denver Perth "
+           "Austin Bergen Accra Dakar Porto Riga Kyiv Minsk Turin Basel Lyon Leeds Cork".split())),
+    ("pet", "My dog is called {v}.", "What is my dog called?",
+     tuple("Rex Bella Max Luna Milo Daisy Rocky Coco Buddy Pepper Ziggy Biscuit Ollie Rosie Bruno Nala".split())),
+    ("age", "I am {v} years old.", "How old am I?", tuple(str(n) for n in range(16, 91))),
+    ("job", "I work as a {v}.", "What is my job?",
+     tuple("teacher nurse baker pilot farmer lawyer painter chemist plumber writer dentist tailor".split())),
+    ("number", "My lucky number is {v}.", "What is my lucky number?", tuple(str(n) for n in range(1, 100))),
+)
+_ACKS = ("Nice to meet you, {v}.", "Got it.", "Noted.", "I will remember that.", "Thanks for telling me.")
+_DISTRACTORS = (
+    ("How are you?", "I am fine, thank you."),
+    ("Tell me a joke.", "Why did the bike fall over? It was two tired."),
+    ("What day is it today?", "I do not know the date."),
+    ("Can you help me?", "Of course. What do you need?"),
+    ("I like music.", "Music is great."),
+    ("What is the weather like?", "I cannot check the weather."),
+    ("Do you like books?", "Yes, I enjoy reading about everything."),
+    ("I am tired.", "Maybe you should rest a little."),
+    ("Say something nice.", "You are doing great."),
+    ("Where are you from?", "I live inside a computer."),
+    ("What should I cook?", "Pasta is quick and easy."),
+    ("Recommend a film.", "Try a good comedy tonight."),
+)
+
+
+def render_turns(turns: Sequence[tuple[str, str]]) -> str:
+    return "\n".join(f"{speaker}: {text}" for speaker, text in turns)
+
+
+def dialogue_problem(rng: random.Random) -> Problem:
+    facts = rng.sample(_FACTS, rng.randint(1, 2))
+    values = [rng.choice(fact[3]) for fact in facts]
+    turns: list[tuple[str, str]] = []
+    for (kind, statement, _, _), value in zip(facts, values, strict=True):
+        ack = rng.choice(_ACKS[1:]) if kind != "name" else rng.choice(_ACKS)
+        turns += [(HUMAN_PREFIX, statement.format(v=value)), (AI_PREFIX, ack.format(v=value))]
+    for human, ai in rng.sample(_DISTRACTORS, rng.randint(1, 3)):
+        turns += [(HUMAN_PREFIX, human), (AI_PREFIX, ai)]
+    asked = rng.randrange(len(facts))
+    turns.append((HUMAN_PREFIX, facts[asked][2]))
+    return Problem(
+        family="dialogue",
+        question=render_turns(turns),
+        answer=values[asked],
+        level=len(turns) // 2,
+        kind=facts[asked][0],
+    )
+
+
+# --- prompts and training text --------------------------------------------------------------------------
+
+_SAMPLERS: dict[str, Callable[[random.Random], Problem]] = {
+    "arithmetic": arithmetic_problem,
+    "react": react_problem,
+    "dialogue": dialogue_problem,
+}
+_HELD_OUT_KINDS = [kind for kind in ARITHMETIC_KINDS if kind[3]]
+
+
+def prompt_of(problem: Problem) -> str:
+    """The zero-shot prompt; the model's continuation is `completion_of(problem)`. Families other than the
+    three generated ones (a user's file) get the arithmetic layout."""
+    if problem.family == "react":
+        return react_prompt(problem.question)
+    if problem.family == "dialogue":
+        return f"{problem.question}\n{AI_PREFIX}:"
+    return f"{QUESTION_PREFIX}{problem.question}\n{ANSWER_PREFIX}"
+
+
+def completion_of(problem: Problem) -> str:
+    if problem.family == "react":
+        assert problem.expression is not None
+        return render_react(problem.question, problem.expression, problem.answer)[len(react_prompt(problem.question)) :]
+    return f" {problem.solution or problem.answer}"
+
+
+def render(problem: Problem) -> str:
+    return prompt_of(problem) + completion_of(problem)
+
+
+def few_shot_prompt(problem: Problem, shots: Sequence[Problem]) -> str:
+    """"Learning by examples": solved problems, then the question (the same layout pretraining shows)."""
+    return SHOT_SEPARATOR.join([render(shot) for shot in shots] + [prompt_of(problem)])
+
+
+def sample_problem(family: str, rng: random.Random, split: str = "train", held_out_kinds_only: bool = False) -> Problem:
+    """Rejection-sample a problem of `split`; val / test draw only from problem spaces large enough to hold out."""
+    if family not in _SAMPLERS:
+        raise ValueError(f"unknown family {family!r}: use one of {FAMILIES}")
+    for _ in range(10_000):
+        if family == "arithmetic" and (split != "train" or held_out_kinds_only):
+            problem = arithmetic_problem(rng, _HELD_OUT_KINDS)
+        else:
+            problem = _SAMPLERS[family](rng)
+        if split_of(problem) == split:
+            return problem
+    raise RuntimeError(f"could not draw a {family} problem of split {split!r}")
+
+
+def make_splits(
+    seed: int = 0,
+    train: int = 400,
+    val: int = 100,
+    test: int = 200,
+    families: Sequence[str] = FAMILIES,
+) -> dict[str, list[Problem]]:
+    """Distinct problems per split, `n` of each family. Train also draws held-out-sized kinds only, so that
+    critic training and test problems come from the same distribution of difficulty."""
+    sizes = {"train": train, "val": val, "test": test}
+    out: dict[str, list[Problem]] = {}
+    for index, (split, size) in enumerate(sizes.items()):
+        problems: list[Problem] = []
+        for family in families:
+            rng = random.Random(f"{seed}|{split}|{family}|{index}")
+            seen: dict[str, Problem] = {}
+            for _ in range(size * 50):
+                if len(seen) == size:
+                    break
+                problem = sample_problem(family, rng, split, held_out_kinds_only=True)
+                seen.setdefault(problem.key, problem)
+            if len(seen) < size:
+                raise ValueError(f"only {len(seen)} distinct {family} problems for {split}; ask for fewer")
+            problems += seen.values()
+        out[split] = problems
+    return out
+
+
+def iter_documents(seed: int, weights: dict[str, float], max_shots: int = 4) -> Iterator[str]:
+    """An endless stream of training documents; arithmetic comes in runs of 1..max_shots solved problems so
+    that pretraining shows the few-shot layout."""
+    rng = random.Random(f"{seed}|documents")
+    families, probabilities = zip(*weights.items(), strict=True)
+    while True:
+        family = rng.choices(families, probabilities)[0]
+        count = rng.randint(1, max_shots) if family == "arithmetic" else 1
+        yield SHOT_SEPARATOR.join(render(sample_problem(family, rng)) for _ in range(count))
+
+
+def few_shot_prompts(problems: Sequence[Problem], pool: Sequence[Problem], shots: int, seed: int) -> list[str]:
+    """One prompt per problem with `shots` solved examples drawn (seeded, per problem) from `pool`."""
+    rng = random.Random(f"{seed}|shots")
+    prompts = []
+    for problem in problems:
+        candidates = [p for p in rng.sample(list(pool), min(len(pool), shots + 1)) if p.key != problem.key]
+        prompts.append(few_shot_prompt(problem, candidates[:shots]))
+    return prompts

@@ -1,0 +1,77 @@
+"""Test helpers: compose the real train config shrunk for the tiny Falcon, encode batches, snapshot parameters."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig, OmegaConf
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+
+
+def compose_train(overrides: list[str] | None = None) -> DictConfig:
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose("train", overrides=overrides or [])
+
+
+def tiny_overrides(backbone: Path, data: dict[str, Path], root: Path, run: str = "run") -> list[str]:
+    """The real config, pointed at the tiny Falcon and tiny files, everything written under `root`."""
+    return [
+        f"model.name_or_path={backbone}",
+        "model.offline_default=false",
+        "data=files",
+        f"data.train_files=[{data['train']}]",
+        f"data.val_files=[{data['val']}]",
+        "data.template='{prompt}{response}'",
+        "data.max_length=32",
+        "data.batch_size=8",
+        "data.eval_batch_size=16",
+        "logger=none",
+        "progress_bar=none",
+        "trainer.accelerator=cpu",
+        f"paths.outputs={root / 'outputs'}",
+        f"paths.cache={root / 'cache'}",
+        f"paths.run_dir={root / 'outputs' / '${phase.name}' / run}",
+    ]
+
+
+def resolved(cfg: DictConfig) -> DictConfig:
+    """paths.run_dir refers to ${phase.name}: resolve it the way Hydra's output dir would be."""
+    OmegaConf.resolve(cfg)
+    return cfg
+
+
+def encode(tokenizer, texts: list[str], side: str = "right") -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, T) ids and attention mask, padded on `side`."""
+    ids = [tokenizer(t)["input_ids"] for t in texts]
+    length = max(map(len, ids))
+    input_ids = torch.full((len(ids), length), tokenizer.pad_token_id, dtype=torch.long)
+    mask = torch.zeros_like(input_ids)
+    for row, seq in enumerate(ids):
+        cols = slice(0, len(seq)) if side == "right" else slice(length - len(seq), length)
+        input_ids[row, cols] = torch.tensor(seq)
+        mask[row, cols] = 1
+    return input_ids, mask
+
+
+@torch.no_grad()
+def scores(model: torch.nn.Module, tokenizer, texts: list[str], side: str = "right") -> torch.Tensor:
+    was_training = model.training
+    model.eval()
+    input_ids, mask = encode(tokenizer, texts, side)
+    out = model(input_ids=input_ids, attention_mask=mask).score
+    model.train(was_training)
+    return out
+
+
+def snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {name: p.detach().clone() for name, p in module.named_parameters()}
+
+
+def changed(before: dict[str, torch.Tensor], module: torch.nn.Module) -> dict[str, bool]:
+    return {name: not torch.equal(before[name], p.detach()) for name, p in module.named_parameters()}
+
+
+TEXTS = ["Q: 1+2=? A: 3", "Q: 12+9=? A: 21", "Q: 7*8=? A: 54 and more text", "ab"]

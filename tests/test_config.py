@@ -1,0 +1,147 @@
+"""Config validation: every mistake is one clear error before any compute, and `train.py` exits 2 without a traceback."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from helpers import compose_train, tiny_overrides
+
+from autocritic.data.datamodule import CriticDataModule
+from autocritic.errors import CheckpointError, ConfigError
+from autocritic.training import run
+
+REPO = Path(__file__).resolve().parents[1]
+
+# overrides -> (error, words the message must contain)
+BAD = {
+    "lr not a number": (
+        ["phase.lr=abc"],
+        ConfigError,
+        "phase.lr='abc' is not valid: expected a positive number",
+    ),
+    "lr is a bool": (["phase.lr=true"], ConfigError, "phase.lr=True is not valid"),
+    "zero batch": (
+        ["data.batch_size=0"],
+        ConfigError,
+        "data.batch_size=0 is not valid: expected a positive integer",
+    ),
+    "float batch": (["data.batch_size=2.5"], ConfigError, "data.batch_size=2.5 is not valid"),
+    "bad dtype": (["model.dtype=float8"], ConfigError, "model.dtype='float8' is not valid"),
+    "bad head": (["head.kind=conv"], ConfigError, "head.kind='conv' is not valid: expected linear or mlp"),
+    "objective vs schema": (
+        ["objective=mse"],
+        ConfigError,
+        "objective=mse needs scalar data but data.schema=pointwise",
+    ),
+    "pairwise vs schema": (
+        ["objective=pairwise"],
+        ConfigError,
+        "use objective=bce or data of the pairwise schema",
+    ),
+    "lm loss in transfer": (
+        ["objective.lm_weight=0.5"],
+        ConfigError,
+        "lm_weight>0 trains the language model",
+    ),
+    "lora in transfer": (["peft=lora"], ConfigError, "phase=transfer freezes the backbone"),
+    "finetune without transfer": (
+        ["phase=finetune"],
+        CheckpointError,
+        "Run `python train.py phase=transfer` first",
+    ),
+    "ckpt not an export": (["phase=finetune", "ckpt=/"], CheckpointError, "is not an autocritic export"),
+    "nf4 full finetune": (
+        ["phase=finetune", "peft=none", "quantization=nf4"],
+        ConfigError,
+        "quantization=nf4 with peft=none",
+    ),
+    "nf4 key full finetune": (
+        ["phase=finetune", "peft=none", "quantization.mode=nf4"],
+        ConfigError,
+        "use peft=lora (QLoRA)",
+    ),
+    "unknown phase": (["phase.name=distill"], ConfigError, "phase='distill' is unknown"),
+    "resume missing": (
+        ["resume=/no/such/last.ckpt"],
+        CheckpointError,
+        "resume='/no/such/last.ckpt' is not a file",
+    ),
+    "bad template": (
+        ["data.template='{response}{prompt}'"],
+        ConfigError,
+        "must contain {prompt} and end with {response}",
+    ),
+}
+
+
+@pytest.fixture
+def refuse_compute(monkeypatch):
+    """Fail the test if a model is loaded or data tokenized: a config error must come before that."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("compute started before the config was validated")
+
+    monkeypatch.setattr(run, "load_backbone", refuse)
+    monkeypatch.setattr(CriticDataModule, "setup", refuse)
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_config_fails_before_compute(tiny_backbone, tiny_data, tmp_path, refuse_compute, case):
+    overrides, error, message = BAD[case]
+    cfg = compose_train([*tiny_overrides(tiny_backbone, tiny_data, tmp_path), *overrides])
+    with pytest.raises(error) as raised:
+        run.train(cfg)
+    assert message in str(raised.value)
+    assert not (tmp_path / "outputs").exists() and not (tmp_path / "cache").exists()  # nothing written
+
+
+def test_missing_model_directory(tiny_data, tmp_path, refuse_compute):
+    missing = tmp_path / "no_model"
+    cfg = compose_train(tiny_overrides(missing, tiny_data, tmp_path))
+    with pytest.raises(ConfigError, match=f"model.name_or_path='{missing}' does not exist"):
+        run.train(cfg)
+
+
+def test_a_good_config_passes_validation(tiny_backbone, tiny_data, tmp_path, monkeypatch):
+    """The control for the cases above: the same overrides without the mistake reach the model loading."""
+    reached = []
+
+    def stop(*args, **kwargs):
+        reached.append(True)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(run, "load_backbone", stop)
+    cfg = compose_train(tiny_overrides(tiny_backbone, tiny_data, tmp_path))
+    with pytest.raises(KeyboardInterrupt):
+        run.train(cfg)
+    assert reached
+
+
+def train_py(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"} | {"WANDB_MODE": "offline"}
+    return subprocess.run(
+        [sys.executable, str(REPO / "train.py"), f"paths.outputs={tmp_path / 'outputs'}", *overrides],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_train_py_bad_value_exits_2_without_traceback(tmp_path):
+    result = train_py(tmp_path, "phase.lr=abc")
+    assert result.returncode == 2, result.stderr
+    assert "autocritic: phase.lr='abc' is not valid" in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_train_py_unknown_key_is_hydras_error(tmp_path):
+    result = train_py(tmp_path, "no_such_key=1")
+    assert result.returncode != 0
+    assert "no_such_key" in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout

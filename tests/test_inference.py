@@ -1,0 +1,259 @@
+"""Generation with critic scores from the same forward passes, the LangChain LLM, best-of-N and voting.
+
+The tiny random Falcon writes gibberish: the tests check mechanics (stop, only new text, score equality with a
+plain CriticModel forward, batching, streaming), never quality.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from langchain_core.output_parsers import StrOutputParser
+from langchain_core.prompts import PromptTemplate
+from tokenizers import Tokenizer, decoders, models
+
+from autocritic.inference.generation import (
+    CriticGenerator,
+    GenerationSettings,
+    Sample,
+    ScriptedGenerator,
+    find_stop,
+    held_back,
+)
+from autocritic.inference.llm import CriticLLM
+from autocritic.inference.rerank import best_of_n, majority_vote
+from autocritic.model.backbone import load_backbone, load_tokenizer
+from autocritic.model.critic import CriticModel
+
+# Different lengths (left padding in one batch); the random model's greedy texts are not all one repeated
+# character for the last two, so stops can cut them mid-text.
+PROMPTS = ["Q: 1+2=? A:", "(1+2)*3=", "zz top"]
+TOL = 1e-4
+
+
+def tiny_generator(backbone_dir: Path, batch_size: int = 16) -> CriticGenerator:
+    torch.manual_seed(0)
+    model = CriticModel(load_backbone(str(backbone_dir)))
+    tokenizer = load_tokenizer(str(backbone_dir))
+    # The fixture's character tokenizer has no decoder and decodes "ab" as "a b": join tokens as they are.
+    tokenizer.backend_tokenizer.decoder = decoders.Fuse()
+    return CriticGenerator(model, tokenizer, batch_size=batch_size)
+
+
+@pytest.fixture(scope="module")
+def generator(tiny_backbone) -> CriticGenerator:
+    return tiny_generator(tiny_backbone)
+
+
+def reference(generator: CriticGenerator, prompt: str, sample: Sample) -> tuple[float, list[float]]:
+    """Score and response values of a plain CriticModel forward over prompt ids + kept response ids."""
+    prompt_ids = generator.tokenizer(prompt)["input_ids"]
+    ids = torch.tensor([prompt_ids + sample.token_ids])
+    with torch.no_grad():
+        out = generator.model(ids, torch.ones_like(ids), return_values=True)
+    return out.score.item(), out.values[0, len(prompt_ids) :].tolist()
+
+
+def assert_scores_match(generator: CriticGenerator, prompts: list[str], results: list[list[Sample]]) -> None:
+    for prompt, samples in zip(prompts, results, strict=True):
+        for sample in samples:
+            score, values = reference(generator, prompt, sample)
+            assert sample.score == pytest.approx(score, abs=TOL)
+            if sample.values is not None:
+                assert sample.values == pytest.approx(values, abs=TOL)
+            # Character tokenizer: no token straddles a stop, the kept ids are exactly the text.
+            assert generator._decode(sample.token_ids) == sample.text
+
+
+def stops_from(results: list[list[Sample]]) -> tuple[str, ...]:
+    """Stop strings that really occur: the first character of one text (empty response) and a pair of
+    characters from the middle of the others (cut mid-text)."""
+    texts = [row[0].text for row in results]
+    return (texts[0][0], *(t[3:5] for t in texts[1:]))
+
+
+@pytest.mark.parametrize("do_sample", [False, True], ids=["greedy", "sampled"])
+def test_scores_from_generation_equal_critic_forward(generator, do_sample):
+    settings = GenerationSettings(
+        max_new_tokens=10, do_sample=do_sample, temperature=1.5, n=2, return_values=True
+    )
+    free = generator.generate(PROMPTS, settings)
+    assert [len(row) for row in free] == [2, 2, 2]
+    assert all(
+        s.finish_reason in ("eos", "length") and len(s.values) == len(s.token_ids) for r in free for s in r
+    )
+    assert_scores_match(generator, PROMPTS, free)  # "length" rows need the extra one-token forward
+
+    stop = stops_from(free)
+    stopped = generator.generate(PROMPTS, settings, stop=stop)
+    assert_scores_match(generator, PROMPTS, stopped)
+    for free_row, stopped_row in zip(free, stopped, strict=True):
+        for before, after in zip(free_row, stopped_row, strict=True):
+            cut = find_stop(before.text, stop)
+            assert after.text == (before.text if cut is None else before.text[:cut])  # stop and all after cut
+            assert after.finish_reason == ("stop" if cut is not None else before.finish_reason)
+    lengths = [len(s.text) for row in stopped for s in row if s.finish_reason == "stop"]
+    assert 0 in lengths  # the score is read at the last prompt token
+    assert any(0 < n < settings.max_new_tokens for n in lengths)  # a cut mid-text
+
+
+def test_only_new_text_and_greedy_copies(generator):
+    [[first, second]] = generator.generate(["Q: 1+2=? A:"], max_new_tokens=6, n=2)
+    assert first == second
+    assert len(first.token_ids) == 6 and first.finish_reason == "length"
+    assert first.text == generator._decode(first.token_ids)  # the prompt is not echoed
+
+
+def test_batched_equals_one_at_a_time_under_greedy(tiny_backbone, generator):
+    settings = GenerationSettings(max_new_tokens=8, stop=(" ",))
+    batched = generator.generate(PROMPTS, settings)
+    single = tiny_generator(tiny_backbone, batch_size=1).generate(PROMPTS, settings)
+    for (b,), (s,) in zip(batched, single, strict=True):
+        assert b.text == s.text and b.token_ids == s.token_ids
+        assert b.score == pytest.approx(s.score, abs=TOL)
+
+
+def test_sampling_is_seeded(generator):
+    settings = GenerationSettings(max_new_tokens=8, do_sample=True, n=3, seed=7)
+    first, again = generator.generate(PROMPTS[:1], settings), generator.generate(PROMPTS[:1], settings)
+    assert [s.text for s in first[0]] == [s.text for s in again[0]]
+    assert len({s.text for s in first[0]}) > 1  # n distinct samples at temperature 1
+
+
+def test_stream_concatenates_to_the_generated_text(generator):
+    settings = GenerationSettings(max_new_tokens=12, do_sample=True, temperature=1.5, seed=3)
+    [[free]] = generator.generate(PROMPTS[1:2], settings)
+    stop = free.text[6:9]  # a 3-character stop: its first characters are held back while streaming
+    [[full]] = generator.generate(PROMPTS[1:2], settings, stop=(stop,))
+    items = list(generator.stream(PROMPTS[1], settings, stop=(stop,)))
+    *deltas, sample = items
+    assert all(isinstance(d, str) and d for d in deltas) and len(deltas) > 1
+    assert "".join(deltas) == sample.text == full.text == free.text[: free.text.find(stop)]
+    assert sample.score == pytest.approx(full.score, abs=TOL)
+
+
+def test_stream_stops_early_when_the_consumer_does(generator):
+    stream = generator.stream(PROMPTS[0], max_new_tokens=200)
+    next(stream)
+    stream.close()  # cancels the generation thread and releases the lock
+    assert generator.generate(PROMPTS[:1], max_new_tokens=2)[0][0].token_ids
+
+
+def test_score_texts_matches_critic_forward(generator):
+    responses = [" 3", " five", ""]
+    scores = generator.score_texts(PROMPTS, responses)
+    for prompt, response, score in zip(PROMPTS, responses, scores, strict=True):
+        ids = torch.tensor([generator.tokenizer(prompt + response)["input_ids"]])
+        with torch.no_grad():
+            assert score == pytest.approx(generator.model(ids, torch.ones_like(ids)).score.item(), abs=TOL)
+
+
+def test_a_token_straddling_the_stop_is_kept(tiny_backbone):
+    vocab = {"<eos>": 0, "ab": 1, "c\nO": 2, "bs": 3}
+    core = Tokenizer(models.WordLevel(vocab, unk_token="<eos>"))
+    core.decoder = decoders.Fuse()
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, eos_token="<eos>", pad_token="<eos>")
+    generator = CriticGenerator(CriticModel(load_backbone(str(tiny_backbone))), tokenizer)
+    assert generator._cut([1, 2, 3, 0, 0], ["\nObs"]) == ("abc", 2, "stop")
+    assert generator._cut([1, 3, 0, 0], ["\nObs"]) == ("abbs", 2, "eos")
+    assert generator._cut([1, 3], []) == ("abbs", 2, "length")
+
+
+def test_stop_helpers():
+    assert find_stop("abc\nObservation", ["\nObs", "c"]) == 2
+    assert find_stop("abc", ["x", ""]) is None
+    assert held_back("answer\nObs", ["\nObservation"]) == 4
+    assert held_back("answer", ["\nObservation"]) == 0
+
+
+# ---- CriticLLM ----
+
+
+class Spy:
+    """Delegates to a generator and keeps what it returned (to compare with a CriticModel forward)."""
+
+    def __init__(self, inner: CriticGenerator):
+        self.inner, self.calls = inner, []
+
+    def generate(self, prompts, settings=None):
+        out = self.inner.generate(prompts, settings)
+        self.calls.append((list(prompts), settings, out))
+        return out
+
+    def stream(self, prompt, settings=None):
+        return self.inner.stream(prompt, settings)
+
+
+def test_llm_generation_info_holds_the_critic_score(generator):
+    spy = Spy(generator)
+    llm = CriticLLM(generator=spy, max_new_tokens=8, do_sample=True, temperature=1.5, n=2, return_values=True)
+    result = llm.generate(PROMPTS[:2], stop=["zz"])
+    [(prompts, settings, samples)] = spy.calls
+    assert prompts == PROMPTS[:2] and settings.stop == ("zz",) and settings.n == 2  # one batched call
+    assert_scores_match(generator, prompts, samples)
+    for row, sample_row in zip(result.generations, samples, strict=True):
+        for generation, sample in zip(row, sample_row, strict=True):
+            assert generation.text == sample.text
+            assert generation.generation_info["critic_score"] == sample.score
+            assert generation.generation_info["finish_reason"] == sample.finish_reason
+            assert generation.generation_info["token_values"] == sample.values
+
+
+def test_llm_honours_stop_and_returns_only_new_text():
+    llm = CriticLLM(generator=ScriptedGenerator(["Paris\nQuestion: next one", "x"]), stop=["\nQuestion"])
+    assert llm.invoke("Question: capital of France?\nAnswer: ") == "Paris"
+    with pytest.raises(TypeError, match="unknown generation arguments"):
+        llm.invoke("q", temprature=0.5)
+
+
+def test_llm_streams_token_by_token(generator):
+    llm = CriticLLM(generator=generator, max_new_tokens=10, do_sample=True, temperature=1.5)
+    text = llm.invoke(PROMPTS[1])
+    chunks = list(llm.stream(PROMPTS[1]))
+    assert len(chunks) > 2 and "".join(chunks) == text
+    *_, last = llm._stream(PROMPTS[1])
+    assert last.text == "" and set(last.generation_info) == {"critic_score", "finish_reason"}
+
+
+def test_llm_in_runnable_pipe_and_legacy_llmchain(generator):
+    from langchain_classic.chains import LLMChain
+
+    prompt = PromptTemplate.from_template("Q: {a}+{b}=? A:")
+    llm = CriticLLM(generator=generator, max_new_tokens=5)
+    piped = (prompt | llm | StrOutputParser()).invoke({"a": 1, "b": 2})
+    [[sample]] = generator.generate(["Q: 1+2=? A:"], max_new_tokens=5)
+    assert piped == sample.text
+    chain = LLMChain(llm=llm, prompt=prompt)
+    assert chain.invoke({"a": 1, "b": 2})["text"] == sample.text
+
+
+# ---- best-of-N and voting ----
+
+
+def test_best_of_n_picks_the_highest_critic_score(generator):
+    results = best_of_n(generator, PROMPTS[:2], n=4, max_new_tokens=6, temperature=1.5)
+    for result in results:
+        assert len(result.samples) == 4
+        assert result.best.score == max(result.scores)
+        assert result.chosen == result.scores.index(max(result.scores))
+    assert_scores_match(generator, PROMPTS[:2], [r.samples for r in results])
+    with pytest.raises(ValueError, match="do_sample"):
+        best_of_n(generator, PROMPTS[:1], n=2, do_sample=False)
+
+
+def test_best_of_n_ties_go_to_the_first():
+    [result] = best_of_n(ScriptedGenerator(["a", "b", "c"], score=1.0), ["q"], n=3)
+    assert result.chosen == 0 and result.best.text == "a"
+
+
+def test_majority_vote():
+    assert majority_vote(["5", "4", "5", None]) == "5"
+    assert majority_vote(["4", "5"]) == "4"  # tie: the first seen
+    assert majority_vote([None, None]) is None
+    assert majority_vote(["4", "5", "5"], weights=[0.9, 0.2, 0.3]) == "4"
+    with pytest.raises(ValueError):
+        majority_vote(["4"], weights=[1.0, 2.0])

@@ -1,0 +1,243 @@
+"""CriticModel on the tiny Falcon: padding invariance, per-token values, fp32 head, and the export round trips."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+import torch
+from helpers import TEXTS, encode, scores
+from safetensors.torch import load_file
+
+from autocritic.errors import CheckpointError
+from autocritic.model.backbone import LoraSettings, apply_lora, load_backbone, load_tokenizer
+from autocritic.model.critic import CriticModel, CriticOutput, decoder_of, last_token_index
+from autocritic.model.export import (
+    HEAD_NAME,
+    head_state,
+    load_critic,
+    load_head,
+    read_critic_config,
+    save_critic,
+)
+from autocritic.model.head import CriticHead, HeadSettings
+
+TOL = 1e-5
+HEADS = {
+    "linear": HeadSettings(kind="linear"),
+    "mlp": HeadSettings(kind="mlp", hidden_dim=16),
+}
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_backbone):
+    return load_tokenizer(str(tiny_backbone))
+
+
+def make_critic(path, head: HeadSettings, dtype: str = "float32", seed: int = 0) -> CriticModel:
+    torch.manual_seed(seed)
+    return CriticModel(load_backbone(str(path), dtype=dtype), head_settings=head).eval()
+
+
+def perturb(module: torch.nn.Module, seed: int = 1, scale: float = 0.5) -> None:
+    """Move weights away from their init, so a round trip that drops them cannot pass by chance."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(scale * torch.randn(p.shape, generator=generator).to(p.dtype))
+
+
+# ---- the forward pass ----
+def test_last_token_index_reads_the_mask():
+    mask = torch.tensor([[1, 1, 1, 0, 0], [0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
+    assert last_token_index(mask).tolist() == [2, 4, 4]
+
+
+@pytest.mark.parametrize("kind", HEADS)
+def test_scores_do_not_depend_on_padding_or_batch(tiny_backbone, tokenizer, kind):
+    critic = make_critic(tiny_backbone, HEADS[kind])
+    lengths = [len(tokenizer(t)["input_ids"]) for t in TEXTS]
+    assert len(set(lengths)) == len(TEXTS)  # really different lengths, so padding is exercised
+    right = scores(critic, tokenizer, TEXTS, side="right")
+    left = scores(critic, tokenizer, TEXTS, side="left")
+    alone = torch.cat([scores(critic, tokenizer, [t]) for t in TEXTS])
+    assert right.shape == (len(TEXTS),)
+    assert (right - left).abs().max() <= TOL
+    assert (right - alone).abs().max() <= TOL
+    assert right.std() > 0  # the texts are not scored alike: the comparison means something
+
+
+def test_values_per_token_and_their_last_real_token_is_the_score(tiny_backbone, tokenizer):
+    critic = make_critic(tiny_backbone, HEADS["mlp"])
+    for side in ("right", "left"):
+        input_ids, mask = encode(tokenizer, TEXTS, side)
+        with torch.no_grad():
+            out = critic(input_ids, mask, return_values=True)
+        assert out.values.shape == input_ids.shape  # (B, T)
+        at_last = out.values[torch.arange(len(TEXTS)), mask.sum(-1) - 1 if side == "right" else -1]
+        assert (at_last - out.score).abs().max() <= TOL
+
+
+def test_output_keeps_only_the_pooled_state(tiny_backbone, tokenizer):
+    assert {f.name for f in dataclasses.fields(CriticOutput)} == {"score", "hidden", "values", "logits"}
+    critic = make_critic(tiny_backbone, HEADS["linear"])
+    seen = []
+    decoder_of(critic.backbone).register_forward_hook(
+        lambda m, args, kwargs, out: seen.append((kwargs, out)), with_kwargs=True
+    )
+    input_ids, mask = encode(tokenizer, TEXTS)
+    with torch.no_grad():
+        out = critic(input_ids, mask)
+    kwargs, decoder_out = seen[0]
+    assert not kwargs.get("output_hidden_states")
+    assert getattr(decoder_out, "hidden_states", None) is None  # no per-layer activations kept alive
+    assert out.hidden.shape == (len(TEXTS), critic.config.hidden_size)  # (B, H): pooled, not (B, T, H)
+    assert out.values is None and out.logits is None
+
+
+def test_logits_are_the_lm_logits_of_the_same_state(tiny_backbone, tokenizer):
+    critic = make_critic(tiny_backbone, HEADS["linear"])
+    input_ids, mask = encode(tokenizer, TEXTS, "right")
+    with torch.no_grad():
+        out = critic(input_ids, mask, return_logits=True)
+        reference = critic.backbone(input_ids=input_ids, attention_mask=mask).logits
+    real = mask.bool()
+    assert out.logits.shape == reference.shape
+    assert (out.logits[real] - reference[real]).abs().max() <= 1e-4
+
+
+@pytest.mark.parametrize("kind", HEADS)
+def test_head_runs_in_fp32_on_a_bf16_backbone(tiny_backbone, tokenizer, kind):
+    critic = make_critic(tiny_backbone, HEADS[kind], dtype="bfloat16")
+    assert next(critic.backbone.parameters()).dtype == torch.bfloat16
+    assert all(p.dtype == torch.float32 for p in critic.head.parameters())
+    input_ids, mask = encode(tokenizer, TEXTS)
+    with torch.no_grad():
+        out = critic(input_ids, mask, return_values=True)
+        by_hand = critic.head.net(out.hidden.float()).squeeze(-1)  # fp32 weights on the upcast state
+    assert out.hidden.dtype == torch.bfloat16
+    assert out.score.dtype == torch.float32 and out.values.dtype == torch.float32
+    assert torch.equal(out.score, by_hand)
+
+
+def test_head_shapes_and_kinds():
+    hidden = torch.randn(3, 5, 64)
+    for settings in HEADS.values():
+        head = CriticHead(64, settings).eval()
+        assert head(hidden).shape == (3, 5)
+        assert head(hidden[:, -1]).shape == (3,)
+        assert head(hidden.bfloat16()).dtype == torch.float32
+    assert isinstance(CriticHead(64, HEADS["linear"]).net, torch.nn.Linear)
+    assert len(CriticHead(64, HEADS["mlp"]).net) == 4
+    with pytest.raises(ValueError, match="head.kind"):
+        CriticHead(64, HeadSettings(kind="conv"))
+
+
+# ---- export round trips ----
+def export(model, tokenizer, path, tiny_backbone, head: HeadSettings, mode: str):
+    return save_critic(
+        model, tokenizer, path, str(tiny_backbone), head, template="{prompt}{response}", backbone_mode=mode
+    )
+
+
+@pytest.mark.parametrize("kind", HEADS)
+def test_frozen_export_round_trip(tiny_backbone, tokenizer, tmp_path, kind):
+    critic = make_critic(tiny_backbone, HEADS[kind])
+    perturb(critic.head)
+    before = scores(critic, tokenizer, TEXTS)
+    out = export(critic, tokenizer, tmp_path / "export", tiny_backbone, HEADS[kind], "frozen")
+    assert not (out / "backbone").exists() and not (out / "adapter").exists()  # a reference, not a copy
+    assert not out.with_name("export.partial").exists()
+    loaded = load_critic(out)
+    assert loaded.template == "{prompt}{response}"
+    assert loaded.config["backbone"]["mode"] == "frozen"
+    assert not loaded.model.training
+    assert (scores(loaded.model, loaded.tokenizer, TEXTS) - before).abs().max() <= TOL
+
+
+def test_full_export_round_trip(tiny_backbone, tokenizer, tmp_path):
+    critic = make_critic(tiny_backbone, HEADS["linear"])
+    untouched = scores(critic, tokenizer, TEXTS)
+    perturb(critic.backbone, scale=0.05)
+    perturb(critic.head)
+    before = scores(critic, tokenizer, TEXTS)
+    out = export(critic, tokenizer, tmp_path / "export", tiny_backbone, HEADS["linear"], "full")
+    assert (out / "backbone" / "config.json").is_file()
+    loaded = load_critic(out)
+    after = scores(loaded.model, loaded.tokenizer, TEXTS)
+    assert (after - before).abs().max() <= TOL
+    assert (after - untouched).abs().max() > 1e-3  # the fine-tuned backbone was saved, not the original
+
+
+def test_lora_trains_adapters_and_the_critic_head_only(tiny_backbone):
+    """peft matches modules_to_save by suffix: "head" must not catch the backbone's lm_head."""
+    model = apply_lora(
+        make_critic(tiny_backbone, HEADS["linear"]), LoraSettings(target_modules=["query_key_value"])
+    )
+    trainable = sorted(n for n, p in model.named_parameters() if p.requires_grad)
+    assert [n for n in trainable if "lora_" not in n] == [
+        "base_model.model.head.net.bias",
+        "base_model.model.head.net.weight",
+    ]
+    assert len([n for n in trainable if "lora_" in n]) == 4  # A and B in 2 blocks
+    assert type(model.get_base_model().backbone.lm_head) is torch.nn.Linear
+
+
+def test_lora_export_round_trip_merged_and_unmerged(tiny_backbone, tokenizer, tmp_path):
+    critic = make_critic(tiny_backbone, HEADS["mlp"])
+    model = apply_lora(
+        critic, LoraSettings(r=4, alpha=8, dropout=0.0, target_modules=["query_key_value", "dense"])
+    )
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n or n.startswith("base_model.model.head.") for n in trainable)
+    assert {f"base_model.model.head.{n}" for n, _ in critic.head.named_parameters()} <= trainable
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name or ".head." in name:
+                p.add_(0.3 * torch.randn_like(p))
+    model.eval()
+    head_before = head_state(model)
+    before = scores(model, tokenizer, TEXTS)
+
+    out = export(model, tokenizer, tmp_path / "export", tiny_backbone, HEADS["mlp"], "lora")
+    assert (out / "adapter").is_dir()
+    saved_head = load_file(str(out / HEAD_NAME))
+    assert saved_head.keys() == head_before.keys()
+    assert all(torch.equal(saved_head[k], head_before[k]) for k in head_before)
+
+    for merge in (True, False):
+        loaded = load_critic(out, merge=merge)
+        assert isinstance(loaded.model, CriticModel) == merge  # merged: LoRA folded in, no peft wrapper left
+        reloaded_head = head_state(loaded.model)
+        assert all(torch.equal(reloaded_head[k], head_before[k]) for k in head_before)
+        after = scores(loaded.model, loaded.tokenizer, TEXTS)
+        assert (after - before).abs().max() <= TOL, f"merge={merge}"
+
+    plain = make_critic(tiny_backbone, HEADS["mlp"])
+    plain.head.load_state_dict(head_before)
+    assert (scores(plain, tokenizer, TEXTS) - before).abs().max() > 1e-4  # the adapter matters
+
+
+def test_export_errors_are_checkpoint_errors(tiny_backbone, tokenizer, tmp_path):
+    with pytest.raises(CheckpointError, match="critic_config.json is missing"):
+        load_critic(tmp_path)
+    critic = make_critic(tiny_backbone, HEADS["linear"])
+    out = export(critic, tokenizer, tmp_path / "export", tiny_backbone, HEADS["linear"], "frozen")
+    with pytest.raises(CheckpointError, match="does not fit this backbone"):
+        load_head(out, 32, HEADS["linear"])
+    config = json.loads((out / "critic_config.json").read_text())
+    (out / "critic_config.json").write_text(json.dumps(config | {"format_version": 99}))
+    with pytest.raises(CheckpointError, match="format_version 99"):
+        read_critic_config(out)
+
+
+def test_export_replaces_an_older_one(tiny_backbone, tokenizer, tmp_path):
+    first = make_critic(tiny_backbone, HEADS["linear"], seed=1)
+    second = make_critic(tiny_backbone, HEADS["linear"], seed=2)
+    export(first, tokenizer, tmp_path / "export", tiny_backbone, HEADS["linear"], "frozen")
+    out = export(second, tokenizer, tmp_path / "export", tiny_backbone, HEADS["linear"], "frozen")
+    loaded = load_critic(out)
+    assert (
+        scores(loaded.model, loaded.tokenizer, TEXTS) - scores(second, tokenizer, TEXTS)
+    ).abs().max() <= TOL

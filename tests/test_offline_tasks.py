@@ -1,0 +1,115 @@
+"""The generated world: deterministic, split by problem identity, formats that other modules rely on."""
+
+from __future__ import annotations
+
+import itertools
+import random
+
+import pytest
+
+from autocritic.offline import tasks
+from autocritic.offline.tasks import (
+    FAMILIES,
+    evaluate_expression,
+    format_number,
+    is_tiny,
+    make_splits,
+    render,
+    split_of,
+)
+
+
+@pytest.fixture(scope="module")
+def splits():
+    return make_splits(seed=0, train=60, val=30, test=30)
+
+
+def test_make_splits_is_deterministic_and_seeded(splits):
+    assert make_splits(seed=0, train=60, val=30, test=30) == splits
+    assert make_splits(seed=1, train=60, val=30, test=30)["test"] != splits["test"]
+
+
+def test_splits_never_share_a_problem(splits):
+    keys = {split: {p.key for p in problems} for split, problems in splits.items()}
+    assert not keys["train"] & keys["val"] and not keys["train"] & keys["test"] and not keys["val"] & keys["test"]
+    for split, problems in splits.items():
+        assert len(problems) == len(keys[split]) == (60 if split == "train" else 30) * len(FAMILIES)
+        assert all(split_of(p) == split for p in problems)
+
+
+def test_tiny_fact_spaces_stay_in_train(splits):
+    assert is_tiny("3+4") and is_tiny("7*8") and not is_tiny("13+4") and not is_tiny("1.5*2")
+    held_out = [p for p in splits["val"] + splits["test"] if p.expression is not None]
+    assert held_out and not any(is_tiny(p.expression) for p in held_out)
+    rng = random.Random(0)
+    for _ in range(200):
+        problem = tasks.arithmetic_problem(rng)
+        if is_tiny(problem.expression):
+            assert split_of(problem) == "train"
+
+
+def test_answers_are_exact(splits):
+    for problem in splits["test"]:
+        if problem.expression is not None:
+            assert problem.answer == format_number(evaluate_expression(problem.expression))
+    assert {p.family for p in splits["test"]} == set(FAMILIES)
+
+
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [(68, "68"), (6.799999999, "6.8"), (2.5, "2.5"), (-0.00001, "0"), (1 / 3, "0.3333"), (1e12, "1000000000000"), (-4.0, "-4")],
+)
+def test_format_number(value, text):
+    assert format_number(value) == text
+
+
+def test_calculator_rejects_anything_but_arithmetic():
+    assert evaluate_expression("(4.5*2.1)**2") == pytest.approx(89.3025)
+    for bad in ("__import__('os')", "2**1000", "a+1", "[1]"):
+        with pytest.raises((ValueError, SyntaxError)):
+            evaluate_expression(bad)
+
+
+def test_react_trace_has_the_langchain_lines():
+    trace = tasks.render_react("What is 23 times 4.5?", "23*4.5", "103.5")
+    assert trace.endswith(
+        "Question: What is 23 times 4.5?\n"
+        "Thought: I should use the calculator.\n"
+        "Action: Calculator\n"
+        "Action Input: 23*4.5\n"
+        "Observation: 103.5\n"
+        "Thought: I now know the final answer.\n"
+        "Final Answer: 103.5"
+    )
+    # What LangChain sends for the second step is a prefix of the trace.
+    first = tasks.react_prompt("What is 23 times 4.5?") + tasks.react_action("23*4.5")
+    assert trace.startswith(first + "\nObservation: 103.5\nThought: ")
+    assert tasks.REACT_STOP == ("\nObservation",)
+
+
+def test_dialogue_answer_is_stated_in_the_conversation(splits):
+    dialogues = [p for p in splits["train"] if p.family == "dialogue"]
+    for problem in dialogues:
+        assert problem.answer in problem.question.split("\n")[0] + problem.question.split("\n")[2]
+        assert render(problem).endswith(f"\nAI: {problem.answer}")
+
+
+def test_prompt_plus_completion_is_the_training_text(splits):
+    for problem in splits["val"]:
+        assert tasks.prompt_of(problem) + tasks.completion_of(problem) == render(problem)
+
+
+def test_few_shot_prompt_ends_with_the_question(splits):
+    arithmetic = [p for p in splits["test"] if p.family == "arithmetic"]
+    pool = [p for p in splits["train"] if p.family == "arithmetic"]
+    prompts = tasks.few_shot_prompts(arithmetic, pool, shots=2, seed=0)
+    assert prompts == tasks.few_shot_prompts(arithmetic, pool, shots=2, seed=0)
+    for problem, prompt in zip(arithmetic, prompts, strict=True):
+        assert prompt.endswith(tasks.prompt_of(problem)) and prompt.count("Question:") == 3
+
+
+def test_document_stream_is_deterministic():
+    weights = {"arithmetic": 0.8, "react": 0.1, "dialogue": 0.1}
+    first = list(itertools.islice(tasks.iter_documents(0, weights), 50))
+    assert first == list(itertools.islice(tasks.iter_documents(0, weights), 50))
+    assert first != list(itertools.islice(tasks.iter_documents(1, weights), 50))

@@ -1,0 +1,45 @@
+"""The offline tokenizer: lossless on every generated text, digits and operators alone, HF round trip."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+from transformers import AutoTokenizer
+
+from autocritic.offline import tasks
+from autocritic.offline.tokenizer import EOS_TOKEN, PAD_TOKEN, save_tokenizer, train_tokenizer
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory):
+    weights = {"arithmetic": 0.6, "react": 0.2, "dialogue": 0.2}
+    trained = train_tokenizer(itertools.islice(tasks.iter_documents(0, weights), 500), vocab_size=400)
+    out = save_tokenizer(trained, tmp_path_factory.mktemp("tokenizer"))
+    return AutoTokenizer.from_pretrained(out)
+
+
+def test_reloads_with_eos_and_pad(tokenizer):
+    assert tokenizer.eos_token == EOS_TOKEN and tokenizer.pad_token == PAD_TOKEN
+    assert tokenizer.eos_token_id != tokenizer.pad_token_id
+
+
+def test_round_trips_every_generated_text(tokenizer):
+    splits = tasks.make_splits(seed=3, train=20, val=10, test=10)
+    texts = [tasks.render(p) for problems in splits.values() for p in problems]
+    texts += ["héllo  wörld ½\t", "Thought: ", " 1,234.50 ((2+3))**2 "]
+    for text in texts:
+        assert tokenizer.decode(tokenizer(text)["input_ids"]) == text
+
+
+def test_digits_operators_and_spaces_stand_alone(tokenizer):
+    tokens = tokenizer.convert_ids_to_tokens(tokenizer("(12+345)**2.5")["input_ids"])
+    assert [tokenizer.convert_tokens_to_string([t]) for t in tokens] == list("(12+345)**2.5")
+
+
+def test_prompt_and_response_tokenize_like_their_concatenation(tokenizer):
+    splits = tasks.make_splits(seed=4, train=10, val=0, test=10)
+    for problem in splits["test"]:
+        prompt, completion = tasks.prompt_of(problem), tasks.completion_of(problem)
+        joined = tokenizer(prompt + completion)["input_ids"]
+        assert tokenizer(prompt)["input_ids"] + tokenizer(completion)["input_ids"] == joined
