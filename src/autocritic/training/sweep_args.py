@@ -14,7 +14,7 @@ log = logging.getLogger("autocritic")
 
 INJECTED_KEYS = {"_wandb", "wandb_version"}
 PYTHON_DICT = re.compile(r"^\{\s*'[^']*'\s*:")
-NEEDS_QUOTES = re.compile(r"[\s{}()=,:\\'\"]")
+NEEDS_QUOTES = re.compile(r"[\s{}'\"\\]")  # commas and brackets stay: Hydra sweeps (a,b), range(), glob()
 
 
 def quote(value: str) -> str:

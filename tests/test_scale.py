@@ -1,0 +1,213 @@
+"""Scale and sweeps: trainer presets, wandb sweep arguments through Hydra, simulated DDP, Hydra multirun."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from helpers import compose_train, resolved, tiny_overrides
+
+from autocritic.errors import ConfigError
+from autocritic.training.run import build_strategy, train
+from autocritic.training.sweep_args import sanitize_override, sanitize_overrides
+
+ROOT = Path(__file__).resolve().parents[1]
+SWEEPS = sorted((ROOT / "conf" / "sweep").glob("*.yaml"))
+PRESETS = sorted(p.stem for p in (ROOT / "conf" / "trainer").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_every_trainer_preset_composes_and_builds_its_strategy(preset):
+    cfg = compose_train([f"trainer={preset}"])
+    spec = cfg.trainer.get("strategy")
+    if preset == "deepspeed":
+        try:
+            import deepspeed  # noqa: F401
+        except ImportError:
+            with pytest.raises(ConfigError, match="pip install deepspeed"):
+                build_strategy(spec)
+            return
+    strategy = build_strategy(spec)
+    if preset == "fsdp":
+        from transformers.models.falcon.modeling_falcon import FalconDecoderLayer
+
+        assert strategy.kwargs["auto_wrap_policy"]._module_classes == {FalconDecoderLayer}
+        assert strategy._activation_checkpointing_kwargs["auto_wrap_policy"]._module_classes == {
+            FalconDecoderLayer
+        }
+
+
+def agent_arguments(spec: dict, pick: int) -> list[str]:
+    """What a wandb agent passes: `key=str(value)` for one point of the search space (args_no_hyphens)."""
+    args = []
+    for key, param in spec["parameters"].items():
+        if "value" in param:
+            value = param["value"]
+        elif "values" in param:
+            value = param["values"][pick % len(param["values"])]
+        else:
+            value = param["min"]
+        args.append(f"{key}={value}")
+    return args
+
+
+@pytest.mark.parametrize("sweep_file", SWEEPS, ids=lambda p: p.stem)
+def test_sweep_specs_use_the_hydra_safe_command(sweep_file):
+    spec = yaml.safe_load(sweep_file.read_text())
+    assert spec["command"] == ["${env}", "${interpreter}", "${program}", "${args_no_hyphens}"]
+    assert spec["program"] == "train.py"
+    assert spec["metric"]["name"].startswith("val/")
+
+
+@pytest.mark.parametrize("sweep_file", SWEEPS, ids=lambda p: p.stem)
+def test_every_sweep_point_composes(sweep_file):
+    spec = yaml.safe_load(sweep_file.read_text())
+    longest = max(len(p.get("values", [0])) for p in spec["parameters"].values())
+    for pick in range(longest):
+        args = sanitize_overrides(agent_arguments(spec, pick))
+        cfg = compose_train(args)
+        for key, param in spec["parameters"].items():
+            if "." in key and "values" in param:
+                raw = param["values"][pick % len(param["values"])]
+                got = cfg
+                for part in key.split("."):
+                    got = got[part]
+                expected = None if raw == "None" else raw
+                assert (list(got) if isinstance(expected, list) else got) == expected, key
+
+
+def test_sweep_traps_are_defused():
+    assert sanitize_override("head.init_std=None") == "head.init_std=null"
+    assert sanitize_override("_wandb={'runtime': 12}") is None
+    assert sanitize_override("wandb_version=1") is None
+    assert sanitize_override("paths={'outputs': 'outputs', 'cache': 'data/cache'}") is None
+    assert (
+        sanitize_override("data.template=Question: {prompt} {response}")
+        == "data.template='Question: {prompt} {response}'"
+    )
+    assert (
+        sanitize_override("data.template=it's {prompt}{response}")
+        == 'data.template="it\'s {prompt}{response}"'
+    )
+    assert (
+        sanitize_override("peft.target_modules=['query_key_value', 'dense']")
+        == "peft.target_modules=['query_key_value', 'dense']"
+    )
+    assert sanitize_override("phase.lr=0.001") == "phase.lr=0.001"
+    assert sanitize_override("--help") == "--help"
+
+
+def test_a_resumed_sweep_run_with_every_trap_trains(tiny_backbone, tiny_data, tmp_path):
+    """The arguments of a preempted/resumed agent run: None, whitespace, _wandb, a whole group injected."""
+    agent_args = [
+        "phase=transfer",
+        "phase.lr=0.01",
+        "head=mlp",
+        "head.init_std=None",
+        "head.dropout=0.2",
+        "_wandb={'runtime': 3, 'code_path': 'train.py'}",
+        "wandb_version=1",
+        "paths={'outputs': 'outputs', 'offline': 'data/offline'}",
+        "data.template=Q {prompt}{response}",
+    ]
+    cfg = resolved(
+        compose_train(
+            tiny_overrides(tiny_backbone, tiny_data, tmp_path)
+            + sanitize_overrides(agent_args)
+            + ["trainer.fast_dev_run=true"]
+        )
+    )
+    assert (
+        cfg.head.init_std is None and cfg.head.kind == "mlp" and cfg.data.template == "Q {prompt}{response}"
+    )
+    train(cfg)
+    export = Path(cfg.paths.run_dir) / "export" / "critic_config.json"
+    assert export.is_file()
+
+
+def run_cli(args: list[str], cwd: Path, timeout: int = 240) -> subprocess.CompletedProcess:
+    env = dict(os.environ, OMP_NUM_THREADS="1", WANDB_MODE="offline", HF_HUB_OFFLINE="1")
+    return subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def cli_overrides(backbone: Path, data: dict[str, Path]) -> list[str]:
+    return [
+        f"model.name_or_path={backbone}",
+        "model.offline_default=false",
+        "data=files",
+        f"data.train_files=[{data['train']}]",
+        f"data.val_files=[{data['val']}]",
+        "data.template='{prompt}{response}'",
+        "data.max_length=32",
+        "data.batch_size=8",
+        "logger=csv",
+        "progress_bar=none",
+        "phase.max_epochs=2",
+    ]
+
+
+@pytest.mark.slow
+def test_simulated_ddp_on_cpu_writes_one_run(tiny_backbone, tiny_data, tmp_path):
+    result = run_cli(
+        cli_overrides(tiny_backbone, tiny_data)
+        + ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"],
+        tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = list((tmp_path / "outputs" / "transfer").iterdir())
+    assert len(runs) == 1, runs  # one output directory per run, not per rank
+    run = runs[0]
+    assert (run / "export" / "critic_config.json").is_file()
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    assert (run / "train_ddp_process_1.log").is_file()  # the second rank ran, in the same directory
+    assert list((tmp_path / "data" / "cache").glob("*.safetensors"))  # the feature cache works under DDP
+
+
+@pytest.mark.slow
+def test_hydra_multirun_runs_each_job(tiny_backbone, tiny_data, tmp_path):
+    result = run_cli(
+        ["-m", *cli_overrides(tiny_backbone, tiny_data), "trainer.fast_dev_run=true", "phase.lr=0.001,0.01"],
+        tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    exports = list((tmp_path / "outputs" / "multirun").glob("*/*/export/critic_config.json"))
+    assert len(exports) == 2
+
+
+def test_quantized_full_finetuning_is_refused_before_compute(tiny_backbone, tiny_data, tmp_path):
+    overrides = tiny_overrides(tiny_backbone, tiny_data, tmp_path) + [
+        "phase=finetune",
+        "peft=none",
+        "quantization=nf4",
+    ]
+    with pytest.raises(ConfigError, match="peft=lora"):
+        train(resolved(compose_train(overrides)))
+
+
+def test_memory_levers_are_configuration():
+    cfg = compose_train(
+        [
+            "phase=finetune",
+            "phase.optimizer=adamw8bit",
+            "model.gradient_checkpointing=true",
+            "trainer.precision=bf16-mixed",
+            "trainer.accumulate_grad_batches=4",
+        ]
+    )
+    assert (
+        cfg.phase.optimizer,
+        cfg.model.gradient_checkpointing,
+        cfg.trainer.precision,
+        cfg.trainer.accumulate_grad_batches,
+    ) == ("adamw8bit", True, "bf16-mixed", 4)
