@@ -26,7 +26,12 @@ EPOCHS = 5
 
 def run_hf_trainer(cfg, datamodule, out_dir: str) -> tuple[float, float]:
     import datasets
-    from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding, Trainer, TrainingArguments
+    from transformers import (
+        AutoModelForSequenceClassification,
+        DataCollatorWithPadding,
+        Trainer,
+        TrainingArguments,
+    )
 
     start = time.perf_counter()
     model = AutoModelForSequenceClassification.from_pretrained(cfg.model.name_or_path, num_labels=2)
@@ -98,10 +103,14 @@ def main() -> None:
         hf_s, hf_auroc = run_hf_trainer(cfg, datamodule, f"{work}/hf")
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    print(f"model {cfg.model.name_or_path}  train examples {n_train}  epochs {EPOCHS}  torch threads {torch.get_num_threads()}")
+    print(
+        f"model {cfg.model.name_or_path}  train examples {n_train}  epochs {EPOCHS}  torch threads {torch.get_num_threads()}"
+    )
     print(f"HF Trainer (frozen backbone):   {hf_s:8.1f} s   val AUROC {hf_auroc:.4f}")
     print(f"autocritic (feature cache):     {ours_s:8.1f} s   val AUROC {ours_auroc:.4f}")
-    print(f"speed-up (Trainer / autocritic): {hf_s / ours_s:.2f}x   AUROC difference {abs(hf_auroc - ours_auroc):.4f}")
+    print(
+        f"speed-up (Trainer / autocritic): {hf_s / ours_s:.2f}x   AUROC difference {abs(hf_auroc - ours_auroc):.4f}"
+    )
 
 
 if __name__ == "__main__":

@@ -211,3 +211,35 @@ def test_memory_levers_are_configuration():
         cfg.trainer.precision,
         cfg.trainer.accumulate_grad_batches,
     ) == ("adamw8bit", True, "bf16-mixed", 4)
+
+
+def test_gpu_check_script_runs_its_modes_on_a_tiny_model(tmp_path):
+    """The prepared GPU check, shrunk to a CPU smoke run: every mode runs a step and reports throughput."""
+    out = tmp_path / "gpu_check.json"
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "gpu_check.py"),
+            "--tiny",
+            "--device",
+            "cpu",
+            "--batch",
+            "2",
+            "--seq",
+            "16",
+            "--steps",
+            "1",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env=dict(os.environ, OMP_NUM_THREADS="1"),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    import json
+
+    modes = {r["mode"]: r for r in json.loads(out.read_text())["results"]}
+    assert set(modes) == {"frozen", "lora", "qlora"}
+    assert all(r["tokens_per_s"] > 0 for r in modes.values())
