@@ -1,0 +1,218 @@
+"""Suite "rerank" (the headline): does the critic pick right answers among the model's own samples?
+
+    held-out problem ──few-shot prompt (as offline.generate)──► N samples, critic scores from the same passes
+        greedy            the one greedy answer
+        single sample     one of the N
+        majority vote     most frequent extracted answer (self-consistency)
+        critic-weighted   votes weighted by sigmoid(score)
+        best-of-N         the highest critic score
+        pass@N            any of the N is right (the oracle ceiling)
+
+N runs over 1, 2, 4, ... up to `n_samples`, each a random subset of the max-N pool (averaged over `subsets` draws).
+The critic's AUROC and calibration (ECE, reliability diagram) are measured on all sampled answers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from autocritic.evaluation import plots
+from autocritic.evaluation.context import EvalContext
+from autocritic.evaluation.metrics import (
+    METHOD_LABELS,
+    METHODS,
+    Pool,
+    auroc,
+    best_of_n_curve,
+    calibration,
+    gap_closed,
+    rate,
+    roc_points,
+    within_problem_auroc,
+)
+from autocritic.evaluation.report import SuiteResult, Table
+from autocritic.inference.generation import GenerationSettings
+from autocritic.offline.generate import GenerateSettings
+from autocritic.offline.labelling import extract_answer, is_correct
+from autocritic.offline.tasks import SPLITS, few_shot_prompts
+
+_OFFLINE = GenerateSettings()
+
+
+@dataclass
+class Settings:
+    n_problems: int = 200
+    n_samples: int = 16  # the largest N; smaller N subsample this pool
+    ns: tuple[int, ...] = (1, 2, 4, 8, 16)
+    subsets: int = 32
+    gap_n: int = 8  # "fraction of the greedy → pass@N gap closed by best-of-N" at this N
+    calibration_bins: int = 10
+    # None: the value offline.generate used to make the critic's data (the distribution it was trained on).
+    temperature: float | None = None
+    shots: int | None = None
+    max_new_tokens: int | None = None
+    pool_size: int | None = None
+
+    def resolved(self) -> Settings:
+        pick = lambda value, default: default if value is None else value  # noqa: E731
+        return Settings(
+            **{
+                k: getattr(self, k)
+                for k in ("n_problems", "n_samples", "subsets", "gap_n", "calibration_bins")
+            },
+            ns=tuple(sorted({n for n in self.ns if n <= self.n_samples} | {self.n_samples})),
+            temperature=pick(self.temperature, _OFFLINE.temperature),
+            shots=pick(self.shots, _OFFLINE.shots),
+            max_new_tokens=pick(self.max_new_tokens, _OFFLINE.max_new_tokens),
+            pool_size=pick(self.pool_size, _OFFLINE.train_problems),
+        )
+
+
+def sample_pools(ctx: EvalContext, s: Settings) -> tuple[list[Pool], list[tuple[bool, float | None]]]:
+    """The N-sample pool of every problem and its greedy answer (right?, critic score)."""
+    splits = ctx.splits("arithmetic", s.n_problems, train=s.pool_size)
+    problems = splits["test"]
+    # The same prompts offline.generate writes for the test split (seed + split index).
+    prompts = few_shot_prompts(problems, splits["train"], s.shots, ctx.seed + SPLITS.index("test"))
+    common = dict(max_new_tokens=s.max_new_tokens, stop=tuple(_OFFLINE.stop), seed=ctx.seed)
+    greedy = ctx.generator.generate(prompts, GenerationSettings(**common))
+    sampled = ctx.generator.generate(
+        prompts,
+        GenerationSettings(
+            **common, do_sample=True, temperature=s.temperature, top_k=0, top_p=1.0, n=s.n_samples
+        ),
+    )
+    pools = []
+    for problem, samples in zip(problems, sampled, strict=True):
+        answers = [extract_answer(x.text) for x in samples]
+        pools.append(
+            Pool(
+                problem.answer,
+                answers,
+                [is_correct(a, problem.answer) for a in answers],
+                [x.score for x in samples],
+            )
+        )
+    greedy_rows = [
+        (is_correct(extract_answer(row[0].text), p.answer), row[0].score)
+        for p, row in zip(problems, greedy, strict=True)
+    ]
+    return pools, greedy_rows
+
+
+def run(ctx: EvalContext, settings: Settings) -> SuiteResult:
+    s = settings.resolved()
+    pools, greedy_rows = sample_pools(ctx, s)
+    greedy = rate([ok for ok, _ in greedy_rows])
+    curve = best_of_n_curve(pools, s.ns, s.subsets, ctx.seed)
+    scores = [x for p in pools for x in p.scores]
+    labels = [x for p in pools for x in p.correct]
+    within, mixed = within_problem_auroc(pools)
+    calib = calibration(scores, labels, s.calibration_bins)
+    gap_n = max((n for n in s.ns if n <= s.gap_n), default=s.n_samples)
+    gap = {
+        "n": gap_n,
+        "greedy": greedy,
+        "best_of_n": curve["best_of_n"][gap_n]["accuracy"],
+        "pass_at_n": curve["pass_at_n"][gap_n]["accuracy"],
+    }
+    gap["closed"] = gap_closed(greedy, gap["best_of_n"], gap["pass_at_n"])
+    critic = {
+        "auroc": auroc(scores, labels),
+        "within_problem_auroc": within,
+        "problems_with_right_and_wrong": mixed,
+        "ece": calib["ece"],
+        "mean_confidence": calib.get("mean_confidence"),
+        "sample_accuracy": calib.get("positive_rate"),
+        "greedy_auroc": auroc([sc for _, sc in greedy_rows], [ok for ok, _ in greedy_rows]),
+        "samples": len(scores),
+    }
+    figures = {
+        "n_problems": len(pools),
+        "settings": {
+            "n_samples": s.n_samples,
+            "ns": list(s.ns),
+            "subsets": s.subsets,
+            "temperature": s.temperature,
+            "shots": s.shots,
+            "max_new_tokens": s.max_new_tokens,
+            "pool_size": s.pool_size,
+        },
+        "greedy_accuracy": greedy,
+        "curve": curve,
+        "critic": critic,
+        "calibration_bins": calib["bins"],
+        "calibration_quantile_bins": calib["quantile_bins"],
+        "gap": gap,
+    }
+
+    plot_files = []
+    if (path := ctx.plot_path("bestofn.png")) is not None:
+        plot_files.append(plots.best_of_n_plot(path, curve, greedy))
+        roc = roc_points(scores, labels)
+        if roc is not None:
+            plot_files.append(plots.roc_plot(ctx.plot_path("roc.png"), *roc, critic["auroc"]))
+        plot_files.append(
+            plots.reliability_plot(
+                ctx.plot_path("reliability.png"), calib["bins"], calib["quantile_bins"], calib["ece"]
+            )
+        )
+
+    def with_ci(point: dict) -> str:
+        if point["accuracy"] is None:
+            return "—"
+        return f"{point['accuracy']:.3f}" + (f" ± {point['ci95']:.3f}" if point["ci95"] is not None else "")
+
+    rows = [["greedy", *([f"{greedy:.3f}"] * len(s.ns))]] + [
+        [METHOD_LABELS[m], *(with_ci(curve[m][n]) for n in s.ns)] for m in METHODS
+    ]
+    tables = [
+        Table(
+            "Accuracy by N (mean ± 95% CI over problems)",
+            ["method", *(f"N={n}" for n in s.ns)],
+            rows,
+            note=f"{len(pools)} TEST arithmetic problems, {s.shots}-shot prompts as offline.generate writes them, "
+            f"{s.n_samples} samples each at T={s.temperature} (max {s.max_new_tokens} new tokens); each N averages "
+            f"{s.subsets} random subsets of the pool.",
+        ),
+        Table(
+            "Critic on the sampled answers",
+            [
+                "AUROC",
+                "AUROC within a problem",
+                "problems with right and wrong",
+                "ECE",
+                "mean sigmoid(score)",
+                "fraction correct",
+                "AUROC on greedy answers",
+                "samples",
+            ],
+            [
+                [
+                    critic["auroc"],
+                    critic["within_problem_auroc"],
+                    critic["problems_with_right_and_wrong"],
+                    critic["ece"],
+                    critic["mean_confidence"],
+                    critic["sample_accuracy"],
+                    critic["greedy_auroc"],
+                    critic["samples"],
+                ]
+            ],
+        ),
+        Table(
+            f"Greedy → pass@{gap_n} gap closed by best-of-{gap_n}",
+            ["greedy", f"best-of-{gap_n}", f"pass@{gap_n}", "fraction closed"],
+            [[gap["greedy"], gap["best_of_n"], gap["pass_at_n"], gap["closed"]]],
+        ),
+    ]
+    headline = {
+        "greedy accuracy": greedy,
+        f"best-of-{gap_n} accuracy": gap["best_of_n"],
+        f"majority@{gap_n} accuracy": curve["majority"][gap_n]["accuracy"],
+        f"pass@{gap_n}": gap["pass_at_n"],
+        f"gap closed @{gap_n}": gap["closed"],
+        "critic AUROC": critic["auroc"],
+        "critic ECE": critic["ece"],
+    }
+    return SuiteResult("rerank", figures, tables, plot_files, headline)

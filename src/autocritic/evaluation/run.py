@@ -1,0 +1,205 @@
+"""`python evaluate.py`: load an export, run the suites, write results.json, report.md and the plots.
+
+export ──load_critic──► CriticGenerator ──► prompts, fewshot, agent, memory, rerank ──► run dir
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import platform
+import time
+import warnings
+from pathlib import Path
+from types import ModuleType
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from autocritic.errors import AutocriticError, CheckpointError, ConfigError
+from autocritic.evaluation import agent, fewshot, memory, prompts, rerank
+from autocritic.evaluation.context import EvalContext
+from autocritic.evaluation.report import (
+    REPORT_NAME,
+    RESULTS_NAME,
+    SuiteResult,
+    flatten,
+    format_summary,
+    jsonable,
+    write_report,
+    write_results,
+)
+from autocritic.inference.generation import CriticGenerator
+from autocritic.model.export import CONFIG_NAME, read_critic_config
+
+log = logging.getLogger("autocritic")
+
+SUITES: dict[str, ModuleType] = {
+    "prompts": prompts,
+    "fewshot": fewshot,
+    "agent": agent,
+    "memory": memory,
+    "rerank": rerank,
+}
+SEARCHED_PHASES = ("finetune", "transfer")  # the first phase with an export wins, its newest run
+
+
+def find_export(cfg: DictConfig) -> Path:
+    """`ckpt`, or the newest export of outputs/finetune, else of outputs/transfer."""
+    if cfg.ckpt:
+        path = Path(str(cfg.ckpt)).expanduser()
+        if not path.is_dir():
+            raise CheckpointError(
+                f"ckpt={cfg.ckpt} does not exist. Pass the export directory of a training run, e.g. "
+                f"ckpt={cfg.paths.outputs}/transfer/<run>/export."
+            )
+        read_critic_config(path)  # says clearly when the directory is not an export
+        return path
+    root = Path(cfg.paths.outputs)
+    for phase in SEARCHED_PHASES:
+        found = sorted(root.glob(f"{phase}/*/export/{CONFIG_NAME}"), key=lambda p: p.stat().st_mtime)
+        if found:
+            return found[-1].parent
+    raise CheckpointError(
+        f"no export found under {root}/finetune/*/export or {root}/transfer/*/export. Train one first "
+        "(`python train.py phase=transfer`) or pass ckpt=<export dir>."
+    )
+
+
+def load_generator(path: Path, cfg: DictConfig) -> CriticGenerator:
+    """Any failure to rebuild the export becomes one clear CheckpointError naming the export."""
+    try:
+        return CriticGenerator.from_export(path, batch_size=cfg.batch_size, dtype=cfg.dtype)
+    except CheckpointError:
+        raise
+    except AutocriticError as error:
+        raise CheckpointError(f"the export {path} cannot be loaded: {error}") from None
+    except (OSError, ValueError, RuntimeError, KeyError, TypeError) as error:
+        raise CheckpointError(
+            f"the export {path} is incomplete or incompatible with this version of autocritic "
+            f"({type(error).__name__}: {str(error)[:300]}). Re-export it with `python train.py`."
+        ) from None
+
+
+def suite_settings(name: str, section: DictConfig | None, **extra):
+    """The suite's Settings dataclass from its config section; lists become tuples, unknown keys are refused."""
+    cls = SUITES[name].Settings
+    values = OmegaConf.to_container(section, resolve=True) if section is not None else {}
+    values = {**values, **extra}
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ConfigError(
+            f"{name}.{unknown[0]} is not a setting of the {name} suite; it has {sorted(names)}."
+        )
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+    settings = cls(**values)
+    for key, value in values.items():
+        if key.startswith("n_") and (not isinstance(value, int) or value < 1):
+            raise ConfigError(f"{name}.{key}={value!r} must be a positive integer.")
+    return settings
+
+
+def check_suites(cfg: DictConfig) -> list[str]:
+    suites = list(cfg.suites) if not isinstance(cfg.suites, str) else [cfg.suites]
+    unknown = [s for s in suites if s not in SUITES]
+    if unknown or not suites:
+        raise ConfigError(f"suites={suites}: choose among {list(SUITES)}, e.g. suites=[agent,rerank].")
+    return suites
+
+
+def check_logger(cfg: DictConfig) -> bool:
+    """True for wandb; evaluate writes no other logger (results.json is the machine-readable record)."""
+    target = cfg.logger.get("_target_") if cfg.get("logger") else None
+    if target is None:
+        return False
+    if not str(target).endswith("WandbLogger"):
+        raise ConfigError(f"logger={target} is not used by evaluate: use logger=wandb or logger=none.")
+    return True
+
+
+def log_to_wandb(cfg: DictConfig, run_dir: Path, meta: dict, results: list[SuiteResult]) -> None:
+    """An offline wandb run (unless logger.offline=false) with every figure, every table and every plot."""
+    import wandb
+
+    run = wandb.init(
+        project=cfg.logger.get("project", "autocritic"),
+        name=cfg.logger.get("name"),
+        dir=str(run_dir),
+        mode="offline" if cfg.logger.get("offline", True) else "online",
+        job_type="evaluate",
+        config=jsonable(meta),
+    )
+
+    def value(v):
+        return v if v is None or isinstance(v, int | float) and not isinstance(v, bool) else str(v)
+
+    for result in results:
+        for table in result.tables:
+            data = [[value(v) for v in row] for row in table.rows]
+            run.log({f"{result.name}/{table.title}": wandb.Table(columns=table.columns, data=data)})
+        for plot in result.plots:
+            run.log({f"{result.name}/{Path(plot).stem}": wandb.Image(str(run_dir / plot))})
+        run.summary.update(flatten(result.figures, result.name))
+    run.finish()
+
+
+def evaluate(cfg: DictConfig) -> float | None:
+    """Returns the best-of-N accuracy of the rerank suite (None when it did not run)."""
+    from langchain_core._api import LangChainDeprecationWarning
+
+    # The classic chains and memories are run on purpose (parity with LangChain 1.x): their notices are noise here.
+    warnings.filterwarnings("ignore", category=LangChainDeprecationWarning)
+    torch.set_num_threads(int(cfg.threads))
+    suites = check_suites(cfg)
+    settings = {
+        name: suite_settings(
+            name, cfg.get(name), **({"n_samples": cfg.n_samples} if name == "rerank" else {})
+        )
+        for name in suites
+    }
+    use_wandb = check_logger(cfg)
+    export = find_export(cfg)
+    log.info("evaluating %s (suites: %s)", export, ", ".join(suites))
+    started = time.perf_counter()
+    generator = load_generator(export, cfg)
+    run_dir = Path(
+        cfg.paths.run_dir or Path(cfg.paths.outputs) / "evaluate" / time.strftime("%Y-%m-%d_%H-%M-%S")
+    )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    ctx = EvalContext.for_generator(generator, seed=cfg.seed, out_dir=run_dir)
+
+    results = []
+    for name in suites:
+        log.info("suite %s: %s", name, settings[name])
+        suite_start = time.perf_counter()
+        try:
+            result = SUITES[name].run(ctx, settings[name])
+        except ValueError as error:  # a setting the suite refuses (unknown variant, selector, ...)
+            raise ConfigError(f"{name}: {error}") from None
+        result.seconds = time.perf_counter() - suite_start
+        log.info("suite %s done in %.1f s: %s", name, result.seconds, result.headline)
+        results.append(result)
+
+    config = read_critic_config(export)
+    meta = {
+        "ckpt": str(export),
+        "export": {
+            k: config.get(k) for k in ("backbone", "phase", "template", "test_metrics", "started_from")
+        },
+        "seed": cfg.seed,
+        "suites": suites,
+        "settings": {name: dataclasses.asdict(s) for name, s in settings.items()},
+        "threads": torch.get_num_threads(),
+        "device": str(generator.device),
+        "machine": platform.machine(),
+        "torch": torch.__version__,
+        "seconds": time.perf_counter() - started,
+    }
+    write_results(run_dir, meta, results)
+    write_report(run_dir, meta, results)
+    print(f"\n{format_summary(results)}\n\n{run_dir / RESULTS_NAME}\n{run_dir / REPORT_NAME}")
+    if use_wandb:
+        log_to_wandb(cfg, run_dir, meta, results)
+    headline = next((r.figures["gap"]["best_of_n"] for r in results if r.name == "rerank"), None)
+    return float(headline) if headline is not None else None
