@@ -21,21 +21,33 @@ from autocritic.offline.labelling import label_final_number
 from autocritic.offline.pretrain import PretrainSettings, build_backbone
 from autocritic.offline.tasks import Problem, make_splits, render, split_of
 
-SETTINGS = GenerateSettings(train_problems=6, val_problems=3, test_problems=3, samples=4, temperature=1.0, batch_size=16)
+SETTINGS = GenerateSettings(
+    train_problems=6, val_problems=3, test_problems=3, samples=4, temperature=1.0, batch_size=16
+)
 
 
 @pytest.fixture(scope="module")
 def backbone(tmp_path_factory):
     settings = PretrainSettings(
-        tokenizer_documents=300, vocab_size=300, hidden_size=32, num_layers=2, num_heads=2, num_kv_heads=1,
-        batch_size=4, lr=1e-2, warmup_steps=2, max_steps=10,
+        tokenizer_documents=300,
+        vocab_size=300,
+        hidden_size=32,
+        num_layers=2,
+        num_heads=2,
+        num_kv_heads=1,
+        batch_size=4,
+        lr=1e-2,
+        warmup_steps=2,
+        max_steps=10,
     )
     return build_backbone(settings, tmp_path_factory.mktemp("offline") / "backbone", progress=False)
 
 
 @pytest.fixture(scope="module")
 def data(backbone, tmp_path_factory):
-    return build_critic_data(backbone, SETTINGS, tmp_path_factory.mktemp("offline") / "critic", progress=False)
+    return build_critic_data(
+        backbone, SETTINGS, tmp_path_factory.mktemp("offline") / "critic", progress=False
+    )
 
 
 def read(path):
@@ -43,7 +55,9 @@ def read(path):
 
 
 def test_pointwise_rows_are_exact_prompts_and_continuations(data):
-    test_questions = {p.question for p in make_splits(0, train=6, val=3, test=3, families=["arithmetic"])["test"]}
+    test_questions = {
+        p.question for p in make_splits(0, train=6, val=3, test=3, families=["arithmetic"])["test"]
+    }
     for split in ("train", "val", "test"):
         rows = read(data / f"{split}.jsonl")
         assert rows and all(set(r) == {"prompt", "response", "label"} and r["label"] in (0, 1) for r in rows)
@@ -75,7 +89,9 @@ def test_outputs_are_skipped_then_rebuilt_when_settings_change(backbone, data):
 
 def test_label_split_drops_duplicates_and_pairs_right_with_wrong():
     problem = Problem("arithmetic", "What is 23+45?", "68", 2, "add_2d", "23+45")
-    rows, pairs, counts = label_split([problem], ["P:"], [[" 68", " 68", " 69", " ", " 7"]], label_final_number, 4, 0)
+    rows, pairs, counts = label_split(
+        [problem], ["P:"], [[" 68", " 68", " 69", " ", " 7"]], label_final_number, 4, 0
+    )
     assert [r["response"] for r in rows] == [" 68", " 69", " 7"] and [r["label"] for r in rows] == [1, 0, 0]
     assert counts["duplicates"] == 1 and counts["empty"] == 1 and counts["problems_with_both"] == 1
     assert {(p["chosen"], p["rejected"]) for p in pairs} == {(" 68", " 69"), (" 68", " 7")}
@@ -85,17 +101,30 @@ def test_custom_label_fn_and_problems(backbone, tmp_path):
     def gsm8k(text: str) -> bool | None:
         return None  # cannot judge anything: every sample is dropped
 
-    problems = {split: [Problem("gsm8k", f"What is {i}+1?", str(i + 1), 0, "gsm8k")] for i, split in enumerate(("train", "val", "test"))}
-    out = build_critic_data(backbone, SETTINGS, tmp_path, label_fn=lambda p, r: gsm8k(r), problems=problems, progress=False)
+    problems = {
+        split: [Problem("gsm8k", f"What is {i}+1?", str(i + 1), 0, "gsm8k")]
+        for i, split in enumerate(("train", "val", "test"))
+    }
+    out = build_critic_data(
+        backbone, SETTINGS, tmp_path, label_fn=lambda p, r: gsm8k(r), problems=problems, progress=False
+    )
     card = json.loads((out / CARD).read_text())
-    assert card["splits"]["val"]["unlabelled"] + card["splits"]["val"]["empty"] + card["splits"]["val"]["duplicates"] == 4
+    assert (
+        card["splits"]["val"]["unlabelled"]
+        + card["splits"]["val"]["empty"]
+        + card["splits"]["val"]["duplicates"]
+        == 4
+    )
     assert read(out / "val.jsonl") == []
 
 
 def test_batched_left_padded_greedy_matches_one_by_one(backbone):
     tokenizer = AutoTokenizer.from_pretrained(backbone)
     model = FalconForCausalLM.from_pretrained(backbone)
-    prompts = ["Question: What is 1+1?\nAnswer:", "Human: My name is Ada.\nAI: Noted.\nHuman: What is my name?\nAI:"]
+    prompts = [
+        "Question: What is 1+1?\nAnswer:",
+        "Human: My name is Ada.\nAI: Noted.\nHuman: What is my name?\nAI:",
+    ]
     batched = complete(model, tokenizer, prompts, max_new_tokens=6)
     assert batched == [complete(model, tokenizer, [p], max_new_tokens=6)[0] for p in prompts]
     assert cut_at_stop("12\nQuestion", ["\n"]) == "12"
@@ -109,9 +138,14 @@ def test_held_out_problems_only_in_val_and_test():
 def test_read_problems_gsm8k_style(tmp_path):
     path = tmp_path / "gsm8k.jsonl"
     path.write_text(
-        json.dumps({"question": "Tom has 40 apples and buys 2. How many?", "answer": "40 + 2 = 42\n#### 42"}) + "\n"
-        + json.dumps({"question": "No final answer here?", "answer": "dunno"}) + "\n"
+        json.dumps({"question": "Tom has 40 apples and buys 2. How many?", "answer": "40 + 2 = 42\n#### 42"})
+        + "\n"
+        + json.dumps({"question": "No final answer here?", "answer": "dunno"})
+        + "\n"
     )
     problems = read_problems(path, extract=lambda text: text.split("####")[-1] if "####" in text else None)
     assert len(problems) == 1 and problems[0].answer == "42"
-    assert render(problems[0]) == "Question: Tom has 40 apples and buys 2. How many?\nAnswer: 40 + 2 = 42\n#### 42"
+    assert (
+        render(problems[0])
+        == "Question: Tom has 40 apples and buys 2. How many?\nAnswer: 40 + 2 = 42\n#### 42"
+    )

@@ -31,7 +31,11 @@ def test_make_splits_is_deterministic_and_seeded(splits):
 
 def test_splits_never_share_a_problem(splits):
     keys = {split: {p.key for p in problems} for split, problems in splits.items()}
-    assert not keys["train"] & keys["val"] and not keys["train"] & keys["test"] and not keys["val"] & keys["test"]
+    assert (
+        not keys["train"] & keys["val"]
+        and not keys["train"] & keys["test"]
+        and not keys["val"] & keys["test"]
+    )
     for split, problems in splits.items():
         assert len(problems) == len(keys[split]) == (60 if split == "train" else 30) * len(FAMILIES)
         assert all(split_of(p) == split for p in problems)
@@ -57,7 +61,15 @@ def test_answers_are_exact(splits):
 
 @pytest.mark.parametrize(
     ("value", "text"),
-    [(68, "68"), (6.799999999, "6.8"), (2.5, "2.5"), (-0.00001, "0"), (1 / 3, "0.3333"), (1e12, "1000000000000"), (-4.0, "-4")],
+    [
+        (68, "68"),
+        (6.799999999, "6.8"),
+        (2.5, "2.5"),
+        (-0.00001, "0"),
+        (1 / 3, "0.3333"),
+        (1e12, "1000000000000"),
+        (-4.0, "-4"),
+    ],
 )
 def test_format_number(value, text):
     assert format_number(value) == text
@@ -90,8 +102,9 @@ def test_react_trace_has_the_langchain_lines():
 def test_dialogue_answer_is_stated_in_the_conversation(splits):
     dialogues = [p for p in splits["train"] if p.family == "dialogue"]
     for problem in dialogues:
-        assert problem.answer in problem.question.split("\n")[0] + problem.question.split("\n")[2]
-        assert render(problem).endswith(f"\nAI: {problem.answer}")
+        human = [line for line in problem.question.split("\n") if line.startswith("Human: ")]
+        assert any(problem.answer in line for line in human[:-1])
+        assert render(problem).endswith(f" {problem.answer}.") and "\nAI: You" in render(problem)[-40:]
 
 
 def test_prompt_plus_completion_is_the_training_text(splits):
@@ -113,3 +126,14 @@ def test_document_stream_is_deterministic():
     first = list(itertools.islice(tasks.iter_documents(0, weights), 50))
     assert first == list(itertools.islice(tasks.iter_documents(0, weights), 50))
     assert first != list(itertools.islice(tasks.iter_documents(1, weights), 50))
+
+
+def test_training_documents_ask_back_every_stated_fact():
+    weights = {"dialogue": 1.0}
+    for document in itertools.islice(tasks.iter_documents(0, weights), 30):
+        text = tasks.document_text(document)
+        asked = [line for line in text.split("\n") if line[len("Human: ") :] in {f[2] for f in tasks._FACTS}]
+        answers = [t for t, trained in document if trained and not t.endswith("\n")]
+        assert len(answers) == len(asked) == len(set(asked)) >= 1
+        first_question = text.index(asked[0])
+        assert all(t.strip(" .").split(" ")[-1] in text[:first_question] for t in answers)

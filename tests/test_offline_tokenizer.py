@@ -14,7 +14,8 @@ from autocritic.offline.tokenizer import EOS_TOKEN, PAD_TOKEN, save_tokenizer, t
 @pytest.fixture(scope="module")
 def tokenizer(tmp_path_factory):
     weights = {"arithmetic": 0.6, "react": 0.2, "dialogue": 0.2}
-    trained = train_tokenizer(itertools.islice(tasks.iter_documents(0, weights), 500), vocab_size=400)
+    documents = itertools.islice(tasks.iter_documents(0, weights), 500)
+    trained = train_tokenizer((tasks.document_text(d) for d in documents), vocab_size=400)
     out = save_tokenizer(trained, tmp_path_factory.mktemp("tokenizer"))
     return AutoTokenizer.from_pretrained(out)
 
@@ -32,7 +33,7 @@ def test_round_trips_every_generated_text(tokenizer):
         assert tokenizer.decode(tokenizer(text)["input_ids"]) == text
 
 
-def test_digits_operators_and_spaces_stand_alone(tokenizer):
+def test_digits_and_operators_stand_alone(tokenizer):
     tokens = tokenizer.convert_ids_to_tokens(tokenizer("(12+345)**2.5")["input_ids"])
     assert [tokenizer.convert_tokens_to_string([t]) for t in tokens] == list("(12+345)**2.5")
 
@@ -43,3 +44,18 @@ def test_prompt_and_response_tokenize_like_their_concatenation(tokenizer):
         prompt, completion = tasks.prompt_of(problem), tasks.completion_of(problem)
         joined = tokenizer(prompt + completion)["input_ids"]
         assert tokenizer(prompt)["input_ids"] + tokenizer(completion)["input_ids"] == joined
+
+
+def test_segments_tokenize_like_the_prompts_the_model_will_see(tokenizer):
+    splits = tasks.make_splits(seed=5, train=10, val=0, test=10)
+    for problem in splits["train"] + splits["test"]:
+        segments = tasks.segments_of(problem)
+        assert tasks.document_text(segments) == tasks.render(problem)
+        pieces = [i for text, _ in segments for i in tokenizer(text)["input_ids"]]
+        if problem.family != "react":
+            assert pieces == tokenizer(tasks.render(problem))["input_ids"]
+            continue
+        # The agent's second call: the prompt ends with "Thought: ", the model writes the rest.
+        head = tasks.document_text(segments[:-1])
+        assert head.endswith("\nThought: ")
+        assert pieces == tokenizer(head)["input_ids"] + tokenizer(segments[-1][0])["input_ids"]

@@ -99,7 +99,8 @@ def parse_dialogue(problem: Problem) -> Dialogue:
 
 
 def recalled(reply: str, answer: str) -> bool:
-    return reply.strip().rstrip(".").strip().casefold() == answer.casefold()
+    """The fact appears in the reply as a whole word ("Ada", or "Your name is Ada." as the model was taught)."""
+    return re.search(rf"(?<!\w){re.escape(answer.casefold())}(?!\w)", reply.casefold()) is not None
 
 
 class ForcedReplies:

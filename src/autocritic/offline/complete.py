@@ -35,28 +35,38 @@ def complete(
     little padding; the output keeps the order of `prompts`.
     """
     model.eval()
-    tokenizer.padding_side = "left"
     lengths = [len(ids) for ids in tokenizer(list(prompts), add_special_tokens=False)["input_ids"]]
     order = sorted(range(len(prompts)), key=lambda i: lengths[i])
     per_batch = max(1, batch_size // num_samples)
-    sampling = {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0} if temperature > 0 else {"do_sample": False}
+    sampling = (
+        {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0}
+        if temperature > 0
+        else {"do_sample": False}
+    )
     results: list[list[str]] = [[] for _ in prompts]
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        for start in tqdm(range(0, len(order), per_batch), desc=desc, disable=not progress):
-            indices = order[start : start + per_batch]
-            batch = tokenizer([prompts[i] for i in indices], return_tensors="pt", padding=True, add_special_tokens=False)
-            output = model.generate(
-                **batch,
-                max_new_tokens=max_new_tokens,
-                num_return_sequences=num_samples,
-                stop_strings=list(stop) or None,
-                tokenizer=tokenizer,
-                pad_token_id=tokenizer.pad_token_id,
-                eos_token_id=tokenizer.eos_token_id,
-                **sampling,
-            )
-            texts = tokenizer.batch_decode(output[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
-            for row, text in enumerate(texts):
-                results[indices[row // num_samples]].append(cut_at_stop(text, stop))
+    # Left padding puts every prompt's last token at the end, where generation continues; restored after.
+    side, tokenizer.padding_side = tokenizer.padding_side, "left"
+    try:
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            for start in tqdm(range(0, len(order), per_batch), desc=desc, disable=not progress):
+                indices = order[start : start + per_batch]
+                batch = tokenizer(
+                    [prompts[i] for i in indices], return_tensors="pt", padding=True, add_special_tokens=False
+                )
+                output = model.generate(
+                    **batch,
+                    max_new_tokens=max_new_tokens,
+                    num_return_sequences=num_samples,
+                    stop_strings=list(stop) or None,
+                    tokenizer=tokenizer,
+                    pad_token_id=tokenizer.pad_token_id,
+                    eos_token_id=tokenizer.eos_token_id,
+                    **sampling,
+                )
+                new_tokens = output[:, batch["input_ids"].shape[1] :]
+                for row, text in enumerate(tokenizer.batch_decode(new_tokens, skip_special_tokens=True)):
+                    results[indices[row // num_samples]].append(cut_at_stop(text, stop))
+    finally:
+        tokenizer.padding_side = side
     return results

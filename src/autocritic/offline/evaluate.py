@@ -1,6 +1,6 @@
 """Measure what the offline backbone learned, on held-out problems: the script behind the reported figures.
 
-    python -m autocritic.offline.evaluate <model_dir>        # prints the metrics as JSON
+python -m autocritic.offline.evaluate <model_dir>        # prints the metrics as JSON
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from autocritic.offline.tasks import (
     DIALOGUE_STOP,
     REACT_STOP,
     Problem,
+    completion_of,
     evaluate_expression,
     few_shot_prompts,
     format_number,
@@ -41,7 +42,7 @@ def _react_action_ok(problem: Problem, text: str) -> bool:
         return False
     try:
         return format_number(evaluate_expression(match[2].strip())) == problem.answer
-    except (ValueError, SyntaxError, ZeroDivisionError, OverflowError):
+    except (ArithmeticError, ValueError, SyntaxError, TypeError, RecursionError):
         return False
 
 
@@ -72,9 +73,18 @@ def evaluate_backbone(
     arithmetic = test["arithmetic"]
     run = dict(tokenizer=tokenizer, batch_size=batch_size, progress=progress)
 
-    zero = complete(model, prompts=[prompt_of(p) for p in arithmetic], max_new_tokens=12, stop=ARITHMETIC_STOP, desc="arithmetic", **run)
+    zero = complete(
+        model,
+        prompts=[prompt_of(p) for p in arithmetic],
+        max_new_tokens=12,
+        stop=ARITHMETIC_STOP,
+        desc="arithmetic",
+        **run,
+    )
     few_prompts = few_shot_prompts(arithmetic, pool, shots, seed)
-    few = complete(model, prompts=few_prompts, max_new_tokens=12, stop=ARITHMETIC_STOP, desc="few-shot", **run)
+    few = complete(
+        model, prompts=few_prompts, max_new_tokens=12, stop=ARITHMETIC_STOP, desc="few-shot", **run
+    )
     right = [is_correct(extract_answer(out[0]), p.answer) for p, out in zip(arithmetic, zero, strict=True)]
     right_few = [is_correct(extract_answer(out[0]), p.answer) for p, out in zip(arithmetic, few, strict=True)]
     by_level = defaultdict(list)
@@ -82,32 +92,61 @@ def evaluate_backbone(
         by_level[f"level_{problem.level}"].append(ok)
 
     sampled = complete(
-        model, prompts=few_prompts, max_new_tokens=12, stop=ARITHMETIC_STOP, temperature=temperature,
-        num_samples=samples, seed=seed, desc="sampled", **run,
+        model,
+        prompts=few_prompts,
+        max_new_tokens=12,
+        stop=ARITHMETIC_STOP,
+        temperature=temperature,
+        num_samples=samples,
+        seed=seed,
+        desc="sampled",
+        **run,
     )
-    sample_right = [[is_correct(extract_answer(s), p.answer) for s in outs] for p, outs in zip(arithmetic, sampled, strict=True)]
+    sample_right = [
+        [is_correct(extract_answer(s), p.answer) for s in outs]
+        for p, outs in zip(arithmetic, sampled, strict=True)
+    ]
 
     react = test["react"]
-    actions = complete(model, prompts=[prompt_of(p) for p in react], max_new_tokens=48, stop=REACT_STOP, desc="react", **run)
+    actions = complete(
+        model, prompts=[prompt_of(p) for p in react], max_new_tokens=48, stop=REACT_STOP, desc="react", **run
+    )
     action_ok = [_react_action_ok(p, out[0]) for p, out in zip(react, actions, strict=True)]
     # The second step sees the true observation, as LangChain's scratchpad renders it.
     finals = complete(
         model,
-        prompts=[react_prompt(p.question, out[0] + f"\nObservation: {p.answer}\nThought: ") for p, out in zip(react, actions, strict=True)],
-        max_new_tokens=32, stop=("\n\n", "\nQuestion", "\nObservation"), desc="react final", **run,
+        prompts=[
+            react_prompt(p.question, out[0] + f"\nObservation: {p.answer}\nThought: ")
+            for p, out in zip(react, actions, strict=True)
+        ],
+        max_new_tokens=32,
+        stop=("\n\n", "\nQuestion", "\nObservation"),
+        desc="react final",
+        **run,
     )
-    final_ok = [out[0].rstrip().endswith(f"Final Answer: {p.answer}") for p, out in zip(react, finals, strict=True)]
+    final_ok = [
+        out[0].rstrip().endswith(f"Final Answer: {p.answer}") for p, out in zip(react, finals, strict=True)
+    ]
 
     dialogue = test["dialogue"]
-    replies = complete(model, prompts=[prompt_of(p) for p in dialogue], max_new_tokens=8, stop=DIALOGUE_STOP, desc="dialogue", **run)
-    recalled = [out[0].strip() == p.answer for p, out in zip(dialogue, replies, strict=True)]
+    replies = complete(
+        model,
+        prompts=[prompt_of(p) for p in dialogue],
+        max_new_tokens=8,
+        stop=DIALOGUE_STOP,
+        desc="dialogue",
+        **run,
+    )
+    recalled = [out[0].strip() == completion_of(p).strip() for p, out in zip(dialogue, replies, strict=True)]
 
     return {
         "arithmetic/greedy_accuracy": _rate(right),
         "arithmetic/few_shot_greedy_accuracy": _rate(right_few),
         **{f"arithmetic/{level}": _rate(flags) for level, flags in sorted(by_level.items())},
         "arithmetic/sampled_accuracy": _rate([ok for row in sample_right for ok in row]),
-        "arithmetic/questions_with_right_and_wrong": _rate([any(row) and not all(row) for row in sample_right]),
+        "arithmetic/questions_with_right_and_wrong": _rate(
+            [any(row) and not all(row) for row in sample_right]
+        ),
         "react/action_ok": _rate(action_ok),
         "react/final_answer_ok": _rate(final_ok),
         "react/format_ok": _rate([a and f for a, f in zip(action_ok, final_ok, strict=True)]),

@@ -33,9 +33,10 @@ CARD = "card.json"
 class GenerateSettings:
     seed: int = 0
     family: str = "arithmetic"
-    train_problems: int = 400
-    val_problems: int = 100
-    test_problems: int = 200
+    # Deduplication leaves at most one right answer per problem, so positives grow with problems, not with K.
+    train_problems: int = 1500
+    val_problems: int = 300
+    test_problems: int = 500
     samples: int = 8
     temperature: float = 0.8
     shots: int = 2
@@ -63,12 +64,16 @@ def backbone_fingerprint(backbone_dir: Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def _fingerprint(settings: GenerateSettings, backbone: str, label_fn: LabelFn, problems: Mapping | None) -> str:
+def _fingerprint(
+    settings: GenerateSettings, backbone: str, label_fn: LabelFn, problems: Mapping | None
+) -> str:
     content = {
         "settings": dataclasses.asdict(settings),
         "backbone": backbone,
         "label_fn": f"{getattr(label_fn, '__module__', '')}.{getattr(label_fn, '__qualname__', repr(label_fn))}",
-        "problems": None if problems is None else {s: [(p.question, p.answer) for p in ps] for s, ps in problems.items()},
+        "problems": None
+        if problems is None
+        else {s: [(p.question, p.answer) for p in ps] for s, ps in problems.items()},
     }
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -120,7 +125,9 @@ def label_split(
             counts["problems_with_both"] += 1
             combos = list(itertools.product(right, wrong))
             rng.shuffle(combos)
-            pairs += [{"prompt": prompt, "chosen": c, "rejected": r} for c, r in combos[:max_pairs_per_problem]]
+            pairs += [
+                {"prompt": prompt, "chosen": c, "rejected": r} for c, r in combos[:max_pairs_per_problem]
+            ]
     positives = sum(row["label"] for row in rows)
     counts |= {
         "problems": len(problems),
@@ -148,7 +155,9 @@ def read_problems(
             row = json.loads(line)
             final = extract(row[answer_key])
             if final is not None:
-                problems.append(Problem(family, row[question_key], final.strip(), 0, family, solution=row[answer_key]))
+                problems.append(
+                    Problem(family, row[question_key], final.strip(), 0, family, solution=row[answer_key])
+                )
     return problems
 
 
@@ -172,7 +181,11 @@ def build_critic_data(
     (out_dir / CARD).unlink(missing_ok=True)
     started = time.perf_counter()
     if problems is None:
-        sizes = {"train": settings.train_problems, "val": settings.val_problems, "test": settings.test_problems}
+        sizes = {
+            "train": settings.train_problems,
+            "val": settings.val_problems,
+            "test": settings.test_problems,
+        }
         problems = make_splits(settings.seed, families=[settings.family], **sizes)
     tokenizer = AutoTokenizer.from_pretrained(backbone_dir)
     if tokenizer.pad_token is None:
@@ -180,7 +193,11 @@ def build_critic_data(
         tokenizer.pad_token = tokenizer.eos_token
     model = AutoModelForCausalLM.from_pretrained(backbone_dir).eval()
 
-    card = {"fingerprint": fingerprint, "backbone": str(backbone_dir), "settings": dataclasses.asdict(settings)}
+    card = {
+        "fingerprint": fingerprint,
+        "backbone": str(backbone_dir),
+        "settings": dataclasses.asdict(settings),
+    }
     card["label_fn"] = getattr(label_fn, "__qualname__", repr(label_fn))
     card["splits"] = {}
     for index, split in enumerate(SPLITS):
@@ -201,7 +218,12 @@ def build_critic_data(
             desc=f"critic data: {split}",
         )
         rows, pairs, counts = label_split(
-            split_problems, prompts, responses, label_fn, settings.max_pairs_per_problem, settings.seed + index
+            split_problems,
+            prompts,
+            responses,
+            label_fn,
+            settings.max_pairs_per_problem,
+            settings.seed + index,
         )
         counts["seconds"] = round(time.perf_counter() - split_start, 1)
         card["splits"][split] = counts

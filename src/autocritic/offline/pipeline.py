@@ -1,7 +1,7 @@
 """Hydra wiring of the offline default: `phase=pretrain`, `phase=generate`, and building both on first use.
 
-    data/offline/backbone/   tiny Falcon + tokenizer (save_pretrained), build_info.json
-    data/offline/critic/     self-labelled answers: {train,val,test}.jsonl, pairs_*.jsonl, card.json
+data/offline/backbone/   tiny Falcon + tokenizer (save_pretrained), build_info.json
+data/offline/critic/     self-labelled answers: {train,val,test}.jsonl, pairs_*.jsonl, card.json
 """
 
 from __future__ import annotations

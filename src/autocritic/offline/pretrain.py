@@ -14,6 +14,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
 import shutil
 import time
 from collections.abc import Iterator
@@ -25,7 +26,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset
 from transformers import FalconConfig, FalconForCausalLM, PreTrainedTokenizerFast
 
-from autocritic.offline.tasks import iter_documents
+from autocritic.offline.tasks import document_text, iter_documents
 from autocritic.offline.tokenizer import save_tokenizer, train_tokenizer
 
 BUILD_INFO = "build_info.json"
@@ -34,9 +35,11 @@ BUILD_INFO = "build_info.json"
 @dataclass(frozen=True)
 class PretrainSettings:
     seed: int = 0
-    # Probabilities per document. Arithmetic documents are short, so this is ~64% of tokens: format copying
-    # (ReAct) and recall are learned early, arithmetic late.
-    mix: dict[str, float] = field(default_factory=lambda: {"arithmetic": 0.8, "react": 0.1, "dialogue": 0.1})
+    # Probabilities per document: arithmetic documents are short (~55% of tokens). "copy" documents only
+    # speed up the copying that ReAct inputs and recall rely on (see tasks.copy_document).
+    mix: dict[str, float] = field(
+        default_factory=lambda: {"arithmetic": 0.7, "react": 0.1, "dialogue": 0.1, "copy": 0.1}
+    )
     tokenizer_documents: int = 20_000
     vocab_size: int = 1024
     hidden_size: int = 128
@@ -45,12 +48,13 @@ class PretrainSettings:
     num_kv_heads: int = 2
     parallel_attn: bool = True
     seq_len: int = 192
-    batch_size: int = 16
+    # A step of batch 8 takes half the time of batch 16 on 2 cores: a fixed budget buys twice the updates.
+    batch_size: int = 8
     lr: float = 3e-3
     min_lr_ratio: float = 0.1
     weight_decay: float = 0.1
     warmup_steps: int = 100
-    max_steps: int = 1500
+    max_steps: int = 4000  # ~7 minutes on 2 idle cores; max_minutes caps a busy machine
     max_minutes: float = 10.0
 
     def fingerprint(self) -> str:
@@ -58,8 +62,9 @@ class PretrainSettings:
 
 
 class PackedDocuments(IterableDataset):
-    """Rows of `seq_len` tokens filled with whole documents, each followed by eos; the tail is padding with
-    label -100. Documents are never cut, so a dialogue's question always sees its facts."""
+    """Rows of `seq_len` tokens filled with whole documents, each followed by eos. Labels are -100 on padding
+    and on untrained segments (see `tasks.segments_of`). Documents are never cut, so a dialogue's question
+    always sees its facts."""
 
     def __init__(self, tokenizer: PreTrainedTokenizerFast, settings: PretrainSettings):
         self.tokenizer, self.settings = tokenizer, settings
@@ -67,29 +72,40 @@ class PackedDocuments(IterableDataset):
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         documents = iter_documents(self.settings.seed, self.settings.mix)
         eos, pad, seq_len = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id, self.settings.seq_len
-        pending: list[list[int]] = []
+        pending: list[tuple[list[int], list[int]]] = []
         while True:
-            texts = [next(documents) for _ in range(256)]
-            encodings = self.tokenizer.backend_tokenizer.encode_batch(texts, add_special_tokens=False)
-            pending += [encoding.ids[: seq_len - 1] + [eos] for encoding in encodings]
+            batch = [next(documents) for _ in range(256)]
+            flat = [text for document in batch for text, _ in document]
+            encodings = iter(self.tokenizer.backend_tokenizer.encode_batch(flat, add_special_tokens=False))
+            for document in batch:
+                ids, labels = [], []
+                for _, trained in document:
+                    piece = next(encodings).ids
+                    ids += piece
+                    labels += piece if trained else [-100] * len(piece)
+                pending.append((ids[: seq_len - 1] + [eos], labels[: seq_len - 1] + [eos]))
             # First fit over a window of waiting documents: rows end up ~95% full instead of ~75%.
             while len(pending) > 64:
-                row: list[int] = []
+                row_ids: list[int] = []
+                row_labels: list[int] = []
                 index = 0
-                while index < len(pending) and len(row) < seq_len:
-                    if len(row) + len(pending[index]) <= seq_len:
-                        row += pending.pop(index)
+                while index < len(pending) and len(row_ids) < seq_len:
+                    if len(row_ids) + len(pending[index][0]) <= seq_len:
+                        ids, labels = pending.pop(index)
+                        row_ids += ids
+                        row_labels += labels
                     else:
                         index += 1
-                yield _pad_row(row, seq_len, pad)
+                yield _pad_row(row_ids, row_labels, seq_len, pad)
 
 
-def _pad_row(row: list[int], seq_len: int, pad: int) -> dict[str, torch.Tensor]:
-    input_ids = torch.full((seq_len,), pad, dtype=torch.long)
-    input_ids[: len(row)] = torch.tensor(row)
-    labels = input_ids.clone()
-    labels[len(row) :] = -100
-    return {"input_ids": input_ids, "labels": labels}
+def _pad_row(ids: list[int], labels: list[int], seq_len: int, pad: int) -> dict[str, torch.Tensor]:
+    padding = seq_len - len(ids)
+    return {
+        "input_ids": torch.tensor(ids + [pad] * padding),
+        "labels": torch.tensor(labels + [-100] * padding),
+        "attention_mask": torch.tensor([1] * len(ids) + [0] * padding),
+    }
 
 
 class PretrainModule(L.LightningModule):
@@ -98,29 +114,39 @@ class PretrainModule(L.LightningModule):
         self.model, self.settings = model, settings
         self.losses: list[float] = []
         self.tokens = 0
+        self.trained_tokens = 0
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         # Padding sits at the end of each row, after every real token, so causal attention never reads it.
         loss = self.model(input_ids=batch["input_ids"], labels=batch["labels"]).loss
         self.log("train/loss", loss, prog_bar=True)
         self.losses.append(loss.item())
-        self.tokens += int((batch["labels"] != -100).sum())
+        self.tokens += int(batch["attention_mask"].sum())
+        self.trained_tokens += int((batch["labels"] != -100).sum())
         return loss
 
     def configure_optimizers(self):
         decay = [p for p in self.model.parameters() if p.requires_grad and p.dim() >= 2]
         no_decay = [p for p in self.model.parameters() if p.requires_grad and p.dim() < 2]
         optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": self.settings.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            [
+                {"params": decay, "weight_decay": self.settings.weight_decay},
+                {"params": no_decay, "weight_decay": 0.0},
+            ],
             lr=self.settings.lr,
             betas=(0.9, 0.95),
         )
         s = self.settings
+        started = time.perf_counter()
 
         def schedule(step: int) -> float:
             if step < s.warmup_steps:
                 return (step + 1) / s.warmup_steps
-            progress = min(1.0, (step - s.warmup_steps) / max(1, s.max_steps - s.warmup_steps))
+            # Whichever budget runs out first drives the decay: on a busy machine the wall-time cap stops
+            # the run early, and the learning rate must have annealed by then (it buys most of the accuracy).
+            by_steps = (step - s.warmup_steps) / max(1, s.max_steps - s.warmup_steps)
+            by_time = (time.perf_counter() - started) / (s.max_minutes * 60)
+            progress = min(1.0, max(by_steps, by_time))
             return s.min_lr_ratio + (1 - s.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
@@ -182,14 +208,18 @@ def train_model(
         "train_seconds": round(seconds, 1),
         "tokens": module.tokens,
         "tokens_per_second": round(module.tokens / seconds),
+        "trained_tokens": module.trained_tokens,
         "loss_first": sum(module.losses[:window]) / window,
         "loss_last": sum(module.losses[-window:]) / window,
         "torch_threads": torch.get_num_threads(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "unset"),
     }
     return module.model.eval(), stats
 
 
-def build_backbone(settings: PretrainSettings, out_dir: Path, force: bool = False, progress: bool = True) -> Path:
+def build_backbone(
+    settings: PretrainSettings, out_dir: Path, force: bool = False, progress: bool = True
+) -> Path:
     """Train tokenizer and model, save both to `out_dir`; skipped when `out_dir` holds the same settings."""
     out_dir = Path(out_dir)
     fingerprint = settings.fingerprint()
@@ -199,7 +229,9 @@ def build_backbone(settings: PretrainSettings, out_dir: Path, force: bool = Fals
         shutil.rmtree(out_dir)
     started = time.perf_counter()
     documents = iter_documents(settings.seed + 1, settings.mix)
-    tokenizer = train_tokenizer((next(documents) for _ in range(settings.tokenizer_documents)), settings.vocab_size)
+    tokenizer = train_tokenizer(
+        (document_text(next(documents)) for _ in range(settings.tokenizer_documents)), settings.vocab_size
+    )
     model, stats = train_model(settings, tokenizer, progress)
     model.save_pretrained(out_dir)
     save_tokenizer(tokenizer, out_dir)

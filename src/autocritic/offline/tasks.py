@@ -90,7 +90,11 @@ def evaluate_expression(expression: str) -> float:
     """Evaluate +, -, *, /, ** and brackets over plain numbers (ast, no eval); the world's calculator."""
 
     def visit(node: ast.AST) -> float:
-        if isinstance(node, ast.Constant) and isinstance(node.value, int | float) and not isinstance(node.value, bool):
+        if (
+            isinstance(node, ast.Constant)
+            and isinstance(node.value, int | float)
+            and not isinstance(node.value, bool)
+        ):
             return node.value
         if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub | ast.UAdd):
             value = visit(node.operand)
@@ -137,26 +141,27 @@ def _decimal(rng: random.Random, high: int) -> str:
 
 def _division(rng: random.Random) -> str:
     divisor = rng.randint(2, 9)
-    return f"{divisor * rng.randint(2, 199)}/{divisor}"
+    return f"{divisor * rng.randint(2, 99)}/{divisor}"
 
 
-# (kind, level, expression sampler, eligible for val/test, weight). Levels grow with what the tiny model
-# learns late: 2-digit + first, then - and 3 digits, then x and /, decimals. 1-digit facts and powers are
-# train only and quickly learned, so they get half weight.
+# (kind, level, expression sampler, eligible for val/test, weight). Levels follow what the tiny model learns
+# late: 2-digit + first, then - and 3 digits, then x and /, decimals. 1-digit facts and powers are train
+# only and quickly learned (half weight); the weights also shape val / test, which lean to what a 5-minute
+# model can partly solve, so that sampled answers mix right and wrong.
 ARITHMETIC_KINDS: list[tuple[str, int, Callable[[random.Random], str], bool, float]] = [
     ("add_1d", 1, lambda r: f"{r.randint(0, 9)}+{r.randint(0, 9)}", False, 0.5),
     ("sub_1d", 1, lambda r: "{1}-{0}".format(*sorted((r.randint(0, 9), r.randint(0, 9)))), False, 0.5),
     ("mul_1d", 1, lambda r: f"{r.randint(0, 9)}*{r.randint(0, 9)}", False, 0.5),
-    ("add_2d_1d", 2, lambda r: f"{r.randint(10, 99)}+{r.randint(0, 9)}", True, 1.0),
-    ("add_2d", 2, lambda r: f"{r.randint(10, 99)}+{r.randint(10, 99)}", True, 1.0),
-    ("sub_2d_1d", 2, lambda r: f"{r.randint(10, 99)}-{r.randint(0, 9)}", True, 1.0),
+    ("add_2d_1d", 2, lambda r: f"{r.randint(10, 99)}+{r.randint(0, 9)}", True, 2.0),
+    ("add_2d", 2, lambda r: f"{r.randint(10, 99)}+{r.randint(10, 99)}", True, 2.0),
+    ("sub_2d_1d", 2, lambda r: f"{r.randint(10, 99)}-{r.randint(0, 9)}", True, 2.0),
     ("sub_2d", 3, lambda r: f"{r.randint(10, 99)}-{r.randint(10, 99)}", True, 1.0),
     ("add_3d", 3, lambda r: f"{r.randint(100, 999)}+{r.randint(10, 999)}", True, 1.0),
     ("sub_3d", 3, lambda r: f"{r.randint(100, 999)}-{r.randint(10, 99)}", True, 1.0),
-    ("mul_2d_1d", 4, lambda r: f"{r.randint(10, 99)}*{r.randint(2, 9)}", True, 1.0),
-    ("div_exact", 4, _division, True, 1.0),
+    ("mul_2d_1d", 4, lambda r: f"{r.randint(10, 99)}*{r.randint(2, 9)}", True, 0.5),
+    ("div_exact", 4, _division, True, 0.5),
     ("add_dec", 5, lambda r: f"{_decimal(r, 9)}+{_decimal(r, 9)}", True, 1.0),
-    ("mul_dec", 5, lambda r: f"{_decimal(r, 9)}*{r.randint(2, 9)}", True, 1.0),
+    ("mul_dec", 5, lambda r: f"{_decimal(r, 9)}*{r.randint(2, 9)}", True, 0.5),
     ("square", 5, lambda r: f"{r.randint(10, 30)}**2", False, 0.5),
     ("pow_small", 5, lambda r: f"{r.randint(2, 5)}**{r.randint(2, 4)}", False, 0.5),
 ]
@@ -178,7 +183,13 @@ def arithmetic_problem(rng: random.Random, kinds: Sequence[tuple] = ARITHMETIC_K
 # --- ReAct calculator traces ----------------------------------------------------------------------------
 
 _WORDS = {"+": "plus", "-": "minus", "*": "times", "/": "divided by"}
-_PHRASINGS = ("What is {e}?", "Calculate {e}.", "Compute {e}.", "How much is {e}?", "Use the calculator on {e}.")
+_PHRASINGS = (
+    "What is {e}?",
+    "Calculate {e}.",
+    "Compute {e}.",
+    "How much is {e}?",
+    "Use the calculator on {e}.",
+)
 
 
 def _operand(rng: random.Random) -> str:
@@ -212,7 +223,9 @@ def react_problem(rng: random.Random) -> Problem:
 
 
 def react_prompt(question: str, scratchpad: str = "") -> str:
-    return REACT_TEMPLATE.format(tools=REACT_TOOLS, tool_names=CALCULATOR_NAME, input=question, agent_scratchpad=scratchpad)
+    return REACT_TEMPLATE.format(
+        tools=REACT_TOOLS, tool_names=CALCULATOR_NAME, input=question, agent_scratchpad=scratchpad
+    )
 
 
 def react_action(expression: str) -> str:
@@ -227,7 +240,9 @@ def react_finish(result: str) -> str:
 
 def render_react(question: str, expression: str, result: str) -> str:
     """A full trace, byte-identical to the prompt LangChain builds after one tool call plus the final step."""
-    return react_prompt(question, react_action(expression) + f"\nObservation: {result}\nThought: " + react_finish(result))
+    return react_prompt(
+        question, react_action(expression) + f"\nObservation: {result}\nThought: " + react_finish(result)
+    )
 
 
 # --- dialogues with facts to recall ---------------------------------------------------------------------
@@ -237,20 +252,56 @@ _NAMES = (
     "Hugo Lena Amir Clara Diego Freya Hana Jonas Leila Mateo Nina Oskar Paula Ravi Sofia Theo Uma Viktor Wanda Zoe "
     "Bruno Chloe Dara Ezra Fatima Gustav Helga Idris Jana Kai Luca Maya Nils Olga Pavel Quinn Rhea Sven Tara"
 ).split()
-_FACTS: tuple[tuple[str, str, str, tuple[str, ...]], ...] = (
-    ("name", "My name is {v}.", "What is my name?", _NAMES),
-    ("colour", "My favourite colour is {v}.", "What is my favourite colour?",
-     tuple("red blue green yellow purple orange black white pink grey brown teal".split())),
-    ("city", "I live in {v}.", "Where do I live?",
-     tuple("Paris Lagos Lima Oslo Cairo Delhi Tokyo Quito Rome Seoul Dublin Nairobi Lisbon Hanoi Vienna Denver Perth "
-           "Austin Bergen Accra Dakar Porto Riga Kyiv Minsk Turin Basel Lyon Leeds Cork".split())),
-    ("pet", "My dog is called {v}.", "What is my dog called?",
-     tuple("Rex Bella Max Luna Milo Daisy Rocky Coco Buddy Pepper Ziggy Biscuit Ollie Rosie Bruno Nala".split())),
-    ("age", "I am {v} years old.", "How old am I?", tuple(str(n) for n in range(16, 91))),
-    ("job", "I work as a {v}.", "What is my job?",
-     tuple("teacher nurse baker pilot farmer lawyer painter chemist plumber writer dentist tailor".split())),
-    ("number", "My lucky number is {v}.", "What is my lucky number?", tuple(str(n) for n in range(1, 100))),
+# (kind, statement, question, reply, values). The reply repeats the statement's words before the value
+# ("My name is Ada." ... "Your name is Ada."), so recall is the pattern copy that induction heads do; a bare
+# "Ada" needs a harder lookup the tiny model had not learned after 2,000 steps (recall 6%).
+_FACTS: tuple[tuple[str, str, str, str, tuple[str, ...]], ...] = (
+    ("name", "My name is {v}.", "What is my name?", "Your name is {v}.", _NAMES),
+    (
+        "colour",
+        "My favourite colour is {v}.",
+        "What is my favourite colour?",
+        "Your favourite colour is {v}.",
+        tuple("red blue green yellow purple orange black white pink grey brown teal".split()),
+    ),
+    (
+        "city",
+        "I live in {v}.",
+        "Where do I live?",
+        "You live in {v}.",
+        tuple(
+            "Paris Lagos Lima Oslo Cairo Delhi Tokyo Quito Rome Seoul Dublin Nairobi Lisbon Hanoi Vienna Denver Perth "
+            "Austin Bergen Accra Dakar Porto Riga Kyiv Minsk Turin Basel Lyon Leeds Cork".split()
+        ),
+    ),
+    (
+        "pet",
+        "My dog is called {v}.",
+        "What is my dog called?",
+        "Your dog is called {v}.",
+        tuple(
+            "Rex Bella Max Luna Milo Daisy Rocky Coco Buddy Pepper Ziggy Biscuit Ollie Rosie Bruno Nala".split()
+        ),
+    ),
+    ("age", "My age is {v}.", "How old am I?", "Your age is {v}.", tuple(str(n) for n in range(16, 91))),
+    (
+        "job",
+        "I work as a {v}.",
+        "What is my job?",
+        "You work as a {v}.",
+        tuple(
+            "teacher nurse baker pilot farmer lawyer painter chemist plumber writer dentist tailor".split()
+        ),
+    ),
+    (
+        "number",
+        "My lucky number is {v}.",
+        "What is my lucky number?",
+        "Your lucky number is {v}.",
+        tuple(str(n) for n in range(1, 100)),
+    ),
 )
+_REPLIES = {fact[0]: fact[3] for fact in _FACTS}
 _ACKS = ("Nice to meet you, {v}.", "Got it.", "Noted.", "I will remember that.", "Thanks for telling me.")
 _DISTRACTORS = (
     ("How are you?", "I am fine, thank you."),
@@ -272,24 +323,31 @@ def render_turns(turns: Sequence[tuple[str, str]]) -> str:
     return "\n".join(f"{speaker}: {text}" for speaker, text in turns)
 
 
-def dialogue_problem(rng: random.Random) -> Problem:
-    facts = rng.sample(_FACTS, rng.randint(1, 2))
-    values = [rng.choice(fact[3]) for fact in facts]
+def _dialogue(rng: random.Random) -> tuple[Problem, list[tuple[str, str]]]:
+    """A conversation that states 1-3 facts, then small talk, then asks one fact (the problem); the other
+    facts come back as follow-up (question, reply) pairs, which training documents also ask."""
+    facts = rng.sample(_FACTS, rng.randint(1, 3))
+    values = [rng.choice(fact[4]) for fact in facts]
     turns: list[tuple[str, str]] = []
-    for (kind, statement, _, _), value in zip(facts, values, strict=True):
+    for (kind, statement, _, _, _), value in zip(facts, values, strict=True):
         ack = rng.choice(_ACKS[1:]) if kind != "name" else rng.choice(_ACKS)
         turns += [(HUMAN_PREFIX, statement.format(v=value)), (AI_PREFIX, ack.format(v=value))]
-    for human, ai in rng.sample(_DISTRACTORS, rng.randint(1, 3)):
+    for human, ai in rng.sample(_DISTRACTORS, rng.randint(0, 2)):
         turns += [(HUMAN_PREFIX, human), (AI_PREFIX, ai)]
-    asked = rng.randrange(len(facts))
-    turns.append((HUMAN_PREFIX, facts[asked][2]))
-    return Problem(
+    order = rng.sample(range(len(facts)), len(facts))
+    turns.append((HUMAN_PREFIX, facts[order[0]][2]))
+    problem = Problem(
         family="dialogue",
         question=render_turns(turns),
-        answer=values[asked],
+        answer=values[order[0]],
         level=len(turns) // 2,
-        kind=facts[asked][0],
+        kind=facts[order[0]][0],
     )
+    return problem, [(facts[i][2], facts[i][3].format(v=values[i])) for i in order[1:]]
+
+
+def dialogue_problem(rng: random.Random) -> Problem:
+    return _dialogue(rng)[0]
 
 
 # --- prompts and training text --------------------------------------------------------------------------
@@ -315,7 +373,11 @@ def prompt_of(problem: Problem) -> str:
 def completion_of(problem: Problem) -> str:
     if problem.family == "react":
         assert problem.expression is not None
-        return render_react(problem.question, problem.expression, problem.answer)[len(react_prompt(problem.question)) :]
+        return render_react(problem.question, problem.expression, problem.answer)[
+            len(react_prompt(problem.question)) :
+        ]
+    if problem.family == "dialogue":
+        return f" {_REPLIES[problem.kind].format(v=problem.answer)}"
     return f" {problem.solution or problem.answer}"
 
 
@@ -324,11 +386,13 @@ def render(problem: Problem) -> str:
 
 
 def few_shot_prompt(problem: Problem, shots: Sequence[Problem]) -> str:
-    """"Learning by examples": solved problems, then the question (the same layout pretraining shows)."""
+    """Learning by examples: solved problems, then the question (the layout pretraining shows)."""
     return SHOT_SEPARATOR.join([render(shot) for shot in shots] + [prompt_of(problem)])
 
 
-def sample_problem(family: str, rng: random.Random, split: str = "train", held_out_kinds_only: bool = False) -> Problem:
+def sample_problem(
+    family: str, rng: random.Random, split: str = "train", held_out_kinds_only: bool = False
+) -> Problem:
     """Rejection-sample a problem of `split`; val / test draw only from problem spaces large enough to hold out."""
     if family not in _SAMPLERS:
         raise ValueError(f"unknown family {family!r}: use one of {FAMILIES}")
@@ -370,18 +434,87 @@ def make_splits(
     return out
 
 
-def iter_documents(seed: int, weights: dict[str, float], max_shots: int = 4) -> Iterator[str]:
-    """An endless stream of training documents; arithmetic comes in runs of 1..max_shots solved problems so
-    that pretraining shows the few-shot layout."""
+Segment = tuple[str, bool]
+
+
+def segments_of(problem: Problem) -> list[Segment]:
+    """The training text cut into (text, trained) pieces: the loss covers only what the model must write
+    (answers, ReAct steps, AI turns), never random operands, user facts or the tool's Observation, which
+    nothing can predict and which would only add noise. Pieces are tokenized one by one: cuts after ":"
+    change nothing, and the cut after LangChain's "Thought: " (trailing space) tokenizes exactly as the
+    agent's prompt and the model's continuation will."""
+    if problem.family == "react":
+        assert problem.expression is not None
+        return [
+            (react_prompt(problem.question), False),
+            (react_action(problem.expression) + "\nObservation:", True),
+            (f" {problem.answer}\nThought: ", False),
+            (react_finish(problem.answer), True),
+        ]
+    if problem.family == "dialogue":
+        segments: list[Segment] = []
+        for line in problem.question.split("\n"):
+            speaker, text = line.split(": ", 1)
+            if speaker == AI_PREFIX:
+                segments += [(f"{AI_PREFIX}:", False), (f" {text}\n", True)]
+            else:
+                segments.append((f"{line}\n", False))
+        return segments + [(f"{AI_PREFIX}:", False), (completion_of(problem), True)]
+    return [(prompt_of(problem), False), (completion_of(problem), True)]
+
+
+def copy_document(rng: random.Random) -> list[Segment]:
+    """A list of numbers and words, then the same list again. Not a task anyone asks: dense copying makes the
+    tiny model form the attention that copies (induction heads) far sooner than the sparse copies inside
+    ReAct traces and dialogues do, and those copies are what ReAct and recall need."""
+    words = [w for fact in _FACTS[:4] for w in fact[4]]
+    items = [
+        rng.choice([str(rng.randint(0, 9999)), _decimal(rng, 999), rng.choice(words), rng.choice(_NAMES)])
+        for _ in range(rng.randint(3, 8))
+    ]
+    text = " ".join(items)
+    return [(f"Copy: {text}\nAgain:", False), (f" {text}", True)]
+
+
+def iter_documents(seed: int, weights: dict[str, float], max_shots: int = 4) -> Iterator[list[Segment]]:
+    """An endless stream of training documents as segments, drawn by `weights` over FAMILIES and "copy".
+    Arithmetic comes in runs of 1..max_shots solved problems (the few-shot layout); a dialogue asks back
+    every fact it stated (more recall per token)."""
     rng = random.Random(f"{seed}|documents")
     families, probabilities = zip(*weights.items(), strict=True)
     while True:
         family = rng.choices(families, probabilities)[0]
-        count = rng.randint(1, max_shots) if family == "arithmetic" else 1
-        yield SHOT_SEPARATOR.join(render(sample_problem(family, rng)) for _ in range(count))
+        if family == "copy":
+            yield copy_document(rng)
+            continue
+        if family == "dialogue":
+            problem, follow_ups = _dialogue(rng)
+            while split_of(problem) != "train":
+                problem, follow_ups = _dialogue(rng)
+            document = segments_of(problem)
+            for question, reply in follow_ups:
+                document += [
+                    ("\n", True),
+                    (f"{HUMAN_PREFIX}: {question}\n{AI_PREFIX}:", False),
+                    (f" {reply}", True),
+                ]
+            yield document
+            continue
+        document = []
+        for index in range(rng.randint(1, max_shots) if family == "arithmetic" else 1):
+            if index:
+                document.append((SHOT_SEPARATOR, True))
+            document += segments_of(sample_problem(family, rng))
+        yield document
 
 
-def few_shot_prompts(problems: Sequence[Problem], pool: Sequence[Problem], shots: int, seed: int) -> list[str]:
+def document_text(document: Sequence[Segment]) -> str:
+    return "".join(text for text, _ in document)
+
+
+def few_shot_prompts(
+    problems: Sequence[Problem], pool: Sequence[Problem], shots: int, seed: int
+) -> list[str]:
     """One prompt per problem with `shots` solved examples drawn (seeded, per problem) from `pool`."""
     rng = random.Random(f"{seed}|shots")
     prompts = []
