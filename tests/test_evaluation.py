@@ -136,7 +136,7 @@ class ReActOracle(Streams):
 
 FACT_PATTERNS = {
     question: re.compile(re.escape(statement).replace(re.escape("{v}"), r"(\w+)"))
-    for _, statement, question, _ in tasks._FACTS
+    for _, statement, question, *_ in tasks._FACTS
 }
 
 
