@@ -351,7 +351,7 @@ def test_trainable_parameters_are_all_in_the_optimizer(
         return out
 
     monkeypatch.setattr(module.CriticModule, "configure_optimizers", spy)
-    train(tiny_backbone, tiny_data, tmp_path, "opt", "trainer.fast_dev_run=true")
+    train(tiny_backbone, tiny_data, tmp_path, "opt", "trainer.fast_dev_run=true", "head=linear")
     in_optimizer = {id(p) for group in seen["optimizer"].param_groups for p in group["params"]}
     trainable = {id(p) for p in unwrap(seen["critic"]).parameters() if p.requires_grad}
     assert in_optimizer == trainable and len(trainable) == 2  # the linear head's weight and bias
