@@ -82,6 +82,8 @@ def test_every_sweep_point_composes(sweep_file):
 
 def test_sweep_traps_are_defused():
     assert sanitize_override("head.init_std=None") == "head.init_std=null"
+    for choice in ("peft=none", "logger=none", "quantization=none"):  # group options named "none" stay
+        assert sanitize_override(choice) == choice
     assert sanitize_override("_wandb={'runtime': 12}") is None
     assert sanitize_override("wandb_version=1") is None
     assert sanitize_override("paths={'outputs': 'outputs', 'cache': 'data/cache'}") is None

@@ -33,7 +33,7 @@ def sanitize_override(arg: str) -> str | None:
     if PYTHON_DICT.match(value):
         # A whole config group injected on resume: the group's leaf values are passed separately.
         return None
-    if value in ("None", "none"):
+    if value == "None":  # Python's str(None); lowercase "none" is a real choice (peft=none, logger=none)
         return f"{key}=null"
     already_quoted = len(value) >= 2 and value[0] == value[-1] and value[0] in "'\""
     is_list = value.startswith("[") and value.endswith("]")
