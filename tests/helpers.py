@@ -75,3 +75,24 @@ def changed(before: dict[str, torch.Tensor], module: torch.nn.Module) -> dict[st
 
 
 TEXTS = ["Q: 1+2=? A: 3", "Q: 12+9=? A: 21", "Q: 7*8=? A: 54 and more text", "ab"]
+
+
+def tiny_pretrain_settings(**changes):
+    """A pretraining run of seconds: the offline recipe at toy size."""
+    import dataclasses
+
+    from autocritic.offline.pretrain import PretrainSettings
+
+    tiny = PretrainSettings(
+        tokenizer_documents=300,
+        vocab_size=300,
+        hidden_size=32,
+        num_layers=2,
+        num_heads=2,
+        num_kv_heads=1,
+        batch_size=4,
+        lr=1e-2,
+        warmup_steps=2,
+        max_steps=20,
+    )
+    return dataclasses.replace(tiny, **changes)

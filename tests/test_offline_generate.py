@@ -6,6 +6,7 @@ import dataclasses
 import json
 
 import pytest
+from helpers import tiny_pretrain_settings
 from transformers import AutoTokenizer, FalconForCausalLM
 
 from autocritic.offline.complete import complete, cut_at_stop
@@ -18,7 +19,7 @@ from autocritic.offline.generate import (
     read_problems,
 )
 from autocritic.offline.labelling import label_final_number
-from autocritic.offline.pretrain import PretrainSettings, build_backbone
+from autocritic.offline.pretrain import build_backbone
 from autocritic.offline.tasks import Problem, make_splits, render, split_of
 
 SETTINGS = GenerateSettings(
@@ -28,18 +29,7 @@ SETTINGS = GenerateSettings(
 
 @pytest.fixture(scope="module")
 def backbone(tmp_path_factory):
-    settings = PretrainSettings(
-        tokenizer_documents=300,
-        vocab_size=300,
-        hidden_size=32,
-        num_layers=2,
-        num_heads=2,
-        num_kv_heads=1,
-        batch_size=4,
-        lr=1e-2,
-        warmup_steps=2,
-        max_steps=10,
-    )
+    settings = tiny_pretrain_settings(max_steps=10)
     return build_backbone(settings, tmp_path_factory.mktemp("offline") / "backbone", progress=False)
 
 

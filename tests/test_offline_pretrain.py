@@ -8,30 +8,19 @@ import json
 
 import pytest
 import torch
+from helpers import tiny_pretrain_settings
 from transformers import AutoTokenizer, FalconForCausalLM
 
 from autocritic.offline.pretrain import (
     BUILD_INFO,
     PackedDocuments,
-    PretrainSettings,
     build_backbone,
     train_model,
 )
 from autocritic.offline.tasks import document_text, iter_documents
 from autocritic.offline.tokenizer import train_tokenizer
 
-TINY = PretrainSettings(
-    tokenizer_documents=300,
-    vocab_size=300,
-    hidden_size=32,
-    num_layers=2,
-    num_heads=2,
-    num_kv_heads=1,
-    batch_size=4,
-    lr=1e-2,
-    warmup_steps=2,
-    max_steps=20,
-)
+TINY = tiny_pretrain_settings()
 
 
 @pytest.fixture(scope="module")
