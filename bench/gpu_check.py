@@ -8,12 +8,17 @@ usual dense-transformer count (Kaplan et al.; PaLM appendix B) with N the backbo
   LoRA / QLoRA step  4N + 12·L·H·T   (forward 2N, backward through the frozen weights 2N; no weight gradients)
   frozen forward     2N + 4·L·H·T
 MFU = achieved FLOP/s ÷ the card's dense bf16 peak (H100 SXM 989 TFLOP/s, H200 989, A100 312; --peak to set).
+Gradient checkpointing recomputes the forward; MFU does not count that recompute (it is model FLOPs), so `lora_ckpt`
+trades MFU for memory. On CUDA the script also times an 8192³ bf16 matmul: the ceiling this card reaches in practice.
+Results are written to --out after every mode, so a run cut short still reports what it measured.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -23,6 +28,7 @@ from transformers import FalconConfig, FalconForCausalLM
 
 from autocritic.model.backbone import LoraSettings, apply_lora, freeze
 from autocritic.model.critic import CriticModel
+from autocritic.model.falcon_attention import use_fused_attention
 
 PEAKS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "A10G": 125e12}
 
@@ -60,6 +66,22 @@ def matmul_params(cfg: FalconConfig) -> int:
     with torch.device("meta"):
         decoder = FalconForCausalLM(cfg).transformer
     return sum(p.numel() for name, p in decoder.named_parameters() if not name.startswith("word_embeddings"))
+
+
+def matmul_tflops(device: torch.device) -> float | None:
+    """The bf16 matmul rate this card reaches on random data: the practical ceiling beside the datasheet peak."""
+    if device.type != "cuda":
+        return None
+    a = torch.randn(8192, 8192, device=device, dtype=torch.bfloat16)
+    b = torch.randn(8192, 8192, device=device, dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(10):
+        a @ b
+    torch.cuda.synchronize()
+    return round(2 * 8192**3 * 10 / (time.perf_counter() - start) / 1e12, 1)
 
 
 def time_steps(step, steps: int, device: torch.device) -> float:
@@ -117,7 +139,18 @@ def measure(mode: str, critic: torch.nn.Module, cfg: FalconConfig, args, device:
     }
 
 
-def build(cfg: FalconConfig, dtype: torch.dtype, device: torch.device, quantize: str | None, work: Path):
+def build(
+    cfg: FalconConfig, dtype: torch.dtype, device: torch.device, quantize: str | None, work: Path, fused: bool
+):
+    backbone = build_backbone(cfg, dtype, device, quantize, work)
+    if fused:
+        use_fused_attention(backbone)
+    return backbone
+
+
+def build_backbone(
+    cfg: FalconConfig, dtype: torch.dtype, device: torch.device, quantize: str | None, work: Path
+):
     if quantize is None:
         with torch.device(device):
             backbone = FalconForCausalLM(cfg).to(dtype)
@@ -126,7 +159,10 @@ def build(cfg: FalconConfig, dtype: torch.dtype, device: torch.device, quantize:
 
     directory = work / "falcon"
     if not directory.exists():
-        FalconForCausalLM(cfg).to(dtype).save_pretrained(directory)
+        with torch.device(device):  # random init on the GPU: seconds, where a CPU needs minutes for 7B
+            FalconForCausalLM(cfg).to(dtype).save_pretrained(directory)
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
     settings = QuantizationSettings(
         mode=quantize, compute_dtype="bfloat16" if dtype == torch.bfloat16 else "float32"
     )
@@ -145,22 +181,43 @@ def main() -> None:
     parser.add_argument("--seq", type=int, default=512)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--peak", type=float, default=None, help="peak FLOP/s of the device")
-    parser.add_argument("--modes", default="frozen,lora,qlora")
+    parser.add_argument("--modes", default="frozen,lora,lora_ckpt,qlora")
+    parser.add_argument(
+        "--attention",
+        default="fused",
+        choices=["fused", "native"],
+        help="fused: what load_backbone installs (multi-query K/V broadcast for SDPA); native: transformers' own",
+    )
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     args = parser.parse_args()
     device = torch.device(args.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     cfg = falcon_7b_config(args.tiny)
-    results = []
-    with tempfile.TemporaryDirectory() as work:
+    summary = {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "torch": torch.__version__,
+        "config": "tiny" if args.tiny else "falcon-7b",
+        "attention": args.attention,
+        "peak_tflops": (peak_flops(device, args.peak) or 0) / 1e12 or None,
+        "matmul_tflops_measured": matmul_tflops(device),
+        "results": [],
+    }
+    results = summary["results"]
+    ram = (
+        "/dev/shm" if os.path.isdir("/dev/shm") and shutil.disk_usage("/dev/shm").free > 20 * 2**30 else None
+    )
+    with tempfile.TemporaryDirectory(dir=ram) as work:
         for mode in args.modes.split(","):
-            backbone = build(cfg, dtype, device, "nf4" if mode == "qlora" else None, Path(work))
+            backbone = build(
+                cfg, dtype, device, "nf4" if mode == "qlora" else None, Path(work), args.attention == "fused"
+            )
             critic = CriticModel(backbone).to(device)
             if mode == "frozen":
                 freeze(critic.backbone)
             else:
-                if mode == "lora":
+                if mode.startswith("lora"):
                     freeze(critic.backbone)
+                if mode == "lora_ckpt":
                     critic.backbone.gradient_checkpointing_enable(
                         gradient_checkpointing_kwargs={"use_reentrant": False}
                     )
@@ -169,19 +226,17 @@ def main() -> None:
                     critic, LoraSettings(r=16, alpha=32, target_modules=["query_key_value", "dense"])
                 )
             results.append(measure(mode, critic, cfg, args, device))
+            if summary["matmul_tflops_measured"] and results[-1]["mfu"]:
+                achieved = results[-1]["mfu"] * summary["peak_tflops"]
+                results[-1]["fraction_of_measured_matmul"] = round(
+                    achieved / summary["matmul_tflops_measured"], 4
+                )
             print(json.dumps(results[-1]), flush=True)
+            if args.out:
+                Path(args.out).write_text(json.dumps(summary, indent=2))
             del critic, backbone
             if device.type == "cuda":
                 torch.cuda.empty_cache()
-    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    summary = {
-        "device": device_name,
-        "torch": torch.__version__,
-        "config": "tiny" if args.tiny else "falcon-7b",
-        "results": results,
-    }
-    if args.out:
-        Path(args.out).write_text(json.dumps(summary, indent=2))
     print(json.dumps(summary, indent=2))
 
 

@@ -233,5 +233,5 @@ def test_gpu_check_script_runs_its_modes_on_a_tiny_model(tmp_path):
     import json
 
     modes = {r["mode"]: r for r in json.loads(out.read_text())["results"]}
-    assert set(modes) == {"frozen", "lora", "qlora"}
+    assert set(modes) == {"frozen", "lora", "lora_ckpt", "qlora"}
     assert all(r["tokens_per_s"] > 0 for r in modes.values())

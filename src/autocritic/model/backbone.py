@@ -17,6 +17,7 @@ from transformers import (
 )
 
 from autocritic.errors import ConfigError
+from autocritic.model.falcon_attention import use_fused_attention
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -30,7 +31,9 @@ class LoraSettings:
 
 
 def looks_local(name_or_path: str) -> bool:
-    return name_or_path.startswith((".", "/", "~")) or os.path.isabs(name_or_path) or Path(name_or_path).exists()
+    return (
+        name_or_path.startswith((".", "/", "~")) or os.path.isabs(name_or_path) or Path(name_or_path).exists()
+    )
 
 
 def check_model_source(name_or_path: str) -> None:
@@ -71,13 +74,16 @@ def load_backbone(
         if quantization is not None and quantization.mode != "none":
             from autocritic.model.quantization import load_causal_lm
 
-            return load_causal_lm(name_or_path, quantization, **kwargs)
-        return AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs)
+            model = load_causal_lm(name_or_path, quantization, **kwargs)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs)
     except (OSError, ValueError) as error:
         raise ConfigError(
             f"could not load the model {name_or_path!r}: {error}. On a machine without hub access, point "
             "model.name_or_path to a local directory."
         ) from None
+    use_fused_attention(model)
+    return model
 
 
 def freeze(module: nn.Module) -> None:
