@@ -1,6 +1,6 @@
 """Phase one, frozen backbone, 5 epochs: Hugging Face `Trainer` on `*ForSequenceClassification` vs autocritic.
 
-Both train a linear head on the same frozen model and data and are validated every epoch. autocritic computes
+Both train a linear head (one logit, BCE) on the same frozen model and data and are validated every epoch. autocritic computes
 each example's final state once (feature cache, cold at the start) and trains the head on it; the `Trainer`
 runs the frozen backbone forward on every batch of every epoch.
 
@@ -24,6 +24,10 @@ from autocritic.training.run import train
 EPOCHS = 5
 
 
+def float_labels(rows: dict[str, list]) -> dict[str, list]:
+    return rows | {"labels": [[float(y)] for y in rows["labels"]]}
+
+
 def run_hf_trainer(cfg, datamodule, out_dir: str) -> tuple[float, float]:
     import datasets
     from transformers import (
@@ -34,17 +38,23 @@ def run_hf_trainer(cfg, datamodule, out_dir: str) -> tuple[float, float]:
     )
 
     start = time.perf_counter()
-    model = AutoModelForSequenceClassification.from_pretrained(cfg.model.name_or_path, num_labels=2)
+    # One logit and BCE, as autocritic's critic: the same objective on both sides (2-label cross-entropy would
+    # compare two different losses, not the cache).
+    model = AutoModelForSequenceClassification.from_pretrained(
+        cfg.model.name_or_path, num_labels=1, problem_type="multi_label_classification"
+    )
+    # The same initial scale as autocritic's head (normal, std 1/sqrt(hidden+1)): both start alike.
+    torch.manual_seed(cfg.seed)
+    torch.nn.init.normal_(model.score.weight, std=(model.config.hidden_size + 1) ** -0.5)
     tokenizer = datamodule.tokenizer
     model.config.pad_token_id = tokenizer.pad_token_id
     for name, param in model.named_parameters():
         param.requires_grad = name.startswith("score")
-    train_set = datasets.Dataset.from_dict(hf_rows(datamodule, "train"))
-    val_set = datasets.Dataset.from_dict(hf_rows(datamodule, "val"))
+    train_set, val_set = (datasets.Dataset.from_dict(float_labels(hf_rows(datamodule, s))) for s in ("train", "val"))
 
     def metrics(pred):
         logits, labels = pred
-        return {"auroc": auroc(torch.tensor(logits[:, 1] - logits[:, 0]), torch.tensor(labels))}
+        return {"auroc": auroc(torch.tensor(logits[:, 0]), torch.tensor(labels[:, 0]))}
 
     args = TrainingArguments(
         output_dir=out_dir,
@@ -70,13 +80,15 @@ def run_hf_trainer(cfg, datamodule, out_dir: str) -> tuple[float, float]:
         compute_metrics=metrics,
     )
     trainer.train()
-    value = trainer.evaluate()["eval_auroc"]
+    # The best validation AUROC over the epochs, as autocritic's checkpoint callback reports it.
+    value = max(entry["eval_auroc"] for entry in trainer.state.log_history if "eval_auroc" in entry)
     return time.perf_counter() - start, float(value)
 
 
 def run_autocritic(overrides: list[str], work: str) -> tuple[float, float]:
     cfg = compose_config(
-        overrides
+        ["head=linear"]  # the baseline's head; an override on the command line still wins
+        + overrides
         + [
             "phase=transfer",
             f"phase.max_epochs={EPOCHS}",

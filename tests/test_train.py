@@ -220,6 +220,19 @@ def test_joint_lm_loss_in_finetune_is_logged(tiny_backbone, tiny_data, transfer_
     assert any(r.get("val/lm_loss") for r in rows)
 
 
+def test_train_returns_the_best_validation_metric(tiny_backbone, tiny_data, tmp_path):
+    """What a sweep optimises: the monitored val/auroc of the best epoch, not a test figure."""
+    cfg = compose_train(
+        [*tiny_overrides(tiny_backbone, tiny_data, tmp_path, "best"), "logger=csv", "phase.max_epochs=3"]
+    )
+    returned = run.train(cfg)
+    (metrics_file,) = Path(cfg.paths.run_dir).glob("csv/*/metrics.csv")
+    rows = list(csv.DictReader(metrics_file.open()))
+    val = [float(r["val/auroc"]) for r in rows if r.get("val/auroc")]
+    assert len(val) == 3
+    assert returned == pytest.approx(max(val), abs=1e-6)
+
+
 # ---- every preset composes ----
 @pytest.mark.parametrize("experiment", [None, *EXPERIMENTS])
 def test_configs_compose(experiment):

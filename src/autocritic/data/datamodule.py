@@ -166,26 +166,35 @@ class CriticDataModule(L.LightningDataModule):
             self.encoded[split] = self.encode_rows(rows, split)
 
     # ---- tokenization ----
-    def encode_text(self, prompt: str, response: str) -> tuple[list[int], int, bool]:
-        """Token ids of prompt+response (keeping the end when too long), prompt length, truncated?"""
-        prompt_text = self.template.render_prompt(prompt)
-        ids = self.tokenizer(prompt_text + response)["input_ids"]
-        prompt_len = len(self.tokenizer(prompt_text)["input_ids"])
-        cut = max(0, len(ids) - self.settings.max_length)
-        return ids[cut:], max(0, prompt_len - cut), cut > 0
+    def encode_texts(self, pairs: list[tuple[str, str]]) -> list[tuple[list[int], int, bool]]:
+        """Token ids of each prompt+response (keeping the end when too long), prompt length, truncated?
+
+        One batched tokenizer call for all texts; each distinct prompt is tokenized once (self-generated data
+        repeats every prompt K times)."""
+        prompts = [self.template.render_prompt(prompt) for prompt, _ in pairs]
+        distinct = list(dict.fromkeys(prompts))
+        prompt_lens = dict(zip(distinct, map(len, self.tokenizer(distinct)["input_ids"]), strict=True)) if distinct else {}
+        texts = [rendered + response for rendered, (_, response) in zip(prompts, pairs, strict=True)]
+        out = []
+        for ids, rendered in zip(self.tokenizer(texts)["input_ids"] if texts else [], prompts, strict=True):
+            cut = max(0, len(ids) - self.settings.max_length)
+            out.append((ids[cut:], max(0, prompt_lens[rendered] - cut), cut > 0))
+        return out
 
     def encode_rows(self, rows: list[dict], split: str) -> list[dict]:
         items, truncated = [], 0
-        for row in rows:
-            if self.pairwise:
-                chosen, chosen_len, cut_c = self.encode_text(row["prompt"], row["chosen"])
-                rejected, rejected_len, cut_r = self.encode_text(row["prompt"], row["rejected"])
+        if self.pairwise:
+            encoded = self.encode_texts([(r["prompt"], r[k]) for r in rows for k in ("chosen", "rejected")])
+            for (chosen, chosen_len, cut_c), (rejected, rejected_len, cut_r) in zip(
+                encoded[0::2], encoded[1::2], strict=True
+            ):
                 items.append({"ids": [chosen, rejected], "prompt_len": [chosen_len, rejected_len], "target": 1.0})
                 truncated += cut_c or cut_r
-            else:
-                ids, prompt_len, cut = self.encode_text(row["prompt"], row["response"])
-                target = row["label"] if self.settings.schema == "pointwise" else row["score"]
-                items.append({"ids": [ids], "prompt_len": [prompt_len], "target": target})
+        else:
+            key = "label" if self.settings.schema == "pointwise" else "score"
+            encoded = self.encode_texts([(r["prompt"], r["response"]) for r in rows])
+            for row, (ids, prompt_len, cut) in zip(rows, encoded, strict=True):
+                items.append({"ids": [ids], "prompt_len": [prompt_len], "target": row[key]})
                 truncated += cut
         self.stats[f"data/{split}_examples"] = len(items)
         self.stats[f"data/{split}_truncated"] = truncated

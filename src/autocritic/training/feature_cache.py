@@ -16,7 +16,7 @@ from rich.progress import track
 from safetensors.torch import load_file, save_file
 
 from autocritic.data.datamodule import SPLITS, CriticDataModule
-from autocritic.model.critic import CriticModel
+from autocritic.model.critic import CriticModel, decoder_of, last_token_index, positions_from_mask
 
 
 def fingerprint_path(path: str) -> dict:
@@ -42,13 +42,88 @@ def cache_key(backbone_source: str, data_files: list[str], template: str, max_le
 @torch.no_grad()
 def compute_features(critic: CriticModel, datamodule: CriticDataModule, split: str, device: torch.device) -> torch.Tensor:
     """(N, S, H) fp32 final states at the last real token; S = 2 for pairwise (chosen, rejected)."""
-    chunks = []
-    loader = datamodule.token_loader(split)
-    for batch in track(loader, description=f"Caching {split} features", total=len(loader), transient=True):
-        hidden = critic(batch["input_ids"].to(device), batch["attention_mask"].to(device)).hidden.float().cpu()
-        n_seq = 2 if datamodule.pairwise else 1
-        chunks.append(hidden.reshape(n_seq, -1, hidden.shape[-1]).transpose(0, 1))  # (B, S, H)
-    return torch.cat(chunks)
+    items = datamodule.encoded[split]
+    n_seq = len(items[0]["ids"]) if items else 1
+    sequences = [(item["ids"][k], item["prompt_len"][k]) for item in items for k in range(n_seq)]
+    states = shared_prefix_states(
+        critic, sequences, device, datamodule.settings.eval_batch_size, datamodule.tokenizer.pad_token_id or 0, split
+    )
+    return states.reshape(len(items), n_seq, -1)
+
+
+def shared_prefix_states(
+    critic: CriticModel,
+    sequences: list[tuple[list[int], int]],
+    device: torch.device,
+    batch_rows: int,
+    pad_id: int,
+    split: str = "",
+) -> torch.Tensor:
+    """(N, H) final state at the last token of each (ids, prompt_len), computing each distinct prompt once.
+
+    Self-generated critic data holds K answers per prompt, and the prompt (few-shot) is most of the tokens: the
+    prompt runs once with the KV cache on, and only the answers run per row, attending to the cached prompt.
+    Same numbers as one forward per sequence (tests/test_feature_cache.py).
+    """
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for index, (ids, prompt_len) in enumerate(sequences):
+        groups.setdefault(tuple(ids[: max(0, min(prompt_len, len(ids) - 1))]), []).append(index)
+    # Similar prompt lengths share a batch; sequences with no prompt to share run in batches of their own (a row
+    # of nothing but padding would put NaN keys in the cache).
+    ordered = sorted(groups.items(), key=lambda group: len(group[0]))
+    batches, batch, rows = [], [], 0
+    for group in ordered:
+        if batch and (rows >= batch_rows or (len(group[0]) > 0) != (len(batch[-1][0]) > 0)):
+            batches.append(batch)
+            batch, rows = [], 0
+        batch.append(group)
+        rows += len(group[1])
+    if batch:
+        batches.append(batch)
+    out = torch.empty(len(sequences), critic.backbone.config.hidden_size)
+    for batch in track(batches, description=f"Caching {split} features", transient=True):
+        members = [index for _, indices in batch for index in indices]
+        answers = [sequences[index][0][len(prefix) :] for prefix, indices in batch for index in indices]
+        repeat = torch.tensor([g for g, (_, indices) in enumerate(batch) for _ in indices], device=device)
+        out[members] = _states_after_prefixes([prefix for prefix, _ in batch], answers, repeat, critic, device, pad_id)
+    return out
+
+
+def _padded(rows: list[list[int] | tuple[int, ...]], pad_id: int, left: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        span = slice(width - len(r), width) if left else slice(0, len(r))
+        ids[i, span] = torch.tensor(r, dtype=torch.long)
+        mask[i, span] = 1
+    return ids, mask
+
+
+def _states_after_prefixes(prefixes, answers, repeat, critic, device, pad_id) -> torch.Tensor:
+    decoder = decoder_of(critic.backbone)
+    answer_ids, answer_mask = _padded(answers, pad_id, left=False)
+    answer_ids, answer_mask = answer_ids.to(device), answer_mask.to(device)
+    if not prefixes[0]:  # a batch of sequences without a shared prompt
+        hidden = decoder(
+            input_ids=answer_ids, attention_mask=answer_mask, position_ids=positions_from_mask(answer_mask), use_cache=False
+        ).last_hidden_state
+    else:
+        prefix_ids, prefix_mask = (t.to(device) for t in _padded(prefixes, pad_id, left=True))
+        cache = decoder(
+            input_ids=prefix_ids, attention_mask=prefix_mask, position_ids=positions_from_mask(prefix_mask), use_cache=True
+        ).past_key_values
+        cache.batch_select_indices(repeat)
+        mask = torch.cat([prefix_mask[repeat], answer_mask], dim=1)
+        hidden = decoder(
+            input_ids=answer_ids,
+            attention_mask=mask,
+            position_ids=positions_from_mask(mask)[:, prefix_ids.shape[1] :],
+            past_key_values=cache,
+            use_cache=True,
+        ).last_hidden_state
+    rows = torch.arange(hidden.shape[0], device=device)
+    return hidden[rows, last_token_index(answer_mask)].float().cpu()
 
 
 def load_or_compute(

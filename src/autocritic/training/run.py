@@ -222,13 +222,14 @@ def train(cfg: DictConfig) -> float | None:
         trainer.logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True) | params | datamodule.stats)
 
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
+    best_score = checkpoint.best_model_score  # the monitored validation metric, before test() resets the metrics
     best = checkpoint.best_model_path or None
     if cfg.trainer.fast_dev_run:
         best = None  # fast_dev_run saves no checkpoint
     tested = trainer.test(module, datamodule=datamodule, ckpt_path=best, weights_only=False) if best else trainer.test(module, datamodule=datamodule)
     metrics = tested[0] if tested else {}
     monitor = cfg.objective.monitor
-    value = trainer.callback_metrics.get(monitor, metrics.get(monitor.replace("val/", "test/")))
+    value = best_score if best_score is not None else trainer.callback_metrics.get(monitor)
     if not trainer.is_global_zero:
         return None  # one export per run, written by rank 0
     backbone_mode = "frozen" if cfg.phase.freeze_backbone else ("lora" if cfg.peft.mode == "lora" else "full")

@@ -1,0 +1,84 @@
+"""The feature cache runs each shared prompt once: the states equal one plain forward per sequence."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+from transformers import FalconConfig, FalconForCausalLM, LlamaConfig, LlamaForCausalLM
+
+from autocritic.data.datamodule import CriticDataModule, DataSettings
+from autocritic.model.backbone import load_backbone, load_tokenizer
+from autocritic.model.critic import CriticModel
+from autocritic.training.feature_cache import compute_features, shared_prefix_states
+
+
+def plain_states(critic: CriticModel, sequences) -> torch.Tensor:
+    with torch.no_grad():
+        return torch.cat(
+            [critic(torch.tensor([ids]), torch.ones(1, len(ids), dtype=torch.long)).hidden for ids, _ in sequences]
+        )
+
+
+def sequences_with_shared_prompts(vocab: int, seed: int = 0) -> list[tuple[list[int], int]]:
+    """Prompts of several lengths, 1-5 answers each; plus the edge cases: no prompt, prompt = whole sequence."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(7):
+        prompt = [rng.randrange(1, vocab) for _ in range(rng.randint(3, 12))]
+        for _ in range(rng.randint(1, 5)):
+            out.append((prompt + [rng.randrange(1, vocab) for _ in range(rng.randint(1, 4))], len(prompt)))
+    out.append(([rng.randrange(1, vocab) for _ in range(5)], 0))
+    out.append(([rng.randrange(1, vocab) for _ in range(6)], 6))
+    rng.shuffle(out)
+    return out
+
+
+BACKBONES = {
+    "falcon-multi-query": lambda: FalconForCausalLM(
+        FalconConfig(vocab_size=60, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, alibi=False)
+    ),
+    "llama": lambda: LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=60, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2,
+        )
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", ["tiny-falcon", *BACKBONES])
+@pytest.mark.parametrize("batch_rows", [1, 4, 64])
+def test_shared_prefix_states_equal_plain_forward(kind, batch_rows, tiny_backbone):
+    torch.manual_seed(0)
+    backbone = load_backbone(str(tiny_backbone)) if kind == "tiny-falcon" else BACKBONES[kind]()
+    critic = CriticModel(backbone.eval())
+    sequences = sequences_with_shared_prompts(backbone.config.vocab_size)
+    with torch.no_grad():
+        shared = shared_prefix_states(critic, sequences, torch.device("cpu"), batch_rows, pad_id=0)
+    assert (shared - plain_states(critic, sequences)).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("schema", ["pointwise", "pairwise"])
+def test_compute_features_keeps_item_order_and_pairs(schema, tiny_backbone, tmp_path):
+    from conftest import write_jsonl
+
+    prompts = [f"Q: {a}+{a}=?\nA:" for a in range(5)]
+    if schema == "pairwise":
+        rows = [{"prompt": p, "chosen": f" {2 * a}", "rejected": f" {2 * a + 1}"} for a, p in enumerate(prompts)]
+    else:
+        rows = [{"prompt": p, "response": f" {a + k}", "label": k % 2} for a, p in enumerate(prompts) for k in range(3)]
+    path = write_jsonl(tmp_path / "rows.jsonl", rows)
+    tokenizer = load_tokenizer(str(tiny_backbone))
+    datamodule = CriticDataModule(
+        DataSettings(schema=schema, train_files=[str(path)], val_files=[str(path)], eval_batch_size=4), tokenizer
+    )
+    datamodule.setup()
+    critic = CriticModel(load_backbone(str(tiny_backbone)).eval())
+    features = compute_features(critic, datamodule, "train", torch.device("cpu"))
+    items = datamodule.encoded["train"]
+    assert features.shape == (len(items), 2 if schema == "pairwise" else 1, critic.backbone.config.hidden_size)
+    for k in range(features.shape[1]):
+        expected = plain_states(critic, [(item["ids"][k], 0) for item in items])
+        assert (features[:, k] - expected).abs().max() <= 1e-5
