@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 
 import pandas as pd
@@ -258,3 +259,18 @@ def test_train_order_depends_on_seed_and_epoch_only():
     sampler.set_epoch(1)
     assert list(sampler) != first
     assert list(EpochShuffle(50, seed=8)) != first
+
+
+def test_length_grouped_order_is_a_seeded_permutation_with_less_padding():
+    rng = random.Random(0)
+    lengths = [rng.randint(5, 80) for _ in range(640)]
+
+    def padded_tokens(order: list[int], batch: int = 16) -> int:
+        return sum(max(lengths[i] for i in order[k : k + batch]) * batch for k in range(0, len(order), batch))
+
+    grouped = EpochShuffle(640, seed=3, lengths=lengths, batch_size=16, megabatch=10)
+    first = list(grouped)
+    assert sorted(first) == list(range(640)) and list(grouped) == first
+    assert padded_tokens(first) < 0.8 * padded_tokens(list(EpochShuffle(640, seed=3)))
+    grouped.set_epoch(1)
+    assert list(grouped) != first and sorted(grouped) == list(range(640))

@@ -425,6 +425,33 @@ def test_memory_kinds_keep_and_forget_what_they_should(kind):
         assert far_trace.summary_prompts and "Ada" in far_trace.summary
 
 
+class SummaryDocumentOracle(Streams):
+    """Answers exactly the prompts of the offline summary training documents, with their targets; any other
+    prompt is a mismatch between what the model was taught and what the memory asks."""
+
+    def __init__(self, problems):
+        self.table = {}
+        for problem in problems:
+            segments = tasks.summary_segments(problem)
+            for (prompt, trained), (target, _) in zip(segments[0::2], segments[1::2], strict=True):
+                assert not trained
+                self.table[prompt.lstrip("\n")] = target.rstrip("\n")
+
+    def generate(self, prompts, settings=None, **overrides):
+        settings = replace(settings or GenerationSettings(), **overrides)
+        return [[Sample(self.table[p], 0.0, [], "stop")] * settings.n for p in prompts]
+
+
+def test_summary_training_documents_are_the_prompts_summary_memory_sends():
+    problems = tasks.make_splits(0, train=0, val=0, test=12, families=["dialogue"])["test"]
+    ctx = EvalContext(SummaryDocumentOracle(problems))
+    runner = memory.ClassicRunner(ctx, "summary", memory.Settings(summary_new_tokens=64))
+    for problem in problems:
+        trace = runner(memory.parse_dialogue(problem))  # a KeyError names a prompt the model never saw
+        assert memory.recalled(trace.reply, problem.answer)
+        assert len(trace.summary_prompts) == (len(problem.question.split("\n")) - 1) // 2 + 1
+
+
 def test_memory_suite_on_held_out_dialogues_with_an_echoing_llm(tmp_path):
     ctx = EvalContext(EchoFacts(), out_dir=tmp_path)
     result = memory.run(ctx, memory.Settings(n_dialogues=10, window=2))

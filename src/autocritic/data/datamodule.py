@@ -40,6 +40,7 @@ class DataSettings:
     eval_batch_size: int = 64
     val_fraction: float = 0.1
     num_workers: int = 0
+    group_by_length: bool = True  # training batches of similar lengths (less padding); see EpochShuffle
     seed: int = 0
 
 
@@ -57,10 +58,17 @@ class ListDataset(Dataset):
 class EpochShuffle(Sampler[int]):
     """A permutation drawn from (seed, epoch) alone, so a run resumed at an epoch boundary sees the same order as
     an uninterrupted one (`shuffle=True` draws from the global RNG, which a checkpoint does not restore).
-    Lightning calls `set_epoch` before each epoch."""
+    Lightning calls `set_epoch` before each epoch.
 
-    def __init__(self, size: int, seed: int):
+    With `lengths`, examples of similar length are batched together, as Hugging Face's `group_by_length`: the
+    permutation is cut into megabatches of `megabatch` batches, each sorted by length, longest first. Padding
+    (self-generated data: ~11% of the tokens of a shuffled batch) mostly disappears; the order is still random."""
+
+    def __init__(
+        self, size: int, seed: int, lengths: list[int] | None = None, batch_size: int = 1, megabatch: int = 50
+    ):
         self.size, self.seed, self.epoch = size, seed, 0
+        self.lengths, self.span = lengths, batch_size * megabatch
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -70,7 +78,15 @@ class EpochShuffle(Sampler[int]):
 
     def __iter__(self):
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        return iter(torch.randperm(self.size, generator=generator).tolist())
+        order = torch.randperm(self.size, generator=generator).tolist()
+        if self.lengths is not None:
+            lengths = self.lengths
+            order = [
+                i
+                for start in range(0, self.size, self.span)
+                for i in sorted(order[start : start + self.span], key=lambda i: -lengths[i])
+            ]
+        return iter(order)
 
 
 def as_list(files) -> list[str]:
@@ -237,7 +253,9 @@ class CriticDataModule(L.LightningDataModule):
     def loader(self, split: str, shuffle: bool) -> DataLoader:
         s = self.settings
         batch_size = s.batch_size if split == "train" else s.eval_batch_size
-        sampler = EpochShuffle(len(self.encoded[split]), s.seed) if shuffle else None
+        items = self.encoded[split]
+        lengths = [max(map(len, it["ids"])) for it in items] if s.group_by_length and split not in self.features else None
+        sampler = EpochShuffle(len(items), s.seed, lengths, batch_size) if shuffle else None
         if split in self.features:
             items = [{"features": f, "target": it["target"]} for f, it in zip(self.features[split], self.encoded[split], strict=True)]
             return DataLoader(ListDataset(items), batch_size=batch_size, sampler=sampler, collate_fn=self.collate_features)

@@ -45,8 +45,9 @@ APIS = {
     "graph_summary": "create_agent + InMemorySaver + SummarizationMiddleware",
 }
 DIALOGUE_PROMPT = PromptTemplate.from_template(f"{{history}}\n{HUMAN_PREFIX}: {{input}}\n{AI_PREFIX}:")
-# The tiny model has never seen a summary; LangChain's default prompt (~200 tokens of instructions and an example)
-# only adds text it cannot follow. Both are available; neither is expected to work on the tiny model.
+# "compact" is the prompt the offline model is trained to follow (offline.tasks.summary_document: the summary keeps
+# the human's facts in their own words). LangChain's default (~200 tokens of instructions and an example) is
+# available for real models; the tiny model was never taught it.
 SUMMARY_PROMPTS = {
     "compact": "Summary: {summary}\n{new_lines}\nNew summary:",
     "langchain": None,  # langchain_classic.memory.prompt.SUMMARY_PROMPT
@@ -59,7 +60,7 @@ class Settings:
     n_dialogues: int = 40
     window: int = 2  # exchanges kept by the window memories
     max_new_tokens: int = 8
-    summary_new_tokens: int = 16
+    summary_new_tokens: int = 48  # three facts in the human's words
     summary_prompt: str = "compact"  # compact | langchain
     kinds: tuple[str, ...] = KINDS
 

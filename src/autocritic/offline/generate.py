@@ -34,7 +34,7 @@ class GenerateSettings:
     seed: int = 0
     family: str = "arithmetic"
     # Deduplication leaves at most one right answer per problem, so positives grow with problems, not with K.
-    train_problems: int = 1500
+    train_problems: int = 3000
     val_problems: int = 300
     test_problems: int = 500
     samples: int = 8

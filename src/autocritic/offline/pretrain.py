@@ -36,9 +36,10 @@ BUILD_INFO = "build_info.json"
 class PretrainSettings:
     seed: int = 0
     # Probabilities per document: arithmetic documents are short (~55% of tokens). "copy" documents only
-    # speed up the copying that ReAct inputs and recall rely on (see tasks.copy_document).
+    # speed up the copying that ReAct inputs and recall rely on (see tasks.copy_document); "summary" documents
+    # teach the summary memory's prompt (see tasks.summary_document).
     mix: dict[str, float] = field(
-        default_factory=lambda: {"arithmetic": 0.7, "react": 0.1, "dialogue": 0.1, "copy": 0.1}
+        default_factory=lambda: {"arithmetic": 0.66, "react": 0.1, "dialogue": 0.1, "summary": 0.06, "copy": 0.08}
     )
     tokenizer_documents: int = 20_000
     vocab_size: int = 1024

@@ -50,6 +50,9 @@ REACT_LAST_THOUGHT = "I now know the final answer."
 HUMAN_PREFIX = "Human"
 AI_PREFIX = "AI"
 DIALOGUE_STOP = ("\n",)
+# The compact summary prompt of the evaluation's memory suite: "Summary: {summary}\n{new_lines}\nNew summary:".
+SUMMARY_PREFIX = "Summary:"
+NEW_SUMMARY = "New summary:"
 
 
 @dataclass(frozen=True)
@@ -476,8 +479,49 @@ def copy_document(rng: random.Random) -> list[Segment]:
     return [(f"Copy: {text}\nAgain:", False), (f" {text}", True)]
 
 
+def summary_document(rng: random.Random) -> list[Segment]:
+    """A conversation as `ConversationSummaryMemory` runs it with the evaluation's compact prompt: after each
+    exchange the model writes the new summary (the previous one, plus the fact the human just stated; small talk
+    adds nothing), then a question is answered from the summary alone. Summaries keep the human's own words, so
+    writing one is copying and answering from it is the recall the dialogues teach."""
+    problem, follow_ups = _dialogue(rng)
+    while split_of(problem) != "train":
+        problem, follow_ups = _dialogue(rng)
+    document = summary_segments(problem)
+    for follow_up, reply in follow_ups:
+        document += [("\n", True), (f"{HUMAN_PREFIX}: {follow_up}\n{AI_PREFIX}:", False), (f" {reply}", True)]
+    return document
+
+
+def summary_segments(problem: Problem) -> list[Segment]:
+    """A dialogue problem through summary memory, as (prompt, target) pairs: each summary prompt and the summary
+    written, the question after the final summary and its answer, and the summary of that last exchange."""
+    *history, question = [line.split(": ", 1)[1] for line in problem.question.split("\n")]
+    summary, document = "", []
+    for human, ai in zip(history[0::2], history[1::2], strict=True):
+        new = f"{summary} {human}" if any(is_statement_of(fact, human) for fact in _FACTS) else summary
+        document += [
+            (f"{SUMMARY_PREFIX} {summary}\n{HUMAN_PREFIX}: {human}\n{AI_PREFIX}: {ai}\n{NEW_SUMMARY}", False),
+            (f"{new}\n", True),
+        ]
+        summary = new
+    answer = completion_of(problem)
+    return document + [
+        (f"{summary}\n{HUMAN_PREFIX}: {question}\n{AI_PREFIX}:", False),
+        (answer, True),
+        # The memory then summarises the question's exchange too: a question adds nothing.
+        (f"\n{SUMMARY_PREFIX} {summary}\n{HUMAN_PREFIX}: {question}\n{AI_PREFIX}:{answer}\n{NEW_SUMMARY}", False),
+        (f"{summary}\n", True),
+    ]
+
+
+def is_statement_of(fact: tuple, text: str) -> bool:
+    head, _, tail = fact[1].partition("{v}")
+    return text.startswith(head) and text.endswith(tail) and text[len(head) : len(text) - len(tail)] in fact[4]
+
+
 def iter_documents(seed: int, weights: dict[str, float], max_shots: int = 4) -> Iterator[list[Segment]]:
-    """An endless stream of training documents as segments, drawn by `weights` over FAMILIES and "copy".
+    """An endless stream of training documents as segments, drawn by `weights` over FAMILIES, "summary" and "copy".
     Arithmetic comes in runs of 1..max_shots solved problems (the few-shot layout); a dialogue asks back
     every fact it stated (more recall per token)."""
     rng = random.Random(f"{seed}|documents")
@@ -486,6 +530,9 @@ def iter_documents(seed: int, weights: dict[str, float], max_shots: int = 4) -> 
         family = rng.choices(families, probabilities)[0]
         if family == "copy":
             yield copy_document(rng)
+            continue
+        if family == "summary":
+            yield summary_document(rng)
             continue
         if family == "dialogue":
             problem, follow_ups = _dialogue(rng)
