@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from common import compose_config, hf_rows, peak_rss_mib, prepared_data
 
-EPOCHS = 2
+EPOCHS = 1
 REPEATS = 3
 
 

@@ -35,11 +35,11 @@ BUILD_INFO = "build_info.json"
 @dataclass(frozen=True)
 class PretrainSettings:
     seed: int = 0
-    # Probabilities per document: arithmetic documents are short (~55% of tokens). "copy" documents only
+    # Probabilities per document (arithmetic documents are the shortest, summary documents the longest). "copy" documents only
     # speed up the copying that ReAct inputs and recall rely on (see tasks.copy_document); "summary" documents
     # teach the summary memory's prompt (see tasks.summary_document).
     mix: dict[str, float] = field(
-        default_factory=lambda: {"arithmetic": 0.66, "react": 0.1, "dialogue": 0.1, "summary": 0.06, "copy": 0.08}
+        default_factory=lambda: {"arithmetic": 0.63, "react": 0.1, "dialogue": 0.08, "summary": 0.12, "copy": 0.07}
     )
     tokenizer_documents: int = 20_000
     vocab_size: int = 1024

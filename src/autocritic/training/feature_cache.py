@@ -7,6 +7,7 @@ max length, dtype); any change gives a new key, so a stale cache is never read.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import os
 from pathlib import Path
@@ -110,17 +111,20 @@ def _states_after_prefixes(prefixes, answers, repeat, critic, device, pad_id) ->
         ).last_hidden_state
     else:
         prefix_ids, prefix_mask = (t.to(device) for t in _padded(prefixes, pad_id, left=True))
-        cache = decoder(
+        output = decoder(
             input_ids=prefix_ids, attention_mask=prefix_mask, position_ids=positions_from_mask(prefix_mask), use_cache=True
-        ).past_key_values
+        )
+        cache = output.get("cache", None)
+        cache = output.past_key_values if cache is None else cache  # transformers < 5.24 names it past_key_values
         cache.batch_select_indices(repeat)
         mask = torch.cat([prefix_mask[repeat], answer_mask], dim=1)
+        cache_argument = "cache" if "cache" in inspect.signature(decoder.forward).parameters else "past_key_values"
         hidden = decoder(
             input_ids=answer_ids,
             attention_mask=mask,
             position_ids=positions_from_mask(mask)[:, prefix_ids.shape[1] :],
-            past_key_values=cache,
             use_cache=True,
+            **{cache_argument: cache},
         ).last_hidden_state
     rows = torch.arange(hidden.shape[0], device=device)
     return hidden[rows, last_token_index(answer_mask)].float().cpu()
