@@ -267,12 +267,6 @@ class CriticDataModule(L.LightningDataModule):
             num_workers=s.num_workers,
         )
 
-    def token_loader(self, split: str) -> DataLoader:
-        """Unshuffled token batches, for computing the feature cache."""
-        return DataLoader(
-            ListDataset(self.encoded[split]), batch_size=self.settings.eval_batch_size, collate_fn=self.collate_tokens
-        )
-
     def train_dataloader(self) -> DataLoader:
         return self.loader("train", shuffle=True)
 
