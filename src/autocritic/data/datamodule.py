@@ -254,8 +254,11 @@ class CriticDataModule(L.LightningDataModule):
         s = self.settings
         batch_size = s.batch_size if split == "train" else s.eval_batch_size
         items = self.encoded[split]
-        lengths = [max(map(len, it["ids"])) for it in items] if s.group_by_length and split not in self.features else None
-        sampler = EpochShuffle(len(items), s.seed, lengths, batch_size) if shuffle else None
+        sampler = None
+        if shuffle:
+            grouped = s.group_by_length and split not in self.features  # cached features all cost the same
+            lengths = [max(map(len, it["ids"])) for it in items] if grouped else None
+            sampler = EpochShuffle(len(items), s.seed, lengths, batch_size)
         if split in self.features:
             items = [{"features": f, "target": it["target"]} for f, it in zip(self.features[split], self.encoded[split], strict=True)]
             return DataLoader(ListDataset(items), batch_size=batch_size, sampler=sampler, collate_fn=self.collate_features)

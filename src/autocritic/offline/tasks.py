@@ -484,13 +484,24 @@ def summary_document(rng: random.Random) -> list[Segment]:
     exchange the model writes the new summary (the previous one, plus the fact the human just stated; small talk
     adds nothing), then a question is answered from the summary alone. Summaries keep the human's own words, so
     writing one is copying and answering from it is the recall the dialogues teach."""
+    problem, follow_ups = _train_dialogue(rng)
+    return summary_segments(problem) + _follow_up_segments(follow_ups)
+
+
+def _train_dialogue(rng: random.Random) -> tuple[Problem, list[tuple[str, str]]]:
     problem, follow_ups = _dialogue(rng)
     while split_of(problem) != "train":
         problem, follow_ups = _dialogue(rng)
-    document = summary_segments(problem)
-    for follow_up, reply in follow_ups:
-        document += [("\n", True), (f"{HUMAN_PREFIX}: {follow_up}\n{AI_PREFIX}:", False), (f" {reply}", True)]
-    return document
+    return problem, follow_ups
+
+
+def _follow_up_segments(follow_ups: Sequence[tuple[str, str]]) -> list[Segment]:
+    """The dialogue's other facts asked back after its answer (more recall per token)."""
+    return [
+        segment
+        for question, reply in follow_ups
+        for segment in (("\n", True), (f"{HUMAN_PREFIX}: {question}\n{AI_PREFIX}:", False), (f" {reply}", True))
+    ]
 
 
 def summary_segments(problem: Problem) -> list[Segment]:
@@ -535,17 +546,8 @@ def iter_documents(seed: int, weights: dict[str, float], max_shots: int = 4) -> 
             yield summary_document(rng)
             continue
         if family == "dialogue":
-            problem, follow_ups = _dialogue(rng)
-            while split_of(problem) != "train":
-                problem, follow_ups = _dialogue(rng)
-            document = segments_of(problem)
-            for question, reply in follow_ups:
-                document += [
-                    ("\n", True),
-                    (f"{HUMAN_PREFIX}: {question}\n{AI_PREFIX}:", False),
-                    (f" {reply}", True),
-                ]
-            yield document
+            problem, follow_ups = _train_dialogue(rng)
+            yield segments_of(problem) + _follow_up_segments(follow_ups)
             continue
         document = []
         for index in range(rng.randint(1, max_shots) if family == "arithmetic" else 1):
