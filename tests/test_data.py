@@ -272,5 +272,7 @@ def test_length_grouped_order_is_a_seeded_permutation_with_less_padding():
     first = list(grouped)
     assert sorted(first) == list(range(640)) and list(grouped) == first
     assert padded_tokens(first) < 0.8 * padded_tokens(list(EpochShuffle(640, seed=3)))
+    assert lengths[first[0]] == max(lengths)  # the peak memory comes at step one
     grouped.set_epoch(1)
-    assert list(grouped) != first and sorted(grouped) == list(range(640))
+    second = list(grouped)
+    assert second != first and sorted(second) == list(range(640)) and lengths[second[0]] == max(lengths)

@@ -62,7 +62,9 @@ class EpochShuffle(Sampler[int]):
 
     With `lengths`, examples of similar length are batched together, as Hugging Face's `group_by_length`: the
     permutation is cut into megabatches of `megabatch` batches, each sorted by length, longest first. Padding
-    (self-generated data: ~11% of the tokens of a shuffled batch) mostly disappears; the order is still random."""
+    (self-generated data: ~11% of the tokens of a shuffled batch) mostly disappears; the order is still random.
+    The megabatch holding the longest example goes first: the peak memory (an out-of-memory error, or the heap
+    the allocator keeps) comes at step one instead of growing through the epoch."""
 
     def __init__(
         self, size: int, seed: int, lengths: list[int] | None = None, batch_size: int = 1, megabatch: int = 50
@@ -81,11 +83,13 @@ class EpochShuffle(Sampler[int]):
         order = torch.randperm(self.size, generator=generator).tolist()
         if self.lengths is not None:
             lengths = self.lengths
-            order = [
-                i
+            megabatches = [
+                sorted(order[start : start + self.span], key=lambda i: -lengths[i])
                 for start in range(0, self.size, self.span)
-                for i in sorted(order[start : start + self.span], key=lambda i: -lengths[i])
             ]
+            longest = max(range(len(megabatches)), key=lambda m: lengths[megabatches[m][0]])
+            megabatches.insert(0, megabatches.pop(longest))
+            order = [i for megabatch in megabatches for i in megabatch]
         return iter(order)
 
 

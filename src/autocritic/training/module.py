@@ -33,7 +33,9 @@ class CriticModule(L.LightningModule):
         self.objective = objective
         self.optim = optim
         self.backbone_frozen = backbone_frozen
-        self.metrics = nn.ModuleDict({split: make_metrics(objective.kind) for split in ("train_", "val_", "test_")})
+        self.metrics = nn.ModuleDict(
+            {f"{split}_": make_metrics(objective.kind, split) for split in ("train", "val", "test")}
+        )
         # Checkpoints hold trainable weights only (see on_save_checkpoint), so loading is not strict.
         self.strict_loading = False
 
