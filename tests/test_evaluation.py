@@ -3,6 +3,7 @@ scripted generators whose right answers are known (a perfect critic, a ReAct ora
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import random
@@ -87,9 +88,21 @@ class Streams:
         yield sample
 
 
+def right_and_wrong_answer(prompt: str) -> tuple[str, str]:
+    """Arithmetic ("What is 3+4?") or pair-sum ("Which two of 1, 5, 2 add up to 7?") prompt -> a right and a
+    wrong answer."""
+    if pair := re.findall(r"Which two of (.+) add up to (\d+)\?\nAnswer:$", prompt):
+        numbers, target = [int(n) for n in pair[-1][0].split(", ")], int(pair[-1][1])
+        [right] = [f"{a}+{b}={target}" for a, b in itertools.combinations(numbers, 2) if a + b == target]
+        return right, f"{numbers[0]}+{target}={target}"
+    expression = re.findall(r"What is (.+)\?\nAnswer:$", prompt)[-1]
+    truth = float(format_number(evaluate_expression(expression)))
+    return format_number(truth), format_number(truth + 1)
+
+
 class PerfectCritic(Streams):
-    """Arithmetic prompts: greedy answers wrong; sample i is right when a seeded coin says so, and the critic
-    score is +1 for right answers, -1 for wrong ones (a perfect critic)."""
+    """Arithmetic or pair-sum prompts: greedy answers wrong; sample i is right when a seeded coin says so, and the
+    critic score is +1 for right answers, -1 for wrong ones (a perfect critic)."""
 
     def __init__(self, p_right: float = 0.3):
         self.p_right = p_right
@@ -98,11 +111,10 @@ class PerfectCritic(Streams):
         settings = replace(settings or GenerationSettings(), **overrides)
         out = []
         for prompt in prompts:
-            expression = re.findall(r"What is (.+)\?\nAnswer:$", prompt)[-1]
-            truth = float(format_number(evaluate_expression(expression)))
+            right_answer, wrong_answer = right_and_wrong_answer(prompt)
             rng = random.Random(prompt)
             right = [settings.do_sample and rng.random() < self.p_right for _ in range(settings.n)]
-            texts = [f" {format_number(truth if ok else truth + 1)}" for ok in right]
+            texts = [f" {right_answer if ok else wrong_answer}" for ok in right]
             out.append(_samples(texts, [1.0 if ok else -1.0 for ok in right], settings.n))
         return out
 
@@ -259,6 +271,7 @@ def test_entry_point_exits_2_with_the_message(tmp_path, capsys):
     [
         ("suites=[prompts,nope]", "choose among"),
         ("rerank.n_problems=0", "positive integer"),
+        ("rerank.family=dialogue", "question-answer family"),
         ("logger=csv", "not used by evaluate"),
     ],
 )
@@ -271,10 +284,13 @@ def test_bad_settings_fail_before_loading(tmp_path, override, message):
 # ---- rerank ----
 
 
-def test_rerank_with_a_perfect_critic_reaches_pass_at_n(tmp_path):
+@pytest.mark.parametrize("family", ["pair_sum", "arithmetic"])
+def test_rerank_with_a_perfect_critic_reaches_pass_at_n(tmp_path, family):
     ctx = EvalContext(PerfectCritic(), out_dir=tmp_path)
-    result = rerank.run(ctx, rerank.Settings(n_problems=40, n_samples=8, ns=(1, 2, 4, 8), subsets=8))
+    settings = rerank.Settings(family=family, n_problems=40, n_samples=8, ns=(1, 2, 4, 8), subsets=8)
+    result = rerank.run(ctx, settings)
     f = result.figures
+    assert f["family"] == family
     assert f["greedy_accuracy"] == 0.0
     for n in (1, 2, 4, 8):
         assert f["curve"]["best_of_n"][n]["accuracy"] == f["curve"]["pass_at_n"][n]["accuracy"]

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from autocritic.offline.labelling import extract_answer, is_correct, label_final_number, make_label_fn
+from autocritic.offline.labelling import (
+    answer_of,
+    extract_answer,
+    is_correct,
+    is_right,
+    label_final_number,
+    label_offline,
+    make_label_fn,
+)
 from autocritic.offline.tasks import Problem
 
 
@@ -45,3 +53,18 @@ def test_user_supplied_extractor_gsm8k_style():
     assert label(problem, "40 + 2 = 42\n#### 42") is True
     assert label(problem, "40 + 2 = 42\n#### 41") is False
     assert label(problem, "I think 42") is False
+
+
+def test_pair_sum_answers_in_either_order_and_nothing_else():
+    problem = Problem("pair_sum", "Which two of 7, 2, 9, 4 add up to 13?", "9+4=13", 2, "pair_sum")
+    assert is_right(problem, " 9+4=13") and is_right(problem, " 4+9=12\nQuestion: ...") and is_right(problem, " 4+9")
+    assert not is_right(problem, " 9+2=13") and not is_right(problem, " 9+4+0=13") and not is_right(problem, " 13")
+    assert answer_of(problem, " 9+4") == answer_of(problem, " 4 + 9") == "4+9"
+    assert answer_of(problem, " nine") is None
+    assert label_offline(problem, " 4+9") is True
+
+
+def test_offline_label_reads_arithmetic_by_number():
+    problem = Problem("arithmetic", "What is 23+45?", "68", 2, "add_2d", "23+45")
+    assert label_offline(problem, " 68.0") is True and label_offline(problem, " 69") is False
+    assert answer_of(problem, " 68") == "68"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import random
+import re
 
 import pytest
 
@@ -137,3 +138,39 @@ def test_training_documents_ask_back_every_stated_fact():
         assert len(answers) == len(asked) == len(set(asked)) >= 1
         first_question = text.index(asked[0])
         assert all(t.strip(" .").split(" ")[-1] in text[:first_question] for t in answers)
+
+
+def test_pair_sum_has_exactly_one_pair_in_list_order(splits):
+    pair_sums = [p for split in splits.values() for p in split if p.family == "pair_sum"]
+    assert pair_sums
+    for problem in pair_sums:
+        numbers_text, target = re.fullmatch(r"Which two of (.+) add up to (\d+)\?", problem.question).groups()
+        numbers = [int(n) for n in numbers_text.split(", ")]
+        fits = [f"{a}+{b}={target}" for a, b in itertools.combinations(numbers, 2) if a + b == int(target)]
+        assert fits == [problem.answer] and len(set(numbers)) == len(numbers)
+        assert render(problem) == f"Question: {problem.question}\nAnswer: {problem.answer}"
+
+
+def test_few_shot_examples_come_from_the_problems_family_and_do_not_depend_on_the_list(splits):
+    problems = [p for p in splits["test"] if p.family in tasks.QA_FAMILIES]
+    pool = [p for p in splits["train"] if p.family in tasks.QA_FAMILIES]
+    prompts = tasks.few_shot_prompts(problems, pool, shots=2, seed=0)
+    for problem, prompt in zip(problems, prompts, strict=True):
+        shots = prompt.split(tasks.SHOT_SEPARATOR)[:-1]
+        marker = "add up to" if problem.family == "pair_sum" else "What is"
+        assert len(shots) == 2 and all(marker in shot for shot in shots)
+    assert tasks.few_shot_prompts(problems[::-1], pool, shots=2, seed=0) == prompts[::-1]
+
+
+def test_backbone_report_covers_every_family(tiny_backbone):
+    from autocritic.offline.evaluate import evaluate_backbone
+
+    report = evaluate_backbone(tiny_backbone, n_per_family=2, samples=2, shots=1, batch_size=8)
+    for key in (
+        "arithmetic/few_shot_greedy_accuracy",
+        "pair_sum/few_shot_greedy_accuracy",
+        "pair_sum/pass_at_samples",
+        "react/format_ok",
+        "dialogue/recall",
+    ):
+        assert 0.0 <= report[key] <= 1.0, key

@@ -33,7 +33,7 @@ from autocritic.evaluation.metrics import (
 from autocritic.evaluation.report import SuiteResult, Table
 from autocritic.inference.generation import GenerationSettings
 from autocritic.offline.generate import GenerateSettings
-from autocritic.offline.labelling import extract_answer, is_correct
+from autocritic.offline.labelling import answer_of, extract_pair, is_right
 from autocritic.offline.tasks import SPLITS, few_shot_prompts
 
 _OFFLINE = GenerateSettings()
@@ -41,6 +41,9 @@ _OFFLINE = GenerateSettings()
 
 @dataclass
 class Settings:
+    # arithmetic: checking an answer means computing it; pair_sum (opt-in): checking is one addition and two
+    # look-ups while answering is a search (the verifier premise).
+    family: str = "arithmetic"
     n_problems: int = 200
     n_samples: int = 16  # the largest N; smaller N subsample this pool
     ns: tuple[int, ...] = (1, 2, 4, 8, 16)
@@ -58,7 +61,7 @@ class Settings:
         return Settings(
             **{
                 k: getattr(self, k)
-                for k in ("n_problems", "n_samples", "subsets", "gap_n", "calibration_bins")
+                for k in ("family", "n_problems", "n_samples", "subsets", "gap_n", "calibration_bins")
             },
             ns=tuple(sorted({n for n in self.ns if n <= self.n_samples} | {self.n_samples})),
             temperature=pick(self.temperature, _OFFLINE.temperature),
@@ -70,7 +73,7 @@ class Settings:
 
 def sample_pools(ctx: EvalContext, s: Settings) -> tuple[list[Pool], list[tuple[bool, float | None]]]:
     """The N-sample pool of every problem and its greedy answer (right?, critic score)."""
-    splits = ctx.splits("arithmetic", s.n_problems, train=s.pool_size)
+    splits = ctx.splits(s.family, s.n_problems, train=s.pool_size)
     problems = splits["test"]
     # The same prompts offline.generate writes for the test split (seed + split index).
     prompts = few_shot_prompts(problems, splits["train"], s.shots, ctx.seed + SPLITS.index("test"))
@@ -84,17 +87,17 @@ def sample_pools(ctx: EvalContext, s: Settings) -> tuple[list[Pool], list[tuple[
     )
     pools = []
     for problem, samples in zip(problems, sampled, strict=True):
-        answers = [extract_answer(x.text) for x in samples]
+        truth = extract_pair(problem.answer) if problem.family == "pair_sum" else problem.answer
         pools.append(
             Pool(
-                problem.answer,
-                answers,
-                [is_correct(a, problem.answer) for a in answers],
+                truth,
+                [answer_of(problem, x.text) for x in samples],
+                [is_right(problem, x.text) for x in samples],
                 [x.score for x in samples],
             )
         )
     greedy_rows = [
-        (is_correct(extract_answer(row[0].text), p.answer), row[0].score)
+        (is_right(p, row[0].text), row[0].score)
         for p, row in zip(problems, greedy, strict=True)
     ]
     return pools, greedy_rows
@@ -129,6 +132,7 @@ def run(ctx: EvalContext, settings: Settings) -> SuiteResult:
     }
     figures = {
         "n_problems": len(pools),
+        "family": s.family,
         "settings": {
             "n_samples": s.n_samples,
             "ns": list(s.ns),
@@ -171,7 +175,7 @@ def run(ctx: EvalContext, settings: Settings) -> SuiteResult:
             "Accuracy by N (mean ± 95% CI over problems)",
             ["method", *(f"N={n}" for n in s.ns)],
             rows,
-            note=f"{len(pools)} TEST arithmetic problems, {s.shots}-shot prompts as offline.generate writes them, "
+            note=f"{len(pools)} TEST {s.family} problems, {s.shots}-shot prompts as offline.generate writes them, "
             f"{s.n_samples} samples each at T={s.temperature} (max {s.max_new_tokens} new tokens); each N averages "
             f"{s.subsets} random subsets of the pool.",
         ),

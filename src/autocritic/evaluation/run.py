@@ -31,6 +31,7 @@ from autocritic.evaluation.report import (
 )
 from autocritic.inference.generation import CriticGenerator
 from autocritic.model.export import CONFIG_NAME, read_critic_config
+from autocritic.offline.tasks import QA_FAMILIES
 
 log = logging.getLogger("autocritic")
 
@@ -97,6 +98,10 @@ def suite_settings(name: str, section: DictConfig | None, **extra):
     for key, value in values.items():
         if key.startswith("n_") and (not isinstance(value, int) or value < 1):
             raise ConfigError(f"{name}.{key}={value!r} must be a positive integer.")
+    if values.get("family", QA_FAMILIES[0]) not in QA_FAMILIES:
+        raise ConfigError(
+            f"{name}.family={values['family']!r} is not a question-answer family: use one of {list(QA_FAMILIES)}."
+        )
     return settings
 
 

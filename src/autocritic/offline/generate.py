@@ -22,7 +22,7 @@ from pathlib import Path
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from autocritic.offline.complete import complete
-from autocritic.offline.labelling import LabelFn, label_final_number
+from autocritic.offline.labelling import LabelFn, label_offline
 from autocritic.offline.pretrain import BUILD_INFO
 from autocritic.offline.tasks import ARITHMETIC_STOP, SPLITS, Problem, few_shot_prompts, make_splits
 
@@ -32,7 +32,7 @@ CARD = "card.json"
 @dataclass(frozen=True)
 class GenerateSettings:
     seed: int = 0
-    family: str = "arithmetic"
+    families: tuple[str, ...] = ("arithmetic",)  # each gets the problem counts below
     # Deduplication leaves at most one right answer per problem, so positives grow with problems, not with K.
     train_problems: int = 3000
     val_problems: int = 300
@@ -173,7 +173,7 @@ def build_critic_data(
     """Sample, label and write the critic data; `problems` (split -> problems, e.g. a GSM8K-style file read by
     the caller) replaces the generated arithmetic, and few-shot examples always come from its train split."""
     out_dir = Path(out_dir)
-    label_fn = label_fn or label_final_number
+    label_fn = label_fn or label_offline
     fingerprint = _fingerprint(settings, backbone_fingerprint(backbone_dir), label_fn, problems)
     if not force and is_built(out_dir, fingerprint):
         return out_dir
@@ -186,7 +186,7 @@ def build_critic_data(
             "val": settings.val_problems,
             "test": settings.test_problems,
         }
-        problems = make_splits(settings.seed, families=[settings.family], **sizes)
+        problems = make_splits(settings.seed, families=list(settings.families), **sizes)
     tokenizer = AutoTokenizer.from_pretrained(backbone_dir)
     if tokenizer.pad_token is None:
         # Generation masks padding by the attention mask, so pad = eos is safe.

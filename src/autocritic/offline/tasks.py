@@ -1,4 +1,4 @@
-"""Seeded generators for the offline world: arithmetic, ReAct calculator traces and recall dialogues.
+"""Seeded generators for the offline world: arithmetic, ReAct calculator traces, recall dialogues and pair sums.
 
 Every problem has a `key` (its identity: the expression, or the whole conversation) and the split is a
 pure function of that key, so arithmetic and ReAct never share a problem across splits, any generator can
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import hashlib
+import itertools
 import math
 import operator
 import random
@@ -16,7 +17,9 @@ import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
-FAMILIES = ("arithmetic", "react", "dialogue")
+FAMILIES = ("arithmetic", "react", "dialogue", "pair_sum")
+# Families written in the few-shot layout "Question: ...\nAnswer: ..." (runs of solved problems in pretraining).
+QA_FAMILIES = ("arithmetic", "pair_sum")
 SPLITS = ("train", "val", "test")
 # Fraction of non-tiny problems held out, per mille; the salt is fixed so that the seed never moves a
 # problem from one split to another (a backbone and its critic data built with different seeds stay clean).
@@ -180,6 +183,31 @@ def arithmetic_problem(rng: random.Random, kinds: Sequence[tuple] = ARITHMETIC_K
         level=level,
         kind=kind,
         expression=expression,
+    )
+
+
+# --- pair sums: checking an answer is one addition, finding it is a search --------------------------------
+
+PAIR_SUM_NUMBERS = 6
+
+
+def pair_sum_problem(rng: random.Random) -> Problem:
+    """"Which two of 7, 2, 9, 4, 1, 5 add up to 13?" -> "9+4=13" (list order). Exactly one pair fits. A verifier
+    checks one single-digit sum and two memberships; a writer must search 15 pairs. This is the asymmetry
+    Cobbe et al. rely on, which plain arithmetic lacks: there, checking an answer means computing it. The
+    answer shows its sum, so a wrong pair reads as a false addition ("9+3=13") right where it is written."""
+    while True:
+        numbers = rng.sample(range(1, 10), PAIR_SUM_NUMBERS)
+        first, second = sorted(rng.sample(range(PAIR_SUM_NUMBERS), 2))
+        target = numbers[first] + numbers[second]
+        if sum(a + b == target for a, b in itertools.combinations(numbers, 2)) == 1:
+            break
+    return Problem(
+        family="pair_sum",
+        question=f"Which two of {', '.join(map(str, numbers))} add up to {target}?",
+        answer=f"{numbers[first]}+{numbers[second]}={target}",
+        level=2,
+        kind="pair_sum",
     )
 
 
@@ -359,6 +387,7 @@ _SAMPLERS: dict[str, Callable[[random.Random], Problem]] = {
     "arithmetic": arithmetic_problem,
     "react": react_problem,
     "dialogue": dialogue_problem,
+    "pair_sum": pair_sum_problem,
 }
 _HELD_OUT_KINDS = [kind for kind in ARITHMETIC_KINDS if kind[3]]
 
@@ -533,7 +562,7 @@ def is_statement_of(fact: tuple, text: str) -> bool:
 
 def iter_documents(seed: int, weights: dict[str, float], max_shots: int = 4) -> Iterator[list[Segment]]:
     """An endless stream of training documents as segments, drawn by `weights` over FAMILIES, "summary" and "copy".
-    Arithmetic comes in runs of 1..max_shots solved problems (the few-shot layout); a dialogue asks back
+    Arithmetic and pair sums come in runs of 1..max_shots solved problems (the few-shot layout); a dialogue asks back
     every fact it stated (more recall per token)."""
     rng = random.Random(f"{seed}|documents")
     families, probabilities = zip(*weights.items(), strict=True)
@@ -550,7 +579,7 @@ def iter_documents(seed: int, weights: dict[str, float], max_shots: int = 4) -> 
             yield segments_of(problem) + _follow_up_segments(follow_ups)
             continue
         document = []
-        for index in range(rng.randint(1, max_shots) if family == "arithmetic" else 1):
+        for index in range(rng.randint(1, max_shots) if family in QA_FAMILIES else 1):
             if index:
                 document.append((SHOT_SEPARATOR, True))
             document += segments_of(sample_problem(family, rng))
@@ -564,10 +593,16 @@ def document_text(document: Sequence[Segment]) -> str:
 def few_shot_prompts(
     problems: Sequence[Problem], pool: Sequence[Problem], shots: int, seed: int
 ) -> list[str]:
-    """One prompt per problem with `shots` solved examples drawn (seeded, per problem) from `pool`."""
-    rng = random.Random(f"{seed}|shots")
+    """One prompt per problem with `shots` solved examples of its family drawn from `pool`, seeded by the problem
+    itself: a problem gets the same prompt in any list (the critic's data and the rerank suite agree)."""
+    by_family: dict[str, list[Problem]] = {}
+    for example in pool:
+        by_family.setdefault(example.family, []).append(example)
     prompts = []
     for problem in problems:
-        candidates = [p for p in rng.sample(list(pool), min(len(pool), shots + 1)) if p.key != problem.key]
+        # A pool of another family only (a user's file) is used as it is.
+        same = by_family.get(problem.family, list(pool))
+        rng = random.Random(f"{seed}|shots|{problem.key}")
+        candidates = [p for p in rng.sample(same, min(len(same), shots + 1)) if p.key != problem.key]
         prompts.append(few_shot_prompt(problem, candidates[:shots]))
     return prompts
