@@ -77,35 +77,23 @@ def evaluate_backbone(
     arithmetic = test["arithmetic"]
     run = dict(tokenizer=tokenizer, batch_size=batch_size, progress=progress)
 
-    zero = complete(
-        model,
-        prompts=[prompt_of(p) for p in arithmetic],
-        max_new_tokens=12,
-        stop=ARITHMETIC_STOP,
-        desc="arithmetic",
-        **run,
-    )
+    def answers(prompts: list[str], desc: str, sampled: bool = False) -> list[list[str]]:
+        """Question-answer completions: greedy, or `samples` each at `temperature`."""
+        sampling = dict(temperature=temperature, num_samples=samples, seed=seed) if sampled else {}
+        return complete(
+            model, prompts=prompts, max_new_tokens=12, stop=ARITHMETIC_STOP, desc=desc, **sampling, **run
+        )
+
+    zero = answers([prompt_of(p) for p in arithmetic], "arithmetic")
     few_prompts = few_shot_prompts(arithmetic, pool, shots, seed)
-    few = complete(
-        model, prompts=few_prompts, max_new_tokens=12, stop=ARITHMETIC_STOP, desc="few-shot", **run
-    )
+    few = answers(few_prompts, "few-shot")
     right = [is_correct(extract_answer(out[0]), p.answer) for p, out in zip(arithmetic, zero, strict=True)]
     right_few = [is_correct(extract_answer(out[0]), p.answer) for p, out in zip(arithmetic, few, strict=True)]
     by_level = defaultdict(list)
     for problem, ok in zip(arithmetic, right, strict=True):
         by_level[f"level_{problem.level}"].append(ok)
 
-    sampled = complete(
-        model,
-        prompts=few_prompts,
-        max_new_tokens=12,
-        stop=ARITHMETIC_STOP,
-        temperature=temperature,
-        num_samples=samples,
-        seed=seed,
-        desc="sampled",
-        **run,
-    )
+    sampled = answers(few_prompts, "sampled", sampled=True)
     sample_right = [
         [is_correct(extract_answer(s), p.answer) for s in outs]
         for p, outs in zip(arithmetic, sampled, strict=True)
@@ -113,20 +101,8 @@ def evaluate_backbone(
 
     pair_sums = test["pair_sum"]
     pair_prompts = few_shot_prompts(pair_sums, pool, shots, seed)
-    pair_greedy = complete(
-        model, prompts=pair_prompts, max_new_tokens=12, stop=ARITHMETIC_STOP, desc="pair sums", **run
-    )
-    pair_sampled = complete(
-        model,
-        prompts=pair_prompts,
-        max_new_tokens=12,
-        stop=ARITHMETIC_STOP,
-        temperature=temperature,
-        num_samples=samples,
-        seed=seed,
-        desc="pair sums sampled",
-        **run,
-    )
+    pair_greedy = answers(pair_prompts, "pair sums")
+    pair_sampled = answers(pair_prompts, "pair sums sampled", sampled=True)
     pair_right = [[is_right(p, s) for s in outs] for p, outs in zip(pair_sums, pair_sampled, strict=True)]
 
     react = test["react"]
