@@ -33,7 +33,7 @@ from autocritic.evaluation.metrics import (
 from autocritic.evaluation.report import SuiteResult, Table
 from autocritic.inference.generation import GenerationSettings
 from autocritic.offline.generate import GenerateSettings
-from autocritic.offline.labelling import answer_of, extract_pair, is_right
+from autocritic.offline.labelling import answer_of, is_right
 from autocritic.offline.tasks import SPLITS, few_shot_prompts
 
 _OFFLINE = GenerateSettings()
@@ -87,10 +87,9 @@ def sample_pools(ctx: EvalContext, s: Settings) -> tuple[list[Pool], list[tuple[
     )
     pools = []
     for problem, samples in zip(problems, sampled, strict=True):
-        truth = extract_pair(problem.answer) if problem.family == "pair_sum" else problem.answer
         pools.append(
             Pool(
-                truth,
+                answer_of(problem, problem.answer),
                 [answer_of(problem, x.text) for x in samples],
                 [is_right(problem, x.text) for x in samples],
                 [x.score for x in samples],

@@ -82,10 +82,10 @@ def answer_of(problem: Problem, text: str) -> str | None:
 
 def is_right(problem: Problem, text: str) -> bool:
     """Is this response right for the offline world's problem? Pair sums in either order; numbers by value."""
+    answer = answer_of(problem, text)
     if problem.family == "pair_sum":
-        answer = extract_pair(text)
         return answer is not None and answer == extract_pair(problem.answer)
-    return is_correct(extract_answer(text), problem.answer)
+    return is_correct(answer, problem.answer)
 
 
 label_offline: LabelFn = is_right
