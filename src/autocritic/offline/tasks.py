@@ -195,7 +195,7 @@ def pair_sum_problem(rng: random.Random) -> Problem:
     """"Which two of 7, 2, 9, 4, 1, 5 add up to 13?" -> "9+4=13" (list order). Exactly one pair fits. A verifier
     checks one single-digit sum and two memberships; a writer must search 15 pairs. This is the asymmetry
     Cobbe et al. rely on, which plain arithmetic lacks: there, checking an answer means computing it. The
-    answer shows its sum, so a wrong pair reads as a false addition ("9+3=13") right where it is written."""
+    answer shows its sum, so the check sits right where the answer is written."""
     while True:
         numbers = rng.sample(range(1, 10), PAIR_SUM_NUMBERS)
         first, second = sorted(rng.sample(range(PAIR_SUM_NUMBERS), 2))
@@ -595,13 +595,14 @@ def few_shot_prompts(
 ) -> list[str]:
     """One prompt per problem with `shots` solved examples of its family drawn from `pool`, seeded by the problem
     itself: a problem gets the same prompt in any list (the critic's data and the rerank suite agree)."""
+    everything = list(pool)
     by_family: dict[str, list[Problem]] = {}
-    for example in pool:
+    for example in everything:
         by_family.setdefault(example.family, []).append(example)
     prompts = []
     for problem in problems:
         # A pool of another family only (a user's file) is used as it is.
-        same = by_family.get(problem.family, list(pool))
+        same = by_family.get(problem.family, everything)
         rng = random.Random(f"{seed}|shots|{problem.key}")
         candidates = [p for p in rng.sample(same, min(len(same), shots + 1)) if p.key != problem.key]
         prompts.append(few_shot_prompt(problem, candidates[:shots]))
