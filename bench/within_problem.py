@@ -37,7 +37,9 @@ def main() -> None:
         prompt_ids = tokenizer(prompt_part.format(prompt=prompt))["input_ids"]
         ids = tokenizer(prompt_part.format(prompt=prompt) + response)["input_ids"]
         batch = torch.tensor([ids])
-        score = critic.model(input_ids=batch, attention_mask=torch.ones_like(batch)).score.item()
+        score = critic.model(
+            input_ids=batch, attention_mask=torch.ones_like(batch), prompt_lengths=torch.tensor([len(prompt_ids)])
+        ).score.item()
         logprobs = backbone(input_ids=batch).logits[0, :-1].log_softmax(-1)
         answer = logprobs.gather(-1, batch[0, 1:, None])[:, 0][len(prompt_ids) - 1 :]
         return {

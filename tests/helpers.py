@@ -56,12 +56,16 @@ def encode(tokenizer, texts: list[str], side: str = "right") -> tuple[torch.Tens
     return input_ids, mask
 
 
+PROMPT_TOKENS = 3  # the first tokens of each of TEXTS count as its prompt (read by a confidence head)
+
+
 @torch.no_grad()
 def scores(model: torch.nn.Module, tokenizer, texts: list[str], side: str = "right") -> torch.Tensor:
     was_training = model.training
     model.eval()
     input_ids, mask = encode(tokenizer, texts, side)
-    out = model(input_ids=input_ids, attention_mask=mask).score
+    prompt_lengths = torch.full((len(texts),), PROMPT_TOKENS)
+    out = model(input_ids=input_ids, attention_mask=mask, prompt_lengths=prompt_lengths).score
     model.train(was_training)
     return out
 

@@ -318,7 +318,11 @@ def test_best_of_n_curve_methods_on_a_hand_made_pool():
         "weighted_vote": 0.5,
         "best_of_n": 0.5,
         "pass_at_n": 1.0,
-    }
+    }  # no likelihoods known: no likelihood row
+    pools[0].likelihoods, pools[1].likelihoods = [-0.1, -2.0, -0.5, -0.05], [-3.0, -1.0, -0.2, -4.0]
+    with_likelihood = best_of_n_curve(pools, [4], subsets=5, seed=0)
+    assert with_likelihood["likelihood"][4]["accuracy"] == 0.0  # it picks None ("5" pool) then "8"
+    assert all(with_likelihood[m] == curve[m] for m in curve)
     assert canonical("068") == canonical("68.0") == "68"
     with pytest.raises(ValueError, match="larger than"):
         best_of_n_curve(pools, [5], subsets=1, seed=0)

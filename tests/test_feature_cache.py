@@ -1,4 +1,5 @@
-"""The feature cache runs each shared prompt once: the states equal one plain forward per sequence."""
+"""The feature cache runs each shared prompt once: the states and the confidence features equal one plain
+forward per sequence."""
 
 from __future__ import annotations
 
@@ -11,14 +12,22 @@ from transformers import FalconConfig, FalconForCausalLM, LlamaConfig, LlamaForC
 from autocritic.data.datamodule import CriticDataModule, DataSettings
 from autocritic.model.backbone import load_backbone, load_tokenizer
 from autocritic.model.critic import CriticModel
+from autocritic.model.head import HeadSettings
 from autocritic.training.feature_cache import compute_features, shared_prefix_states
 
 
-def plain_states(critic: CriticModel, sequences) -> torch.Tensor:
+def confidence_critic(backbone) -> CriticModel:
+    return CriticModel(backbone.eval(), head_settings=HeadSettings(confidence=True))
+
+
+def plain_features(critic: CriticModel, sequences) -> torch.Tensor:
+    """Final state and confidence (response = positions >= prompt length) of one plain forward per sequence."""
+    rows = []
     with torch.no_grad():
-        return torch.cat(
-            [critic(torch.tensor([ids]), torch.ones(1, len(ids), dtype=torch.long)).hidden for ids, _ in sequences]
-        )
+        for ids, prompt_len in sequences:
+            out = critic(torch.tensor([ids]), torch.ones(1, len(ids), dtype=torch.long), torch.tensor([prompt_len]))
+            rows.append(torch.cat([out.hidden, out.confidence], dim=-1))
+    return torch.cat(rows)
 
 
 def sequences_with_shared_prompts(vocab: int, seed: int = 0) -> list[tuple[list[int], int]]:
@@ -53,11 +62,13 @@ BACKBONES = {
 def test_shared_prefix_states_equal_plain_forward(kind, batch_rows, tiny_backbone):
     torch.manual_seed(0)
     backbone = load_backbone(str(tiny_backbone)) if kind == "tiny-falcon" else BACKBONES[kind]()
-    critic = CriticModel(backbone.eval())
+    critic = confidence_critic(backbone)
     sequences = sequences_with_shared_prompts(backbone.config.vocab_size)
     with torch.no_grad():
         shared = shared_prefix_states(critic, sequences, torch.device("cpu"), batch_rows, pad_id=0)
-    assert (shared - plain_states(critic, sequences)).abs().max() <= 1e-5
+    expected = plain_features(critic, sequences)
+    assert expected[:, -2:].abs().sum() > 0  # the confidence features are really there
+    assert (shared - expected).abs().max() <= 1e-5
 
 
 @pytest.mark.parametrize("schema", ["pointwise", "pairwise"])
@@ -75,10 +86,11 @@ def test_compute_features_keeps_item_order_and_pairs(schema, tiny_backbone, tmp_
         DataSettings(schema=schema, train_files=[str(path)], val_files=[str(path)], eval_batch_size=4), tokenizer
     )
     datamodule.setup()
-    critic = CriticModel(load_backbone(str(tiny_backbone)).eval())
+    critic = confidence_critic(load_backbone(str(tiny_backbone)))
     features = compute_features(critic, datamodule, "train", torch.device("cpu"))
     items = datamodule.encoded["train"]
-    assert features.shape == (len(items), 2 if schema == "pairwise" else 1, critic.backbone.config.hidden_size)
+    width = critic.backbone.config.hidden_size + 2
+    assert features.shape == (len(items), 2 if schema == "pairwise" else 1, width)
     for k in range(features.shape[1]):
-        expected = plain_states(critic, [(item["ids"][k], 0) for item in items])
+        expected = plain_features(critic, [(item["ids"][k], item["prompt_len"][k]) for item in items])
         assert (features[:, k] - expected).abs().max() <= 1e-5

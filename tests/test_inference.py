@@ -26,6 +26,7 @@ from autocritic.inference.llm import CriticLLM
 from autocritic.inference.rerank import best_of_n, majority_vote
 from autocritic.model.backbone import load_backbone, load_tokenizer
 from autocritic.model.critic import CriticModel
+from autocritic.model.head import HeadSettings
 
 # Different lengths (left padding in one batch); the random model's greedy texts are not all one repeated
 # character for the last two, so stops can cut them mid-text.
@@ -33,9 +34,9 @@ PROMPTS = ["Q: 1+2=? A:", "(1+2)*3=", "zz top"]
 TOL = 1e-4
 
 
-def tiny_generator(backbone_dir: Path, batch_size: int = 16) -> CriticGenerator:
+def tiny_generator(backbone_dir: Path, batch_size: int = 16, confidence: bool = False) -> CriticGenerator:
     torch.manual_seed(0)
-    model = CriticModel(load_backbone(str(backbone_dir)))
+    model = CriticModel(load_backbone(str(backbone_dir)), head_settings=HeadSettings(confidence=confidence))
     tokenizer = load_tokenizer(str(backbone_dir))
     # The fixture's character tokenizer has no decoder and decodes "ab" as "a b": join tokens as they are.
     tokenizer.backend_tokenizer.decoder = decoders.Fuse()
@@ -47,22 +48,26 @@ def generator(tiny_backbone) -> CriticGenerator:
     return tiny_generator(tiny_backbone)
 
 
-def reference(generator: CriticGenerator, prompt: str, sample: Sample) -> tuple[float, list[float]]:
-    """Score and response values of a plain CriticModel forward over prompt ids + kept response ids."""
+def reference(generator: CriticGenerator, prompt: str, sample: Sample) -> tuple[float, list[float], list[float]]:
+    """Score, response values and response token log-probs of a plain forward over prompt + kept response ids."""
     prompt_ids = generator.tokenizer(prompt)["input_ids"]
     ids = torch.tensor([prompt_ids + sample.token_ids])
     with torch.no_grad():
-        out = generator.model(ids, torch.ones_like(ids), return_values=True)
-    return out.score.item(), out.values[0, len(prompt_ids) :].tolist()
+        out = generator.model(ids, torch.ones_like(ids), torch.tensor([len(prompt_ids)]), return_values=True)
+        logits = generator.model.backbone(input_ids=ids).logits[0, :-1]
+    logprobs = logits.log_softmax(-1).gather(-1, ids[0, 1:, None])[:, 0]
+    return out.score.item(), out.values[0, len(prompt_ids) :].tolist(), logprobs[len(prompt_ids) - 1 :].tolist()
 
 
 def assert_scores_match(generator: CriticGenerator, prompts: list[str], results: list[list[Sample]]) -> None:
     for prompt, samples in zip(prompts, results, strict=True):
         for sample in samples:
-            score, values = reference(generator, prompt, sample)
+            score, values, logprobs = reference(generator, prompt, sample)
             assert sample.score == pytest.approx(score, abs=TOL)
             if sample.values is not None:
                 assert sample.values == pytest.approx(values, abs=TOL)
+            if sample.logprobs is not None:  # untempered, whatever the sampling temperature
+                assert sample.logprobs == pytest.approx(logprobs, abs=TOL)
             # Character tokenizer: no token straddles a stop, the kept ids are exactly the text.
             assert generator._decode(sample.token_ids) == sample.text
 
@@ -74,15 +79,27 @@ def stops_from(results: list[list[Sample]]) -> tuple[str, ...]:
     return (texts[0][0], *(t[3:5] for t in texts[1:]))
 
 
+@pytest.fixture(scope="module")
+def confident_generator(tiny_backbone) -> CriticGenerator:
+    generator = tiny_generator(tiny_backbone, confidence=True)
+    with torch.no_grad():  # a random linear head barely weighs 2 inputs among 34: make them matter
+        generator.model.head.net.weight[:, -2:].mul_(50.0)
+    return generator
+
+
+@pytest.mark.parametrize("head", ["state", "confidence"])
 @pytest.mark.parametrize("do_sample", [False, True], ids=["greedy", "sampled"])
-def test_scores_from_generation_equal_critic_forward(generator, do_sample):
+def test_scores_from_generation_equal_critic_forward(generator, confident_generator, do_sample, head):
+    generator = confident_generator if head == "confidence" else generator
     settings = GenerationSettings(
-        max_new_tokens=10, do_sample=do_sample, temperature=1.5, n=2, return_values=True
+        max_new_tokens=10, do_sample=do_sample, temperature=1.5, n=2, return_values=True, return_logprobs=True
     )
     free = generator.generate(PROMPTS, settings)
     assert [len(row) for row in free] == [2, 2, 2]
     assert all(
-        s.finish_reason in ("eos", "length") and len(s.values) == len(s.token_ids) for r in free for s in r
+        s.finish_reason in ("eos", "length") and len(s.values) == len(s.token_ids) == len(s.logprobs)
+        for r in free
+        for s in r
     )
     assert_scores_match(generator, PROMPTS, free)  # "length" rows need the extra one-token forward
 
@@ -141,13 +158,20 @@ def test_stream_stops_early_when_the_consumer_does(generator):
     assert generator.generate(PROMPTS[:1], max_new_tokens=2)[0][0].token_ids
 
 
-def test_score_texts_matches_critic_forward(generator):
+@pytest.mark.parametrize("head", ["state", "confidence"])
+def test_score_texts_matches_critic_forward(generator, confident_generator, head):
+    generator = confident_generator if head == "confidence" else generator
     responses = [" 3", " five", ""]
     scores = generator.score_texts(PROMPTS, responses)
     for prompt, response, score in zip(PROMPTS, responses, scores, strict=True):
         ids = torch.tensor([generator.tokenizer(prompt + response)["input_ids"]])
+        prompt_length = torch.tensor([len(generator.tokenizer(prompt)["input_ids"])])
         with torch.no_grad():
-            assert score == pytest.approx(generator.model(ids, torch.ones_like(ids)).score.item(), abs=TOL)
+            expected = generator.model(ids, torch.ones_like(ids), prompt_length).score.item()
+        assert score == pytest.approx(expected, abs=TOL)
+    if head == "confidence":  # the response's log-probs count: the same text read as all prompt scores otherwise
+        whole = [p + r for p, r in zip(PROMPTS, responses, strict=True)]
+        assert generator.score_texts(whole, [""] * 3)[:2] != pytest.approx(scores[:2], abs=1e-3)
 
 
 def test_a_token_straddling_the_stop_is_kept(tiny_backbone):

@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from helpers import TEXTS, encode, scores
+from helpers import PROMPT_TOKENS, TEXTS, encode, scores
 from safetensors.torch import load_file
 
 from autocritic.errors import CheckpointError
@@ -28,6 +28,8 @@ HEADS = {
     "linear": HeadSettings(kind="linear"),
     "mlp": HeadSettings(kind="mlp", hidden_dim=16),
 }
+CONFIDENCE = HeadSettings(kind="mlp", hidden_dim=16, confidence=True)
+WITH_CONFIDENCE = HEADS | {"confidence": CONFIDENCE}
 
 
 @pytest.fixture(scope="module")
@@ -54,9 +56,9 @@ def test_last_token_index_reads_the_mask():
     assert last_token_index(mask).tolist() == [2, 4, 4]
 
 
-@pytest.mark.parametrize("kind", HEADS)
+@pytest.mark.parametrize("kind", WITH_CONFIDENCE)
 def test_scores_do_not_depend_on_padding_or_batch(tiny_backbone, tokenizer, kind):
-    critic = make_critic(tiny_backbone, HEADS[kind])
+    critic = make_critic(tiny_backbone, WITH_CONFIDENCE[kind])
     lengths = [len(tokenizer(t)["input_ids"]) for t in TEXTS]
     assert len(set(lengths)) == len(TEXTS)  # really different lengths, so padding is exercised
     right = scores(critic, tokenizer, TEXTS, side="right")
@@ -68,19 +70,20 @@ def test_scores_do_not_depend_on_padding_or_batch(tiny_backbone, tokenizer, kind
     assert right.std() > 0  # the texts are not scored alike: the comparison means something
 
 
-def test_values_per_token_and_their_last_real_token_is_the_score(tiny_backbone, tokenizer):
-    critic = make_critic(tiny_backbone, HEADS["mlp"])
+@pytest.mark.parametrize("kind", ["mlp", "confidence"])
+def test_values_per_token_and_their_last_real_token_is_the_score(tiny_backbone, tokenizer, kind):
+    critic = make_critic(tiny_backbone, WITH_CONFIDENCE[kind])
     for side in ("right", "left"):
         input_ids, mask = encode(tokenizer, TEXTS, side)
         with torch.no_grad():
-            out = critic(input_ids, mask, return_values=True)
+            out = critic(input_ids, mask, torch.full((len(TEXTS),), PROMPT_TOKENS), return_values=True)
         assert out.values.shape == input_ids.shape  # (B, T)
         at_last = out.values[torch.arange(len(TEXTS)), mask.sum(-1) - 1 if side == "right" else -1]
         assert (at_last - out.score).abs().max() <= TOL
 
 
 def test_output_keeps_only_the_pooled_state(tiny_backbone, tokenizer):
-    assert {f.name for f in dataclasses.fields(CriticOutput)} == {"score", "hidden", "values", "logits"}
+    assert {f.name for f in dataclasses.fields(CriticOutput)} == {"score", "hidden", "values", "logits", "confidence"}
     critic = make_critic(tiny_backbone, HEADS["linear"])
     seen = []
     decoder_of(critic.backbone).register_forward_hook(
@@ -93,7 +96,7 @@ def test_output_keeps_only_the_pooled_state(tiny_backbone, tokenizer):
     assert not kwargs.get("output_hidden_states")
     assert getattr(decoder_out, "hidden_states", None) is None  # no per-layer activations kept alive
     assert out.hidden.shape == (len(TEXTS), critic.config.hidden_size)  # (B, H): pooled, not (B, T, H)
-    assert out.values is None and out.logits is None
+    assert out.values is None and out.logits is None and out.confidence is None
 
 
 def test_logits_are_the_lm_logits_of_the_same_state(tiny_backbone, tokenizer):
@@ -105,6 +108,36 @@ def test_logits_are_the_lm_logits_of_the_same_state(tiny_backbone, tokenizer):
     real = mask.bool()
     assert out.logits.shape == reference.shape
     assert (out.logits[real] - reference[real]).abs().max() <= 1e-4
+
+
+def test_confidence_is_the_mean_and_min_logprob_of_the_response_tokens(tiny_backbone, tokenizer):
+    critic = make_critic(tiny_backbone, CONFIDENCE)
+    prompt_lengths = torch.tensor([PROMPT_TOKENS, 4, PROMPT_TOKENS, 5])  # "ab" (2 tokens): no response at all
+    by_side = []
+    for side in ("right", "left"):
+        input_ids, mask = encode(tokenizer, TEXTS, side)
+        with torch.no_grad():
+            by_side.append(critic(input_ids, mask, prompt_lengths).confidence)
+    assert (by_side[0] - by_side[1]).abs().max() <= TOL
+    for row, text in enumerate(TEXTS):
+        ids = torch.tensor([tokenizer(text)["input_ids"]])
+        with torch.no_grad():
+            logprobs = critic.backbone(input_ids=ids).logits[0, :-1].log_softmax(-1).gather(-1, ids[0, 1:, None])[:, 0]
+        response = logprobs[int(prompt_lengths[row]) - 1 :]
+        expected = [response.mean(), response.min()] if len(response) else [0.0, 0.0]
+        assert by_side[0][row].tolist() == pytest.approx([float(x) for x in expected], abs=1e-4)
+    assert by_side[0][0, 0] > by_side[0][0, 1]  # mean above min: two different features
+
+
+def test_confidence_moves_the_score_and_needs_prompt_lengths(tiny_backbone, tokenizer):
+    critic = make_critic(tiny_backbone, CONFIDENCE)
+    input_ids, mask = encode(tokenizer, TEXTS)
+    with pytest.raises(ValueError, match="prompt_lengths"):
+        critic(input_ids, mask)
+    with torch.no_grad():
+        out = critic(input_ids, mask, torch.full((len(TEXTS),), PROMPT_TOKENS))
+        without = critic.head.net(torch.cat([out.hidden, torch.zeros_like(out.confidence)], -1)).squeeze(-1)
+    assert (out.score - without).abs().max() > 1e-4  # the features reach the score
 
 
 @pytest.mark.parametrize("kind", HEADS)
@@ -128,6 +161,10 @@ def test_head_shapes_and_kinds():
         assert head(hidden).shape == (3, 5)
         assert head(hidden[:, -1]).shape == (3,)
         assert head(hidden.bfloat16()).dtype == torch.float32
+    head = CriticHead(64, CONFIDENCE).eval()
+    assert head(hidden, torch.randn(3, 5, 2)).shape == (3, 5)
+    with pytest.raises(ValueError, match="confidence"):
+        head(hidden)
     assert isinstance(CriticHead(64, HEADS["linear"]).net, torch.nn.Linear)
     assert len(CriticHead(64, HEADS["mlp"]).net) == 4
     with pytest.raises(ValueError, match="head.kind"):
@@ -141,12 +178,12 @@ def export(model, tokenizer, path, tiny_backbone, head: HeadSettings, mode: str)
     )
 
 
-@pytest.mark.parametrize("kind", HEADS)
+@pytest.mark.parametrize("kind", WITH_CONFIDENCE)
 def test_frozen_export_round_trip(tiny_backbone, tokenizer, tmp_path, kind):
-    critic = make_critic(tiny_backbone, HEADS[kind])
+    critic = make_critic(tiny_backbone, WITH_CONFIDENCE[kind])
     perturb(critic.head)
     before = scores(critic, tokenizer, TEXTS)
-    out = export(critic, tokenizer, tmp_path / "export", tiny_backbone, HEADS[kind], "frozen")
+    out = export(critic, tokenizer, tmp_path / "export", tiny_backbone, WITH_CONFIDENCE[kind], "frozen")
     assert not (out / "backbone").exists() and not (out / "adapter").exists()  # a reference, not a copy
     assert not out.with_name("export.partial").exists()
     loaded = load_critic(out)
@@ -184,8 +221,10 @@ def test_lora_trains_adapters_and_the_critic_head_only(tiny_backbone):
     assert type(model.get_base_model().backbone.lm_head) is torch.nn.Linear
 
 
-def test_lora_export_round_trip_merged_and_unmerged(tiny_backbone, tokenizer, tmp_path):
-    critic = make_critic(tiny_backbone, HEADS["mlp"])
+@pytest.mark.parametrize("kind", ["mlp", "confidence"])
+def test_lora_export_round_trip_merged_and_unmerged(tiny_backbone, tokenizer, tmp_path, kind):
+    head_settings = WITH_CONFIDENCE[kind]
+    critic = make_critic(tiny_backbone, head_settings)
     model = apply_lora(
         critic, LoraSettings(r=4, alpha=8, dropout=0.0, target_modules=["query_key_value", "dense"])
     )
@@ -200,7 +239,7 @@ def test_lora_export_round_trip_merged_and_unmerged(tiny_backbone, tokenizer, tm
     head_before = head_state(model)
     before = scores(model, tokenizer, TEXTS)
 
-    out = export(model, tokenizer, tmp_path / "export", tiny_backbone, HEADS["mlp"], "lora")
+    out = export(model, tokenizer, tmp_path / "export", tiny_backbone, head_settings, "lora")
     assert (out / "adapter").is_dir()
     saved_head = load_file(str(out / HEAD_NAME))
     assert saved_head.keys() == head_before.keys()
@@ -214,7 +253,7 @@ def test_lora_export_round_trip_merged_and_unmerged(tiny_backbone, tokenizer, tm
         after = scores(loaded.model, loaded.tokenizer, TEXTS)
         assert (after - before).abs().max() <= TOL, f"merge={merge}"
 
-    plain = make_critic(tiny_backbone, HEADS["mlp"])
+    plain = make_critic(tiny_backbone, head_settings)
     plain.head.load_state_dict(head_before)
     assert (scores(plain, tokenizer, TEXTS) - before).abs().max() > 1e-4  # the adapter matters
 

@@ -237,20 +237,21 @@ class CriticDataModule(L.LightningDataModule):
         return {
             "input_ids": input_ids,
             "attention_mask": attention_mask,
+            "prompt_lengths": torch.tensor([prompt_len for _, prompt_len, _ in seqs], dtype=torch.long),
             "lm_labels": lm_labels,
             "target": torch.tensor([item["target"] for item in batch], dtype=torch.float32),
         }
 
     @staticmethod
     def collate_features(batch: list[dict]) -> dict[str, torch.Tensor]:
-        features = torch.stack([item["features"] for item in batch])  # (B, S, H), S = 1 or 2
+        features = torch.stack([item["features"] for item in batch])  # (B, S, F), S = 1 or 2
         return {
-            "features": features.transpose(0, 1).reshape(-1, features.shape[-1]),  # (S*B, H)
+            "features": features.transpose(0, 1).reshape(-1, features.shape[-1]),  # (S*B, F)
             "target": torch.tensor([item["target"] for item in batch], dtype=torch.float32),
         }
 
     def use_features(self, features: dict[str, torch.Tensor]) -> None:
-        """Serve precomputed final states (split -> (N, S, H)) instead of tokens."""
+        """Serve precomputed features (split -> (N, S, H + 2): final state, confidence) instead of tokens."""
         self.features = features
 
     # ---- loaders ----

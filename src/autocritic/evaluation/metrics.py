@@ -20,11 +20,12 @@ from autocritic.inference.rerank import majority_vote
 from autocritic.offline.labelling import is_correct
 from autocritic.offline.tasks import format_number
 
-METHODS = ("single", "majority", "weighted_vote", "best_of_n", "pass_at_n")
+METHODS = ("single", "majority", "likelihood", "weighted_vote", "best_of_n", "pass_at_n")
 METHOD_LABELS = {
     "greedy": "greedy",
     "single": "single sample",
     "majority": "majority vote",
+    "likelihood": "best-of-N (likelihood)",
     "weighted_vote": "critic-weighted vote",
     "best_of_n": "best-of-N (critic)",
     "pass_at_n": "pass@N (oracle)",
@@ -107,42 +108,51 @@ def canonical(answer: str | None) -> str | None:
 
 @dataclass
 class Pool:
-    """The sampled answers of one problem: extracted answer, right or wrong, critic score of each sample."""
+    """The sampled answers of one problem: extracted answer, right or wrong, critic score of each sample, and
+    the model's own mean token log-probability of it (the baseline a critic must beat), when known."""
 
     truth: str
     answers: list[str | None]
     correct: list[bool]
     scores: list[float]
+    likelihoods: list[float] | None = None
+
+
+def _best(values: Sequence[float], subset: Sequence[int]) -> int:
+    return subset[max(range(len(subset)), key=lambda k: values[subset[k]])]  # the first on ties
 
 
 def _methods_on(pool: Pool, subset: Sequence[int]) -> dict[str, float]:
     answers = [canonical(pool.answers[i]) for i in subset]
     scores = [pool.scores[i] for i in subset]
-    best = max(range(len(subset)), key=scores.__getitem__)  # the first on ties, as best_of_n
-    return {
+    outcome = {
         "single": sum(pool.correct[i] for i in subset) / len(subset),  # one random sample of the subset
         "majority": is_correct(majority_vote(answers), pool.truth),
         "weighted_vote": is_correct(majority_vote(answers, [sigmoid(s) for s in scores]), pool.truth),
-        "best_of_n": pool.correct[subset[best]],
+        "best_of_n": pool.correct[_best(pool.scores, subset)],
         "pass_at_n": any(pool.correct[i] for i in subset),
     }
+    if pool.likelihoods is not None:
+        outcome["likelihood"] = pool.correct[_best(pool.likelihoods, subset)]
+    return outcome
 
 
 def best_of_n_curve(pools: Sequence[Pool], ns: Sequence[int], subsets: int, seed: int) -> dict:
     """{method: {N: {"accuracy", "ci95"}}} over the problems; each N averages `subsets` random subsets."""
     rng = random.Random(f"{seed}|best-of-n")
-    curve: dict[str, dict[int, dict]] = {m: {} for m in METHODS}
+    methods = [m for m in METHODS if m != "likelihood" or all(p.likelihoods is not None for p in pools)]
+    curve: dict[str, dict[int, dict]] = {m: {} for m in methods}
     for n in ns:
-        per_problem = {m: [] for m in METHODS}
+        per_problem = {m: [] for m in methods}
         for pool in pools:
             size = len(pool.scores)
             if n > size:
                 raise ValueError(f"N={n} is larger than the {size} samples of a problem")
             draws = [rng.sample(range(size), n) for _ in range(subsets)]
             outcomes = [_methods_on(pool, draw) for draw in draws]
-            for m in METHODS:
+            for m in methods:
                 per_problem[m].append(sum(o[m] for o in outcomes) / len(outcomes))
-        for m in METHODS:
+        for m in methods:
             values = np.array(per_problem[m])
             half = 1.96 * values.std(ddof=1) / math.sqrt(len(values)) if len(values) > 1 else None
             curve[m][n] = {"accuracy": float(values.mean()) if len(values) else None, "ci95": half}
@@ -156,8 +166,9 @@ def gap_closed(greedy: float | None, chosen: float | None, oracle: float | None)
     return (chosen - greedy) / (oracle - greedy)
 
 
-def within_problem_auroc(pools: Sequence[Pool]) -> tuple[float | None, int]:
-    """Mean AUROC over the problems that have both right and wrong samples: what reranking relies on."""
-    values = [auroc(p.scores, p.correct) for p in pools]
+def within_problem_auroc(pools: Sequence[Pool], of: str = "scores") -> tuple[float | None, int]:
+    """Mean AUROC over the problems that have both right and wrong samples: what reranking relies on.
+    `of`: "scores" (the critic) or "likelihoods" (the model's own mean token log-probability)."""
+    values = [auroc(getattr(p, of), p.correct) for p in pools]
     values = [v for v in values if v is not None]
     return (float(np.mean(values)) if values else None), len(values)

@@ -4,6 +4,8 @@
         greedy            the one greedy answer
         single sample     one of the N
         majority vote     most frequent extracted answer (self-consistency)
+        likelihood        the highest mean token log-probability under the model itself: the baseline a
+                          critic must beat (it costs nothing: generation computes those logits anyway)
         critic-weighted   votes weighted by sigmoid(score)
         best-of-N         the highest critic score
         pass@N            any of the N is right (the oracle ceiling)
@@ -71,6 +73,11 @@ class Settings:
         )
 
 
+def mean_logprob(sample) -> float:
+    """Length-normalised: a longer answer is not penalised for having more tokens. An empty one ranks last."""
+    return sum(sample.logprobs) / len(sample.logprobs) if sample.logprobs else float("-inf")
+
+
 def sample_pools(ctx: EvalContext, s: Settings) -> tuple[list[Pool], list[tuple[bool, float | None]]]:
     """The N-sample pool of every problem and its greedy answer (right?, critic score)."""
     splits = ctx.splits(s.family, s.n_problems, train=s.pool_size)
@@ -82,7 +89,13 @@ def sample_pools(ctx: EvalContext, s: Settings) -> tuple[list[Pool], list[tuple[
     sampled = ctx.generator.generate(
         prompts,
         GenerationSettings(
-            **common, do_sample=True, temperature=s.temperature, top_k=0, top_p=1.0, n=s.n_samples
+            **common,
+            do_sample=True,
+            temperature=s.temperature,
+            top_k=0,
+            top_p=1.0,
+            n=s.n_samples,
+            return_logprobs=True,
         ),
     )
     pools = []
@@ -93,6 +106,7 @@ def sample_pools(ctx: EvalContext, s: Settings) -> tuple[list[Pool], list[tuple[
                 [answer_of(problem, x.text) for x in samples],
                 [is_right(problem, x.text) for x in samples],
                 [x.score for x in samples],
+                None if any(x.logprobs is None for x in samples) else [mean_logprob(x) for x in samples],
             )
         )
     greedy_rows = [
@@ -110,6 +124,8 @@ def run(ctx: EvalContext, settings: Settings) -> SuiteResult:
     scores = [x for p in pools for x in p.scores]
     labels = [x for p in pools for x in p.correct]
     within, mixed = within_problem_auroc(pools)
+    has_likelihood = all(p.likelihoods is not None for p in pools)
+    likelihood_within = within_problem_auroc(pools, of="likelihoods")[0] if has_likelihood else None
     calib = calibration(scores, labels, s.calibration_bins)
     gap_n = max((n for n in s.ns if n <= s.gap_n), default=s.n_samples)
     gap = {
@@ -122,6 +138,10 @@ def run(ctx: EvalContext, settings: Settings) -> SuiteResult:
     critic = {
         "auroc": auroc(scores, labels),
         "within_problem_auroc": within,
+        "likelihood_within_problem_auroc": likelihood_within,
+        "likelihood_auroc": (
+            auroc([x for p in pools for x in p.likelihoods], labels) if has_likelihood else None
+        ),
         "problems_with_right_and_wrong": mixed,
         "ece": calib["ece"],
         "mean_confidence": calib.get("mean_confidence"),
@@ -167,7 +187,7 @@ def run(ctx: EvalContext, settings: Settings) -> SuiteResult:
         return f"{point['accuracy']:.3f}" + (f" ± {point['ci95']:.3f}" if point["ci95"] is not None else "")
 
     rows = [["greedy", *([f"{greedy:.3f}"] * len(s.ns))]] + [
-        [METHOD_LABELS[m], *(with_ci(curve[m][n]) for n in s.ns)] for m in METHODS
+        [METHOD_LABELS[m], *(with_ci(curve[m][n]) for n in s.ns)] for m in METHODS if m in curve
     ]
     tables = [
         Table(
@@ -183,6 +203,7 @@ def run(ctx: EvalContext, settings: Settings) -> SuiteResult:
             [
                 "AUROC",
                 "AUROC within a problem",
+                "likelihood's AUROC within a problem",
                 "problems with right and wrong",
                 "ECE",
                 "mean sigmoid(score)",
@@ -194,6 +215,7 @@ def run(ctx: EvalContext, settings: Settings) -> SuiteResult:
                 [
                     critic["auroc"],
                     critic["within_problem_auroc"],
+                    critic["likelihood_within_problem_auroc"],
                     critic["problems_with_right_and_wrong"],
                     critic["ece"],
                     critic["mean_confidence"],
@@ -213,6 +235,7 @@ def run(ctx: EvalContext, settings: Settings) -> SuiteResult:
         "greedy accuracy": greedy,
         f"best-of-{gap_n} accuracy": gap["best_of_n"],
         f"majority@{gap_n} accuracy": curve["majority"][gap_n]["accuracy"],
+        f"likelihood best-of-{gap_n} accuracy": curve["likelihood"][gap_n]["accuracy"] if has_likelihood else None,
         f"pass@{gap_n}": gap["pass_at_n"],
         f"gap closed @{gap_n}": gap["closed"],
         "critic AUROC": critic["auroc"],

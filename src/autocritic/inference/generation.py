@@ -9,7 +9,8 @@ A forward hook on the base decoder records the final (post-norm) state that `lm_
 cutting the stop string and eos, the score is the head applied to the state of the last kept response token:
 exactly `CriticModel(prompt ids + kept response ids).score`, with no second pass over the text. Only when that
 token was never fed (the last generated token: max_new_tokens reached, or the cut ends on it) one extra cached
-forward of one token runs.
+forward of one token runs. A head that reads the model's confidence gets the log-probabilities of the kept tokens
+from the raw logits `generate` computed anyway (`output_logits`), before temperature or top-k touch them.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from transformers.generation.streamers import BaseStreamer
 
 from autocritic.data.template import Template
 from autocritic.model.backbone import unwrap
-from autocritic.model.critic import CriticModel, decoder_of, positions_from_mask
+from autocritic.model.critic import CriticModel, decoder_of, positions_from_mask, running_confidence
 
 FINISH_REASONS = ("stop", "eos", "length")  # stop string found, eos generated, max_new_tokens reached
 
@@ -57,6 +58,7 @@ class GenerationSettings:
     seed: int | None = 0
     stop: tuple[str, ...] = ()
     return_values: bool = False  # token-level values (the head over each response token's state)
+    return_logprobs: bool = False  # log p(token | prefix) of each kept token, under the untempered model
 
 
 @dataclass
@@ -70,6 +72,7 @@ class Sample:
     token_ids: list[int] = field(default_factory=list)
     finish_reason: str = "length"
     values: list[float] | None = None  # one per token in token_ids, when asked
+    logprobs: list[float] | None = None  # one per token in token_ids, when asked or read by the head
 
 
 class TextGenerator(Protocol):
@@ -306,6 +309,7 @@ class CriticGenerator:
             criteria.append(_StopOnText(self._batch_decode, input_ids.shape[1], settings.stop))
         if cancel is not None:
             criteria.append(_Cancel(cancel))
+        want_logprobs = settings.return_logprobs or self.model.reads_confidence
         with self._lock, _seeded(settings.seed, self.device):
             recorder = _Recorder(decoder_of(self.model.backbone))
             try:
@@ -319,6 +323,7 @@ class CriticGenerator:
                     return_dict_in_generate=True,
                     streamer=streamer,
                     stopping_criteria=criteria,
+                    output_logits=want_logprobs,
                     **sampling,
                 )
                 generated = out.sequences[:, input_ids.shape[1] :]  # (R, L)
@@ -336,14 +341,25 @@ class CriticGenerator:
             states = torch.stack(recorder.states, dim=1)  # (R, L or L+1, H)
             rows = torch.arange(states.shape[0], device=states.device)
             last = torch.tensor([length for _, length, _ in kept], device=states.device)
-            scores = self.model.head(states[rows, last]).tolist()  # (R,)
+            logprobs = confidence = None
+            if want_logprobs:
+                logprobs = _logprobs_of(out.logits, generated)  # (R, L)
+                kept_mask = torch.arange(generated.shape[1], device=states.device)[None, :] < last[:, None]
+                # confidence[:, j]: after j kept tokens, aligned with states[:, j]
+                confidence = torch.cat(
+                    [logprobs.new_zeros(len(rows), 1, 2), running_confidence(logprobs, kept_mask)], dim=1
+                )
+            scores = self.model.head(states[rows, last], _at(confidence, (rows, last))).tolist()  # (R,)
             samples = []
             for row, ((text, length, reason), score) in enumerate(zip(kept, scores, strict=True)):
                 token_ids = generated[row, :length].tolist()
                 values = (
-                    self.model.head(states[row, 1 : length + 1]).tolist() if settings.return_values else None
+                    self.model.head(states[row, 1 : length + 1], _at(confidence, (row, slice(1, length + 1)))).tolist()
+                    if settings.return_values
+                    else None
                 )
-                samples.append(Sample(text, score, token_ids, reason, values))
+                kept_logprobs = logprobs[row, :length].tolist() if logprobs is not None else None
+                samples.append(Sample(text, score, token_ids, reason, values, kept_logprobs))
         return samples
 
     def _left_pad(self, prompts: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -400,9 +416,17 @@ class CriticGenerator:
     # ---- scoring arbitrary text ----
 
     @torch.no_grad()
-    def score_ids(self, sequences: Sequence[Sequence[int]], batch_size: int | None = None) -> list[float]:
-        """Critic scores of token id sequences (batched by length, right padding: pooling reads the mask)."""
+    def score_ids(
+        self,
+        sequences: Sequence[Sequence[int]],
+        batch_size: int | None = None,
+        prompt_lengths: Sequence[int] | None = None,
+    ) -> list[float]:
+        """Critic scores of token id sequences (batched by length, right padding: pooling reads the mask).
+        `prompt_lengths`: tokens of each rendered prompt, needed by a head that reads confidence."""
         batch_size = batch_size or self.batch_size
+        if prompt_lengths is not None and len(prompt_lengths) != len(sequences):
+            raise ValueError(f"{len(sequences)} sequences but {len(prompt_lengths)} prompt lengths")
         order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
         scores: list[float] = [0.0] * len(sequences)
         for start in range(0, len(order), batch_size):
@@ -413,9 +437,10 @@ class CriticGenerator:
             for row, i in enumerate(indices):
                 input_ids[row, : len(sequences[i])] = torch.tensor(list(sequences[i]))
                 attention_mask[row, : len(sequences[i])] = 1
+            lengths = None if prompt_lengths is None else torch.tensor([prompt_lengths[i] for i in indices])
             with self._lock:  # a hook of a running generation would record this forward
                 batch_scores = self.model(
-                    input_ids.to(self.device), attention_mask.to(self.device)
+                    input_ids.to(self.device), attention_mask.to(self.device), prompt_lengths=lengths
                 ).score.tolist()
             for i, score in zip(indices, batch_scores, strict=True):
                 scores[i] = score
@@ -425,11 +450,25 @@ class CriticGenerator:
         self, prompts: Sequence[str], responses: Sequence[str], batch_size: int | None = None
     ) -> list[float]:
         """Critic scores of (prompt, response) pairs, tokenized as in training: `render_prompt(prompt) + response`
-        in one piece."""
+        in one piece, the response starting after the rendered prompt's tokens."""
         if len(prompts) != len(responses):
             raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
-        texts = [self.template.render(p, r) for p, r in zip(prompts, responses, strict=True)]
-        return self.score_ids([self.tokenizer(t)["input_ids"] for t in texts], batch_size)
+        rendered = [self.template.render_prompt(p) for p in prompts]
+        prompt_lengths = [len(ids) for ids in self.tokenizer(rendered)["input_ids"]] if rendered else []
+        texts = [r + response for r, response in zip(rendered, responses, strict=True)]
+        return self.score_ids([self.tokenizer(t)["input_ids"] for t in texts], batch_size, prompt_lengths)
+
+
+def _at(features: torch.Tensor | None, index) -> torch.Tensor | None:
+    return None if features is None else features[index]
+
+
+def _logprobs_of(logits: Sequence[torch.Tensor], generated: torch.Tensor) -> torch.Tensor:
+    """(R, L) log p(generated token | prefix) from `generate`'s raw logits, one (R, V) tensor per step."""
+    return torch.stack(
+        [step.float().log_softmax(-1).gather(-1, generated[:, j, None])[:, 0] for j, step in enumerate(logits)],
+        dim=1,
+    )
 
 
 @contextmanager

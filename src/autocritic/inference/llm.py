@@ -3,7 +3,8 @@
     PromptTemplate | CriticLLM | StrOutputParser()        LLMChain(llm=CriticLLM(...), prompt=...)
 
 Each generation carries `{"critic_score": float, "finish_reason": "stop" | "eos" | "length"}` (plus
-`"token_values"` with `return_values=True`), computed from the generation's own forward passes. `stop` is
+`"token_values"` with `return_values=True`, `"token_logprobs"` with `return_logprobs=True`), computed from the
+generation's own forward passes. `stop` is
 honoured (the stop string and everything after it are cut) and only the new text is returned, which is what
 `HuggingFacePipeline` gets wrong.
 """
@@ -41,6 +42,7 @@ class GenerationFields(BaseModel):
     seed: int | None = 0
     stop: list[str] | None = None
     return_values: bool = False
+    return_logprobs: bool = False
 
     def generation_settings(self, stop: list[str] | None = None, **overrides: Any) -> GenerationSettings:
         unknown = set(overrides) - _SETTING_NAMES
@@ -63,6 +65,8 @@ def generation_info(sample: Sample) -> dict[str, Any]:
     info: dict[str, Any] = {"critic_score": sample.score, "finish_reason": sample.finish_reason}
     if sample.values is not None:
         info["token_values"] = sample.values
+    if sample.logprobs is not None:
+        info["token_logprobs"] = sample.logprobs
     return info
 
 

@@ -1,4 +1,5 @@
-"""The critic head: a small network reading the final decoder state (what `lm_head` reads)."""
+"""The critic head: a small network reading the final decoder state (what `lm_head` reads) and, with
+`confidence`, the model's mean and min log-probability of the response tokens so far."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+CONFIDENCE_FEATURES = 2  # mean and min log-probability of the response tokens
+
 
 @dataclass
 class HeadSettings:
@@ -14,10 +17,12 @@ class HeadSettings:
     hidden_dim: int = 256  # mlp only
     dropout: float = 0.1
     init_std: float | None = None  # None: 1/sqrt(hidden+1), as OpenRLHF
+    confidence: bool = False  # also read the response's mean and min token log-probability (CriticModel)
 
 
 class CriticHead(nn.Module):
-    """Maps a hidden state (..., H) to a score (...). Always computed in fp32, whatever the backbone dtype."""
+    """Maps a hidden state (..., H), and with `confidence` the features (..., 2), to a score (...). Always
+    computed in fp32, whatever the backbone dtype."""
 
     def __init__(self, hidden_size: int, settings: HeadSettings | None = None):
         super().__init__()
@@ -26,11 +31,12 @@ class CriticHead(nn.Module):
             raise ValueError(f"head.kind must be 'linear' or 'mlp', got {settings.kind!r}")
         self.settings = settings
         self.dropout = nn.Dropout(settings.dropout)
+        inputs = hidden_size + (CONFIDENCE_FEATURES if settings.confidence else 0)
         if settings.kind == "linear":
-            self.net = nn.Linear(hidden_size, 1)
+            self.net = nn.Linear(inputs, 1)
         else:
             self.net = nn.Sequential(
-                nn.Linear(hidden_size, settings.hidden_dim),
+                nn.Linear(inputs, settings.hidden_dim),
                 nn.GELU(),
                 nn.Dropout(settings.dropout),
                 nn.Linear(settings.hidden_dim, 1),
@@ -42,5 +48,14 @@ class CriticHead(nn.Module):
                 nn.init.zeros_(module.bias)
         self.float()
 
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.net(self.dropout(hidden.float())).squeeze(-1)
+    @property
+    def confidence(self) -> bool:
+        return self.settings.confidence
+
+    def forward(self, hidden: torch.Tensor, confidence: torch.Tensor | None = None) -> torch.Tensor:
+        x = self.dropout(hidden.float())
+        if self.settings.confidence:
+            if confidence is None:
+                raise ValueError("this head reads confidence features (head.confidence=true): none were given")
+            x = torch.cat([x, confidence.float()], dim=-1)  # never dropped: two numbers, not redundant units
+        return self.net(x).squeeze(-1)

@@ -4,8 +4,9 @@
         --> out_dir/{config.json, model.safetensors, tokenizer.json, ..., build_info.json}
 
 `build_info.json` holds a fingerprint of the settings: a second call with the same settings is skipped,
-a call with other settings rebuilds. The budget is a step count (the result is reproducible) capped by
-wall time (a busy machine cannot hold the chain hostage; build_info then says the run stopped early).
+a call with other settings rebuilds. The budget is a step count (the result is reproducible bit for bit) capped
+by wall time (a busy machine cannot hold the chain hostage; build_info then says the run annealed by time or
+stopped early).
 """
 
 from __future__ import annotations
@@ -116,6 +117,8 @@ class PretrainModule(L.LightningModule):
         self.losses: list[float] = []
         self.tokens = 0
         self.trained_tokens = 0
+        self.started = self.warm_until = time.perf_counter()
+        self.annealed_by_time = False
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         # Padding sits at the end of each row, after every real token, so causal attention never reads it.
@@ -137,21 +140,30 @@ class PretrainModule(L.LightningModule):
             lr=self.settings.lr,
             betas=(0.9, 0.95),
         )
-        s = self.settings
-        started = time.perf_counter()
-
-        def schedule(step: int) -> float:
-            if step < s.warmup_steps:
-                return (step + 1) / s.warmup_steps
-            # Whichever budget runs out first drives the decay: on a busy machine the wall-time cap stops
-            # the run early, and the learning rate must have annealed by then (it buys most of the accuracy).
-            by_steps = (step - s.warmup_steps) / max(1, s.max_steps - s.warmup_steps)
-            by_time = (time.perf_counter() - started) / (s.max_minutes * 60)
-            progress = min(1.0, max(by_steps, by_time))
-            return s.min_lr_ratio + (1 - s.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        self.started = self.warm_until = time.perf_counter()
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self.schedule)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def schedule(self, step: int) -> float:
+        """Linear warmup, then cosine decay over `max_steps`: a function of the step alone, so a run is
+        reproducible bit for bit. Only on a machine too slow to reach `max_steps` within `max_minutes` (checked
+        every 100 steps from the pace so far) it switches, once, to decaying by wall time as well, so that the
+        learning rate has annealed when the cap stops the run; build_info then says `annealed_by_time`."""
+        s = self.settings
+        now = time.perf_counter()
+        if step < s.warmup_steps:
+            self.warm_until = now
+            return (step + 1) / s.warmup_steps
+        done = step - s.warmup_steps
+        budget = s.max_minutes * 60 - (self.warm_until - self.started)  # seconds left after the warmup
+        if not self.annealed_by_time and done >= 100 and done % 100 == 0:
+            pace = (now - self.warm_until) / done
+            self.annealed_by_time = pace * (s.max_steps - s.warmup_steps) > budget
+        progress = done / max(1, s.max_steps - s.warmup_steps)
+        if self.annealed_by_time:
+            progress = max(progress, (now - self.warm_until) / max(budget, 1e-9))
+        progress = min(1.0, progress)
+        return s.min_lr_ratio + (1 - s.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 def make_model(settings: PretrainSettings, tokenizer: PreTrainedTokenizerFast) -> FalconForCausalLM:
@@ -206,6 +218,7 @@ def train_model(
         "parameters": sum(p.numel() for p in module.model.parameters()),
         "steps": trainer.global_step,
         "stopped_early": trainer.global_step < settings.max_steps,
+        "annealed_by_time": module.annealed_by_time,
         "train_seconds": round(seconds, 1),
         "tokens": module.tokens,
         "tokens_per_second": round(module.tokens / seconds),

@@ -39,6 +39,7 @@ RULES: dict[str, tuple[tuple[type, ...], Callable | None, str]] = {
     "head.kind": ((str,), lambda x: x in ("linear", "mlp"), "linear or mlp"),
     "head.dropout": ((float, int), fraction, "a number in [0, 1)"),
     "head.hidden_dim": ((int,), lambda x: x >= 0, "an integer ≥ 0"),
+    "head.confidence": ((bool,), None, "true or false"),
     "objective.kind": ((str,), lambda x: x in SCHEMA_OF, f"one of {list(SCHEMA_OF)}"),
     "objective.margin": ((float, int), None, "a number"),
     "objective.center_coef": ((float, int), lambda x: x >= 0, "a number ≥ 0"),

@@ -1,4 +1,5 @@
-"""Feature cache of the frozen phase: each example's final decoder state, computed once, reused every epoch.
+"""Feature cache of the frozen phase: each example's final decoder state and the model's confidence in its
+response (mean and min token log-probability), computed once, reused every epoch.
 
 The key hashes everything the features depend on (backbone weights and config, tokenizer, data files, template,
 max length, dtype); any change gives a new key, so a stale cache is never read.
@@ -17,7 +18,16 @@ from rich.progress import track
 from safetensors.torch import load_file, save_file
 
 from autocritic.data.datamodule import SPLITS, CriticDataModule
-from autocritic.model.critic import CriticModel, decoder_of, last_token_index, positions_from_mask
+from autocritic.model.critic import (
+    CONFIDENCE_FEATURES,
+    CriticModel,
+    confidence_features,
+    decoder_of,
+    last_token_index,
+    positions_from_mask,
+)
+
+FEATURES = "final state + confidence"  # part of the cache key: a change of layout never reads an old file
 
 
 def fingerprint_path(path: str) -> dict:
@@ -42,7 +52,7 @@ def cache_key(backbone_source: str, data_files: list[str], template: str, max_le
 
 @torch.no_grad()
 def compute_features(critic: CriticModel, datamodule: CriticDataModule, split: str, device: torch.device) -> torch.Tensor:
-    """(N, S, H) fp32 final states at the last real token; S = 2 for pairwise (chosen, rejected)."""
+    """(N, S, H + 2) fp32 features at the last real token; S = 2 for pairwise (chosen, rejected)."""
     items = datamodule.encoded[split]
     n_seq = len(items[0]["ids"]) if items else 1
     sequences = [(item["ids"][k], item["prompt_len"][k]) for item in items for k in range(n_seq)]
@@ -60,7 +70,8 @@ def shared_prefix_states(
     pad_id: int,
     split: str = "",
 ) -> torch.Tensor:
-    """(N, H) final state at the last token of each (ids, prompt_len), computing each distinct prompt once.
+    """(N, H + 2) final state at the last token of each (ids, prompt_len) and the confidence features of its
+    response tokens (positions >= prompt_len), computing each distinct prompt once.
 
     Self-generated critic data holds K answers per prompt, and the prompt (few-shot) is most of the tokens: the
     prompt runs once with the KV cache on, and only the answers run per row, attending to the cached prompt.
@@ -81,12 +92,16 @@ def shared_prefix_states(
         rows += len(group[1])
     if batch:
         batches.append(batch)
-    out = torch.empty(len(sequences), critic.backbone.config.hidden_size)
+    out = torch.empty(len(sequences), critic.backbone.config.hidden_size + CONFIDENCE_FEATURES)
     for batch in track(batches, description=f"Caching {split} features", transient=True):
         members = [index for _, indices in batch for index in indices]
         answers = [sequences[index][0][len(prefix) :] for prefix, indices in batch for index in indices]
+        # How many leading answer tokens still belong to the prompt (only when the prompt is the whole sequence).
+        skips = [max(0, sequences[index][1] - len(prefix)) for prefix, indices in batch for index in indices]
         repeat = torch.tensor([g for g, (_, indices) in enumerate(batch) for _ in indices], device=device)
-        out[members] = _states_after_prefixes([prefix for prefix, _ in batch], answers, repeat, critic, device, pad_id)
+        out[members] = _features_after_prefixes(
+            [prefix for prefix, _ in batch], answers, skips, repeat, critic, device, pad_id
+        )
     return out
 
 
@@ -101,7 +116,7 @@ def _padded(rows: list[list[int] | tuple[int, ...]], pad_id: int, left: bool) ->
     return ids, mask
 
 
-def _states_after_prefixes(prefixes, answers, repeat, critic, device, pad_id) -> torch.Tensor:
+def _features_after_prefixes(prefixes, answers, skips, repeat, critic, device, pad_id) -> torch.Tensor:
     decoder = decoder_of(critic.backbone)
     answer_ids, answer_mask = _padded(answers, pad_id, left=False)
     answer_ids, answer_mask = answer_ids.to(device), answer_mask.to(device)
@@ -109,6 +124,8 @@ def _states_after_prefixes(prefixes, answers, repeat, critic, device, pad_id) ->
         hidden = decoder(
             input_ids=answer_ids, attention_mask=answer_mask, position_ids=positions_from_mask(answer_mask), use_cache=False
         ).last_hidden_state
+        before = torch.cat([hidden[:, :1], hidden[:, :-1]], dim=1)
+        first_counts = False  # the first token has nothing before it
     else:
         prefix_ids, prefix_mask = (t.to(device) for t in _padded(prefixes, pad_id, left=True))
         output = decoder(
@@ -126,8 +143,15 @@ def _states_after_prefixes(prefixes, answers, repeat, critic, device, pad_id) ->
             use_cache=True,
             **{cache_argument: cache},
         ).last_hidden_state
+        before = torch.cat([output.last_hidden_state[repeat, -1:], hidden[:, :-1]], dim=1)
+        first_counts = True
+    columns = torch.arange(answer_ids.shape[1], device=device)
+    skip = torch.tensor(skips, device=device)[:, None]
+    response = answer_mask.bool() & (columns >= skip) & ((columns > 0) | first_counts)
+    confidence = confidence_features(critic.backbone.get_output_embeddings(), before, answer_ids, response)
     rows = torch.arange(hidden.shape[0], device=device)
-    return hidden[rows, last_token_index(answer_mask)].float().cpu()
+    last = last_token_index(answer_mask)
+    return torch.cat([hidden[rows, last].float(), confidence[rows, last]], dim=-1).cpu()
 
 
 def load_or_compute(

@@ -52,7 +52,10 @@ class CriticModule(L.LightningModule):
         else:
             want_logits = self.objective.lm_weight > 0 and not self.backbone_frozen
             out = self.critic(
-                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], return_logits=want_logits
+                input_ids=batch["input_ids"],
+                attention_mask=batch["attention_mask"],
+                prompt_lengths=batch["prompt_lengths"],
+                return_logits=want_logits,
             )
             scores = out.score
             if want_logits:

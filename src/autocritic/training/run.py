@@ -30,7 +30,7 @@ from autocritic.model.critic import CriticModel
 from autocritic.model.export import CONFIG_NAME, load_head, read_critic_config, save_critic
 from autocritic.model.head import HeadSettings
 from autocritic.training.config_check import check_config
-from autocritic.training.feature_cache import cache_key, load_or_compute
+from autocritic.training.feature_cache import FEATURES, cache_key, load_or_compute
 from autocritic.training.module import CriticModule, OptimSettings
 from autocritic.training.objectives import ObjectiveSettings
 
@@ -117,7 +117,7 @@ def attach_feature_cache(cfg: DictConfig, critic: CriticModel, datamodule: Criti
         cfg.data.template,
         cfg.data.max_length,
         {"dtype": cfg.model.dtype, "schema": cfg.data.schema, "hub": cfg.data.hub_id, "columns": dict(cfg.data.columns),
-         "quantization": OmegaConf.to_container(cfg.quantization), "seed": cfg.seed},
+         "quantization": OmegaConf.to_container(cfg.quantization), "seed": cfg.seed, "features": FEATURES},
     )
     device = torch.device("cuda" if torch.cuda.is_available() and cfg.trainer.accelerator in ("auto", "gpu", "cuda") else "cpu")
     features, hit = load_or_compute(critic.to(device), datamodule, cfg.paths.cache, key, device)
