@@ -89,7 +89,7 @@ def run_hf_trainer(cfg, datamodule, out_dir: str) -> tuple[float, float]:
 
 def run_autocritic(overrides: list[str], work: str) -> tuple[float, float]:
     cfg = compose_config(
-        ["head=linear"]  # the baseline's head; an override on the command line still wins
+        ["head=linear", "head.confidence=false"]  # the baseline's head (the state only); the command line still wins
         + overrides
         + [
             "phase=transfer",

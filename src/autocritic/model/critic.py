@@ -6,8 +6,8 @@
 
 With `head.confidence`, the head also reads the model's own confidence in the response: the mean and the minimum
 log-probability of the response tokens (`lm_head` at the response positions only). A critic without it ranks
-answers to one question worse than the model's likelihood does (offline default: within-problem AUROC 0.57 vs
-0.77): it learns which questions are hard, not which answer is right.
+answers to one question worse than the model's likelihood does (offline default: within-problem AUROC 0.56 vs
+0.71): it learns which questions are hard, not which answer is right.
 
 The score is read at the last position whose attention mask is 1 and positions are derived from the mask,
 so a sequence scores the same under left padding, right padding or alone (Falcon has no pad token, and

@@ -48,10 +48,6 @@ class CriticHead(nn.Module):
                 nn.init.zeros_(module.bias)
         self.float()
 
-    @property
-    def confidence(self) -> bool:
-        return self.settings.confidence
-
     def forward(self, hidden: torch.Tensor, confidence: torch.Tensor | None = None) -> torch.Tensor:
         x = self.dropout(hidden.float())
         if self.settings.confidence:
