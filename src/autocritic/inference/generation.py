@@ -30,7 +30,13 @@ from transformers.generation.streamers import BaseStreamer
 
 from autocritic.data.template import Template
 from autocritic.model.backbone import unwrap
-from autocritic.model.critic import CriticModel, decoder_of, positions_from_mask, running_confidence
+from autocritic.model.critic import (
+    CriticModel,
+    decoder_of,
+    gather_logprobs,
+    positions_from_mask,
+    running_confidence,
+)
 
 FINISH_REASONS = ("stop", "eos", "length")  # stop string found, eos generated, max_new_tokens reached
 
@@ -465,10 +471,7 @@ def _at(features: torch.Tensor | None, index) -> torch.Tensor | None:
 
 def _logprobs_of(logits: Sequence[torch.Tensor], generated: torch.Tensor) -> torch.Tensor:
     """(R, L) log p(generated token | prefix) from `generate`'s raw logits, one (R, V) tensor per step."""
-    return torch.stack(
-        [step.float().log_softmax(-1).gather(-1, generated[:, j, None])[:, 0] for j, step in enumerate(logits)],
-        dim=1,
-    )
+    return torch.stack([gather_logprobs(step, generated[:, j]) for j, step in enumerate(logits)], dim=1)
 
 
 @contextmanager

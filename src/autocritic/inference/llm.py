@@ -4,9 +4,8 @@
 
 Each generation carries `{"critic_score": float, "finish_reason": "stop" | "eos" | "length"}` (plus
 `"token_values"` with `return_values=True`, `"token_logprobs"` with `return_logprobs=True`), computed from the
-generation's own forward passes. `stop` is
-honoured (the stop string and everything after it are cut) and only the new text is returned, which is what
-`HuggingFacePipeline` gets wrong.
+generation's own forward passes. `stop` is honoured (the stop string and everything after it are cut) and only
+the new text is returned, which is what `HuggingFacePipeline` gets wrong.
 """
 
 from __future__ import annotations

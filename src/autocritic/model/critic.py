@@ -63,9 +63,14 @@ def running_confidence(logprobs: torch.Tensor, response: torch.Tensor) -> torch.
     return torch.stack([mean, minimum], dim=-1)
 
 
+def gather_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """log p(token) under each row of logits: (..., V), (...) -> (...) fp32."""
+    return logits.float().log_softmax(-1).gather(-1, tokens[..., None])[..., 0]
+
+
 def token_logprobs(lm_head: nn.Module, before: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     """log p(token | prefix) from the final state just before each token: (M, H), (M,) -> (M,) fp32."""
-    return lm_head(before).float().log_softmax(-1).gather(-1, tokens[:, None])[:, 0]
+    return gather_logprobs(lm_head(before), tokens)
 
 
 def confidence_features(

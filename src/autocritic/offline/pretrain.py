@@ -117,7 +117,6 @@ class PretrainModule(L.LightningModule):
         self.losses: list[float] = []
         self.tokens = 0
         self.trained_tokens = 0
-        self.started = self.warm_until = time.perf_counter()
         self.annealed_by_time = False
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
