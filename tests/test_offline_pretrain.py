@@ -48,9 +48,12 @@ def test_rows_hold_whole_documents_and_train_only_on_answers(tokenizer):
     assert "What is" not in text and "Human:" not in text
 
 
-def test_short_run_lowers_loss_and_reloads_identically(tokenizer, tmp_path):
+def test_short_run_lowers_loss_and_reloads_identically(tokenizer, tmp_path, monkeypatch):
+    monkeypatch.setattr(pretrain, "LOSS_CURVE_STEPS", 5)
     model, stats = train_model(TINY, tokenizer, progress=False)
     assert stats["steps"] == TINY.max_steps and stats["loss_last"] < stats["loss_first"] - 0.5
+    curve = stats["loss_curve"]
+    assert len(curve) == TINY.max_steps // 5 and curve[-1] < curve[0]
     model.save_pretrained(tmp_path)
     tokenizer.save_pretrained(tmp_path)
     reloaded = FalconForCausalLM.from_pretrained(tmp_path)

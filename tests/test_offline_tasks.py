@@ -174,3 +174,13 @@ def test_backbone_report_covers_every_family(tiny_backbone):
         "dialogue/recall",
     ):
         assert 0.0 <= report[key] <= 1.0, key
+
+
+def test_backbone_report_command_line_explains_a_wrong_argument(tmp_path, capsys):
+    from autocritic.offline.evaluate import main
+
+    assert main([]) == 2 and "usage" in capsys.readouterr().err
+    assert main([str(tmp_path)]) == 2
+    error = capsys.readouterr().err
+    assert str(tmp_path) in error and "phase=pretrain" in error and "Traceback" not in error
+    assert main(["--help"]) == 0

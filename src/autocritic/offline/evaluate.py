@@ -163,5 +163,26 @@ def evaluate_backbone(
     }
 
 
+USAGE = "usage: python -m autocritic.offline.evaluate <model_dir>   (e.g. data/offline/backbone)"
+
+
+def main(argv: list[str]) -> int:
+    """The command line: a wrong argument gets the usage and exit code 2, never a traceback."""
+    if len(argv) != 1 or argv[0].startswith("-"):
+        print(USAGE, file=sys.stderr)
+        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    model_dir = Path(argv[0])
+    if not (model_dir / "config.json").is_file() or not (model_dir / "tokenizer.json").is_file():
+        print(
+            f"autocritic: {model_dir} is not a backbone directory (it needs config.json and tokenizer.json). "
+            "Build the offline one with `python train.py phase=pretrain` (it lands in data/offline/backbone).\n"
+            + USAGE,
+            file=sys.stderr,
+        )
+        return 2
+    print(json.dumps(evaluate_backbone(model_dir, progress=True), indent=2))
+    return 0
+
+
 if __name__ == "__main__":
-    print(json.dumps(evaluate_backbone(Path(sys.argv[1]), progress=True), indent=2))
+    sys.exit(main(sys.argv[1:]))

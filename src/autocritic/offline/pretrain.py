@@ -31,6 +31,7 @@ from autocritic.offline.tasks import document_text, iter_documents
 from autocritic.offline.tokenizer import save_tokenizer, train_tokenizer
 
 BUILD_INFO = "build_info.json"
+LOSS_CURVE_STEPS = 250
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,7 @@ class PretrainSettings:
     batch_size: int = 8
     lr: float = 3e-3
     min_lr_ratio: float = 0.1
-    weight_decay: float = 0.1
+    weight_decay: float = 0.1  # 1.0 learns arithmetic on more seeds but copies worse (bench/results/cpu_pretrain_seeds.md)
     warmup_steps: int = 100
     max_steps: int = 4000  # ~7 minutes on 2 idle cores; max_minutes caps a busy machine
     max_minutes: float = 10.0
@@ -224,6 +225,13 @@ def train_model(
         "trained_tokens": module.trained_tokens,
         "loss_first": sum(module.losses[:window]) / window,
         "loss_last": sum(module.losses[-window:]) / window,
+        # Mean loss of each run of LOSS_CURVE_STEPS steps: where a skill is learned shows as a drop.
+        "loss_curve": [
+            round(sum(chunk) / len(chunk), 4)
+            for chunk in (
+                module.losses[i : i + LOSS_CURVE_STEPS] for i in range(0, len(module.losses), LOSS_CURVE_STEPS)
+            )
+        ],
         "torch_threads": torch.get_num_threads(),
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "unset"),
     }
