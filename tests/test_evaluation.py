@@ -379,6 +379,7 @@ def test_agent_variants_succeed_with_a_react_oracle():
         assert f[variant]["model_calls"] == 2 and f[variant]["tool_calls"] == 1
         assert f[variant]["parse_errors"] == 0 and f[variant]["limit_hits"] == 0
     assert f["direct"]["success"] == 0.0 and f["direct_critic"]["success"] == 0.0
+    assert f["classic"]["success_ci95"] == 0.0 and "1.000 ± 0.000" in result.tables[0].rows[2]
     assert f["critic_gain"] == {"direct": 0.0, "classic": 0.0, "create_agent": 0.0}
 
 

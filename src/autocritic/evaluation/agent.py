@@ -15,6 +15,7 @@ the exact result. A run that hits the iteration limit, or ends on unparsable tex
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -60,7 +61,7 @@ DESCRIPTIONS = {
 
 @dataclass
 class Settings:
-    n_problems: int = 30
+    n_problems: int = 150  # 30 left ±11 points around the 90% target (83% on 30, 91% on 150, same export)
     max_iterations: int = 3
     max_new_tokens: int = 48  # per ReAct step
     candidates: int = 4  # k of the critic-guided variants
@@ -227,8 +228,11 @@ def run_create_agent(
 
 def summarize(outcomes: list[Outcome], seconds: float) -> dict:
     n = max(1, len(outcomes))
+    success = rate([o.success for o in outcomes])
     return {
-        "success": rate([o.success for o in outcomes]),
+        "success": success,
+        # 1.96 binomial standard errors: 30 questions leave ±11 points around 90%.
+        "success_ci95": None if success is None else 1.96 * math.sqrt(success * (1 - success) / n),
         "model_calls": sum(o.model_calls for o in outcomes) / n,
         "tool_calls": sum(o.tool_calls for o in outcomes) / n,
         "parse_errors": sum(o.parse_errors for o in outcomes),
@@ -237,6 +241,10 @@ def summarize(outcomes: list[Outcome], seconds: float) -> dict:
         "seconds": seconds,
         "n": len(outcomes),
     }
+
+
+def _with_ci(value: float | None, ci95: float | None) -> str:
+    return "—" if value is None else f"{value:.3f} ± {ci95:.3f}"
 
 
 def run(ctx: EvalContext, settings: Settings) -> SuiteResult:
@@ -282,7 +290,7 @@ def run(ctx: EvalContext, settings: Settings) -> SuiteResult:
         [
             v,
             DESCRIPTIONS[v],
-            figures[v]["success"],
+            _with_ci(figures[v]["success"], figures[v]["success_ci95"]),
             figures[v]["model_calls"],
             figures[v]["tool_calls"],
             figures[v]["parse_errors"],
@@ -297,7 +305,7 @@ def run(ctx: EvalContext, settings: Settings) -> SuiteResult:
             [
                 "variant",
                 "what",
-                "success",
+                "success (± 95% CI)",
                 "model calls / question",
                 "tool calls / question",
                 "parse errors",
