@@ -15,7 +15,6 @@ the exact result. A run that hits the iteration limit, or ends on unparsable tex
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -26,7 +25,7 @@ from langchain_core.prompts import PromptTemplate
 from langchain_core.tools import Tool
 
 from autocritic.evaluation.context import EvalContext
-from autocritic.evaluation.metrics import rate
+from autocritic.evaluation.metrics import ci95, rate, with_ci
 from autocritic.evaluation.prompts import NOTEBOOK_TEMPLATE, OFFLINE_TEMPLATE
 from autocritic.evaluation.report import SuiteResult, Table
 from autocritic.inference.calculator import calculator_tool
@@ -228,11 +227,9 @@ def run_create_agent(
 
 def summarize(outcomes: list[Outcome], seconds: float) -> dict:
     n = max(1, len(outcomes))
-    success = rate([o.success for o in outcomes])
     return {
-        "success": success,
-        # 1.96 binomial standard errors: 30 questions leave ±11 points around 90%.
-        "success_ci95": None if success is None else 1.96 * math.sqrt(success * (1 - success) / n),
+        "success": rate([o.success for o in outcomes]),
+        "success_ci95": ci95([float(o.success) for o in outcomes]),  # 30 questions leave ±11 points around 90%
         "model_calls": sum(o.model_calls for o in outcomes) / n,
         "tool_calls": sum(o.tool_calls for o in outcomes) / n,
         "parse_errors": sum(o.parse_errors for o in outcomes),
@@ -241,10 +238,6 @@ def summarize(outcomes: list[Outcome], seconds: float) -> dict:
         "seconds": seconds,
         "n": len(outcomes),
     }
-
-
-def _with_ci(value: float | None, ci95: float | None) -> str:
-    return "—" if value is None else f"{value:.3f} ± {ci95:.3f}"
 
 
 def run(ctx: EvalContext, settings: Settings) -> SuiteResult:
@@ -290,7 +283,7 @@ def run(ctx: EvalContext, settings: Settings) -> SuiteResult:
         [
             v,
             DESCRIPTIONS[v],
-            _with_ci(figures[v]["success"], figures[v]["success_ci95"]),
+            with_ci(figures[v]["success"], figures[v]["success_ci95"]),
             figures[v]["model_calls"],
             figures[v]["tool_calls"],
             figures[v]["parse_errors"],

@@ -137,6 +137,20 @@ def _methods_on(pool: Pool, subset: Sequence[int]) -> dict[str, float]:
     return outcome
 
 
+def ci95(values: Sequence[float]) -> float | None:
+    """Half-width of the 95% interval of the mean: 1.96 standard errors (None below two values)."""
+    if len(values) < 2:
+        return None
+    return 1.96 * float(np.std(values, ddof=1)) / math.sqrt(len(values))
+
+
+def with_ci(value: float | None, half_width: float | None) -> str:
+    """A rate for a table: "0.913 ± 0.045", without the interval when there is none, "—" without a value."""
+    if value is None:
+        return "—"
+    return f"{value:.3f}" + ("" if half_width is None else f" ± {half_width:.3f}")
+
+
 def best_of_n_curve(pools: Sequence[Pool], ns: Sequence[int], subsets: int, seed: int) -> dict:
     """{method: {N: {"accuracy", "ci95"}}} over the problems; each N averages `subsets` random subsets."""
     rng = random.Random(f"{seed}|best-of-n")
@@ -153,9 +167,8 @@ def best_of_n_curve(pools: Sequence[Pool], ns: Sequence[int], subsets: int, seed
             for m in methods:
                 per_problem[m].append(sum(o[m] for o in outcomes) / len(outcomes))
         for m in methods:
-            values = np.array(per_problem[m])
-            half = 1.96 * values.std(ddof=1) / math.sqrt(len(values)) if len(values) > 1 else None
-            curve[m][n] = {"accuracy": float(values.mean()) if len(values) else None, "ci95": half}
+            values = per_problem[m]
+            curve[m][n] = {"accuracy": float(np.mean(values)) if values else None, "ci95": ci95(values)}
     return curve
 
 

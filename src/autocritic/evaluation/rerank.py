@@ -30,6 +30,7 @@ from autocritic.evaluation.metrics import (
     gap_closed,
     rate,
     roc_points,
+    with_ci,
     within_problem_auroc,
 )
 from autocritic.evaluation.report import SuiteResult, Table
@@ -181,13 +182,10 @@ def run(ctx: EvalContext, settings: Settings) -> SuiteResult:
             )
         )
 
-    def with_ci(point: dict) -> str:
-        if point["accuracy"] is None:
-            return "—"
-        return f"{point['accuracy']:.3f}" + (f" ± {point['ci95']:.3f}" if point["ci95"] is not None else "")
-
     rows = [["greedy", *([f"{greedy:.3f}"] * len(s.ns))]] + [
-        [METHOD_LABELS[m], *(with_ci(curve[m][n]) for n in s.ns)] for m in METHODS if m in curve
+        [METHOD_LABELS[m], *(with_ci(curve[m][n]["accuracy"], curve[m][n]["ci95"]) for n in s.ns)]
+        for m in METHODS
+        if m in curve
     ]
     tables = [
         Table(
