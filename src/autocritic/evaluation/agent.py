@@ -229,7 +229,7 @@ def summarize(outcomes: list[Outcome], seconds: float) -> dict:
     n = max(1, len(outcomes))
     return {
         "success": rate([o.success for o in outcomes]),
-        "success_ci95": ci95([float(o.success) for o in outcomes]),  # 30 questions leave ±11 points around 90%
+        "success_ci95": ci95([float(o.success) for o in outcomes]),
         "model_calls": sum(o.model_calls for o in outcomes) / n,
         "tool_calls": sum(o.tool_calls for o in outcomes) / n,
         "parse_errors": sum(o.parse_errors for o in outcomes),

@@ -17,6 +17,7 @@ import json
 import math
 import os
 import shutil
+import statistics
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -227,10 +228,8 @@ def train_model(
         "loss_last": sum(module.losses[-window:]) / window,
         # Mean loss of each run of LOSS_CURVE_STEPS steps: where a skill is learned shows as a drop.
         "loss_curve": [
-            round(sum(chunk) / len(chunk), 4)
-            for chunk in (
-                module.losses[i : i + LOSS_CURVE_STEPS] for i in range(0, len(module.losses), LOSS_CURVE_STEPS)
-            )
+            round(statistics.fmean(module.losses[i : i + LOSS_CURVE_STEPS]), 4)
+            for i in range(0, len(module.losses), LOSS_CURVE_STEPS)
         ],
         "torch_threads": torch.get_num_threads(),
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "unset"),
