@@ -70,6 +70,11 @@ BAD = {
         CheckpointError,
         "resume='/no/such/last.ckpt' is not a file",
     ),
+    "deepspeed zero-3": (
+        ["trainer=deepspeed", "trainer.strategy.stage=3"],
+        ConfigError,
+        "use ZeRO stage 2",
+    ),
     "bad template": (
         ["data.template='{response}{prompt}'"],
         ConfigError,

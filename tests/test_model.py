@@ -154,6 +154,15 @@ def test_head_runs_in_fp32_on_a_bf16_backbone(tiny_backbone, tokenizer, kind):
     assert torch.equal(out.score, by_hand)
 
 
+@pytest.mark.parametrize("kind", WITH_CONFIDENCE)
+def test_a_head_cast_to_bf16_with_the_model_still_scores_in_fp32(tiny_backbone, tokenizer, kind):
+    critic = make_critic(tiny_backbone, WITH_CONFIDENCE[kind]).to(torch.bfloat16)  # what DeepSpeed's bf16 does
+    input_ids, mask = encode(tokenizer, TEXTS)
+    with torch.no_grad():
+        out = critic(input_ids, mask, prompt_lengths=torch.tensor([2] * len(TEXTS)))
+    assert out.score.dtype == torch.float32 and torch.isfinite(out.score).all()
+
+
 def test_head_shapes_and_kinds():
     hidden = torch.randn(3, 5, 64)
     for settings in HEADS.values():

@@ -6,13 +6,19 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
+import lightning.pytorch.strategies
 import pytest
+import torch
+import torch.distributed.fsdp
 import yaml
 from helpers import compose_train, resolved, tiny_overrides
 
 from autocritic.errors import ConfigError
-from autocritic.training.run import build_strategy, train
+from autocritic.training.module import CriticModule, OptimSettings
+from autocritic.training.objectives import ObjectiveSettings
+from autocritic.training.run import build_critic, build_strategy, gathered_critic, train
 from autocritic.training.sweep_args import sanitize_override, sanitize_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -235,3 +241,36 @@ def test_gpu_check_script_runs_its_modes_on_a_tiny_model(tmp_path):
     modes = {r["mode"]: r for r in json.loads(out.read_text())["results"]}
     assert set(modes) == {"frozen", "lora", "lora_ckpt", "qlora"}
     assert all(r["tokens_per_s"] > 0 for r in modes.values())
+
+
+def test_fsdp_clips_by_norm_through_its_root_module(monkeypatch):
+    class Root:  # stands for the root FullyShardedDataParallel module Lightning wraps the LightningModule in
+        def __init__(self):
+            self.clipped = []
+
+        def clip_grad_norm_(self, max_norm):
+            self.clipped.append(max_norm)
+
+    monkeypatch.setattr(torch.distributed.fsdp, "FullyShardedDataParallel", Root)
+    module = CriticModule(torch.nn.Linear(2, 1), ObjectiveSettings(), OptimSettings(), backbone_frozen=False)
+    module._trainer = SimpleNamespace(strategy=SimpleNamespace(model=Root()))
+    module.configure_gradient_clipping(None, gradient_clip_val=1.0, gradient_clip_algorithm="norm")
+    assert module.trainer.strategy.model.clipped == [1.0]
+
+
+def test_fsdp_export_is_the_gathered_state_in_a_fresh_critic(tiny_backbone, tiny_data, tmp_path, monkeypatch):
+    cfg = resolved(compose_train(tiny_overrides(tiny_backbone, tiny_data, tmp_path) + ["phase=finetune"]))
+    live, _ = build_critic(cfg, None)
+    gathered = {f"critic.{k}": v + 1 if v.is_floating_point() else v for k, v in live.state_dict().items()}
+
+    class Sharded:  # stands for Lightning's FSDPStrategy: only its gathered state dict counts
+        def lightning_module_state_dict(self):
+            return gathered
+
+    monkeypatch.setattr(lightning.pytorch.strategies, "FSDPStrategy", Sharded)
+    trainer = SimpleNamespace(strategy=Sharded(), is_global_zero=True)
+    exported = gathered_critic(cfg, trainer, SimpleNamespace(critic=live), None)
+    assert exported is not live
+    assert all(torch.equal(v, gathered[f"critic.{k}"]) for k, v in exported.state_dict().items())
+    trainer.is_global_zero = False
+    assert gathered_critic(cfg, trainer, SimpleNamespace(critic=live), None) is None  # rank 0 alone exports

@@ -49,9 +49,11 @@ class CriticHead(nn.Module):
         self.float()
 
     def forward(self, hidden: torch.Tensor, confidence: torch.Tensor | None = None) -> torch.Tensor:
-        x = self.dropout(hidden.float())
+        # fp32 unless a strategy cast the whole model (DeepSpeed's bf16 does); scores always come out fp32
+        dtype = next(self.net.parameters()).dtype
+        x = self.dropout(hidden.to(dtype))
         if self.settings.confidence:
             if confidence is None:
                 raise ValueError("this head reads confidence features (head.confidence=true): none were given")
-            x = torch.cat([x, confidence.float()], dim=-1)  # never dropped: two numbers, not redundant units
-        return self.net(x).squeeze(-1)
+            x = torch.cat([x, confidence.to(dtype)], dim=-1)  # never dropped: two numbers, not redundant units
+        return self.net(x).squeeze(-1).float()

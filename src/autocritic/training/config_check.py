@@ -91,3 +91,10 @@ def check_config(cfg: DictConfig) -> None:
             f"quantization={quant} with peft=none would fully fine-tune a quantized model, which cannot be trained: "
             "use peft=lora (QLoRA) or quantization=none."
         )
+    strategy = OmegaConf.select(cfg, "trainer.strategy", default=None)
+    if isinstance(strategy, DictConfig) and "DeepSpeed" in str(strategy.get("_target_")) and strategy.get("stage") == 3:
+        raise ConfigError(
+            "trainer=deepspeed with trainer.strategy.stage=3 is not supported: the run trains, then DeepSpeed 0.19 "
+            "cannot test it (measured on an H200, bench/results/h200_strategies.md). Shard the weights with "
+            "trainer=fsdp, or use ZeRO stage 2 (trainer=deepspeed, the default stage)."
+        )

@@ -103,6 +103,17 @@ class CriticModule(L.LightningModule):
     def test_step(self, batch: dict, batch_idx: int) -> None:
         self.step(batch, "test")
 
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        # Lightning's FSDP precision refuses norm clipping (it holds no reference to the root module); the norm
+        # over every rank's shards is the root FSDP module's own `clip_grad_norm_`.
+        from torch.distributed.fsdp import FullyShardedDataParallel
+
+        root = self.trainer.strategy.model
+        if gradient_clip_val and gradient_clip_algorithm in (None, "norm") and isinstance(root, FullyShardedDataParallel):
+            root.clip_grad_norm_(gradient_clip_val)
+            return
+        self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
     def configure_optimizers(self):
         decay, no_decay = [], []
         for param in self.critic.parameters():

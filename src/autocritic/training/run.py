@@ -178,6 +178,25 @@ def build_strategy(spec):
         ) from None
 
 
+def gathered_critic(
+    cfg: DictConfig, trainer: L.Trainer, module: CriticModule, start: Path | None
+) -> torch.nn.Module | None:
+    """The critic to export, whole, on rank 0 (None on other ranks). Every rank must call it: under FSDP each
+    rank holds shards, so the weights are gathered and loaded into a fresh unsharded copy. The other strategies
+    (DDP, DeepSpeed ZeRO-2) hold whole weights on every rank and export the live module."""
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    if not isinstance(trainer.strategy, FSDPStrategy):
+        return module.critic if trainer.is_global_zero else None
+    state = trainer.strategy.lightning_module_state_dict()  # full state on rank 0 (state_dict_type: full)
+    if not trainer.is_global_zero:
+        return None
+    critic, _ = build_critic(cfg, start)
+    prefix = "critic."
+    critic.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
+    return critic
+
+
 def ensure_offline_inputs(cfg: DictConfig) -> None:
     """The offline default builds its backbone and critic data on first use."""
     if not (cfg.model.get("offline_default") or cfg.data.get("offline_default")):
@@ -230,11 +249,12 @@ def train(cfg: DictConfig) -> float | None:
     metrics = tested[0] if tested else {}
     monitor = cfg.objective.monitor
     value = best_score if best_score is not None else trainer.callback_metrics.get(monitor)
-    if not trainer.is_global_zero:
+    exported = gathered_critic(cfg, trainer, module, start)
+    if exported is None:
         return None  # one export per run, written by rank 0
     backbone_mode = "frozen" if cfg.phase.freeze_backbone else ("lora" if cfg.peft.mode == "lora" else "full")
     export = save_critic(
-        module.critic,
+        exported,
         tokenizer,
         run_dir / "export",
         backbone_name_or_path=str(Path(cfg.model.name_or_path).resolve()) if Path(cfg.model.name_or_path).exists() else cfg.model.name_or_path,
