@@ -485,6 +485,10 @@ def test_memory_suite_on_held_out_dialogues_with_an_echoing_llm(tmp_path):
     for kind in ("window", "graph_window"):
         by_distance = f[kind]["recall_by_distance"]
         assert all(v == (1.0 if d <= 2 else 0.0) for d, v in by_distance.items()), by_distance
+        assert f[kind]["recall_within_window"] == 1.0 > f[kind]["recall"]
+        assert result.headline[f"recall ({kind}, within the window)"] == 1.0
+    assert f["buffer"]["recall_within_window"] is None and f["buffer"]["recall_ci95"] == 0.0
+    assert f["window"]["recall_ci95"] > 0  # some facts recalled, some not
     turns = f["buffer"]["prompt_tokens_by_turn"]
     assert (
         turns == sorted(turns)

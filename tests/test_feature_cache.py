@@ -13,7 +13,7 @@ from autocritic.data.datamodule import CriticDataModule, DataSettings
 from autocritic.model.backbone import load_backbone, load_tokenizer
 from autocritic.model.critic import CriticModel
 from autocritic.model.head import HeadSettings
-from autocritic.training.feature_cache import compute_features, shared_prefix_states
+from autocritic.training.feature_cache import compute_features, shared_prefix_features
 
 
 def confidence_critic(backbone) -> CriticModel:
@@ -59,13 +59,13 @@ BACKBONES = {
 
 @pytest.mark.parametrize("kind", ["tiny-falcon", *BACKBONES])
 @pytest.mark.parametrize("batch_rows", [1, 4, 64])
-def test_shared_prefix_states_equal_plain_forward(kind, batch_rows, tiny_backbone):
+def test_shared_prefix_features_equal_plain_forward(kind, batch_rows, tiny_backbone):
     torch.manual_seed(0)
     backbone = load_backbone(str(tiny_backbone)) if kind == "tiny-falcon" else BACKBONES[kind]()
     critic = confidence_critic(backbone)
     sequences = sequences_with_shared_prompts(backbone.config.vocab_size)
     with torch.no_grad():
-        shared = shared_prefix_states(critic, sequences, torch.device("cpu"), batch_rows, pad_id=0)
+        shared = shared_prefix_features(critic, sequences, torch.device("cpu"), batch_rows, pad_id=0)
     expected = plain_features(critic, sequences)
     assert expected[:, -2:].abs().sum() > 0  # the confidence features are really there
     assert (shared - expected).abs().max() <= 1e-5

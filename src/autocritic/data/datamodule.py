@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import random
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import lightning as L
@@ -17,6 +18,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 from transformers import PreTrainedTokenizerBase
 
+from autocritic.data.replay import ReplayCycle, collate_replay, encode_documents, read_replay_files
 from autocritic.data.schemas import check_rows, check_schema, scan_json_lines, scan_text
 from autocritic.data.template import Template
 from autocritic.errors import DataError
@@ -41,6 +43,8 @@ class DataSettings:
     val_fraction: float = 0.1
     num_workers: int = 0
     group_by_length: bool = True  # training batches of similar lengths (less padding); see EpochShuffle
+    replay_files: list[str] = field(default_factory=list)  # LM-only documents (data/replay.py), finetune only
+    replay_batch_size: int = 4  # replay documents per training step
     seed: int = 0
 
 
@@ -148,6 +152,7 @@ class CriticDataModule(L.LightningDataModule):
         check_schema(settings.schema)
         self.encoded: dict[str, list[dict]] = {}
         self.features: dict[str, torch.Tensor] = {}
+        self.replay: list[tuple[list[int], list[int]]] = []
         self.stats: dict[str, float] = {}
 
     @property
@@ -184,6 +189,10 @@ class CriticDataModule(L.LightningDataModule):
             return
         for split, rows in self.prepare_rows().items():
             self.encoded[split] = self.encode_rows(rows, split)
+        if self.settings.replay_files:
+            documents = read_replay_files(as_list(self.settings.replay_files))
+            self.replay = encode_documents(documents, self.tokenizer, self.settings.max_length)
+            self.stats["data/replay_documents"] = len(self.replay)
 
     # ---- tokenization ----
     def encode_texts(self, pairs: list[tuple[str, str]]) -> list[tuple[list[int], int, bool]]:
@@ -275,8 +284,18 @@ class CriticDataModule(L.LightningDataModule):
             num_workers=s.num_workers,
         )
 
-    def train_dataloader(self) -> DataLoader:
-        return self.loader("train", shuffle=True)
+    def train_dataloader(self) -> DataLoader | dict[str, DataLoader]:
+        critic = self.loader("train", shuffle=True)
+        if not self.replay:
+            return critic
+        size = self.settings.replay_batch_size
+        replay = DataLoader(
+            ListDataset(self.replay),
+            batch_size=size,
+            sampler=ReplayCycle(len(self.replay), len(critic) * size, self.settings.seed),
+            collate_fn=partial(collate_replay, pad_id=self.tokenizer.pad_token_id),
+        )
+        return {"critic": critic, "replay": replay}  # Lightning zips them: one replay batch per critic batch
 
     def val_dataloader(self) -> DataLoader:
         return self.loader("val", shuffle=False)

@@ -2,6 +2,7 @@
 
 data/offline/backbone/   tiny Falcon + tokenizer (save_pretrained), build_info.json
 data/offline/critic/     self-labelled answers: {train,val,test}.jsonl, pairs_*.jsonl, card.json
+data/offline/replay/     documents the finetune phase keeps the language model trained on (offline/replay.py)
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from autocritic.errors import ConfigError
 from autocritic.offline.generate import CARD, GenerateSettings, build_critic_data
 from autocritic.offline.pretrain import BUILD_INFO, PretrainSettings, build_backbone
+from autocritic.offline.replay import DOCUMENTS, ReplaySettings, build_replay_documents
 
 log = logging.getLogger("autocritic")
 
@@ -59,6 +61,17 @@ def ensure_critic_data(cfg: DictConfig, force: bool) -> Path:
     card = json.loads((out / CARD).read_text())
     log.info("critic data ready: %s", json.dumps(card.get("splits", {})))
     return out
+
+
+def offline_replay_file(cfg: DictConfig) -> Path:
+    return Path(cfg.paths.offline) / "replay" / DOCUMENTS
+
+
+def ensure_replay_documents(cfg: DictConfig, force: bool) -> Path:
+    settings = settings_from(ReplaySettings, cfg.offline.get("replay"), "offline.replay")
+    path = build_replay_documents(settings, offline_replay_file(cfg).parent, force=force)
+    log.info("replay documents ready: %s (%d documents)", path, settings.documents)
+    return path
 
 
 def run_offline_phase(cfg: DictConfig) -> None:

@@ -44,6 +44,8 @@ RULES: dict[str, tuple[tuple[type, ...], Callable | None, str]] = {
     "objective.margin": ((float, int), None, "a number"),
     "objective.center_coef": ((float, int), lambda x: x >= 0, "a number ≥ 0"),
     "objective.lm_weight": ((float, int), lambda x: x >= 0, "a number ≥ 0"),
+    "objective.replay_weight": ((float, int), lambda x: x >= 0, "a number ≥ 0"),
+    "data.replay_batch_size": ((int,), positive, "a positive integer"),
     "model.name_or_path": ((str,), lambda x: bool(x.strip()), "a hub id or a local directory"),
     "model.dtype": ((str,), lambda x: x in ("float32", "bfloat16", "float16"), "float32, bfloat16 or float16"),
     "model.trust_remote_code": ((bool,), None, "true or false"),
@@ -82,6 +84,11 @@ def check_config(cfg: DictConfig) -> None:
         raise ConfigError(
             "objective.lm_weight>0 trains the language model, but phase=transfer freezes it: use it with "
             "phase=finetune, or set objective.lm_weight=0."
+        )
+    if cfg.phase.freeze_backbone and (OmegaConf.select(cfg, "objective.replay_weight", default=0) or 0) > 0:
+        raise ConfigError(
+            "objective.replay_weight>0 trains the language model on replay documents, but phase=transfer freezes "
+            "it: use it with phase=finetune, or set objective.replay_weight=0."
         )
     if cfg.phase.freeze_backbone and cfg.peft.mode != "none":
         raise ConfigError("peft=lora trains adapters, but phase=transfer freezes the backbone: use phase=finetune.")

@@ -52,17 +52,19 @@ def cache_key(backbone_source: str, data_files: list[str], template: str, max_le
 
 @torch.no_grad()
 def compute_features(critic: CriticModel, datamodule: CriticDataModule, split: str, device: torch.device) -> torch.Tensor:
-    """(N, S, H + 2) fp32 features at the last real token; S = 2 for pairwise (chosen, rejected)."""
+    """(N, S, H + 2) fp32 features at the last real token; S = 2 for pairwise (chosen, rejected). The two
+    confidence features are stored for every head: a head with `confidence=false` ignores them, and one cache
+    serves both kinds of head."""
     items = datamodule.encoded[split]
     n_seq = len(items[0]["ids"]) if items else 1
     sequences = [(item["ids"][k], item["prompt_len"][k]) for item in items for k in range(n_seq)]
-    states = shared_prefix_states(
+    states = shared_prefix_features(
         critic, sequences, device, datamodule.settings.eval_batch_size, datamodule.tokenizer.pad_token_id or 0, split
     )
     return states.reshape(len(items), n_seq, -1)
 
 
-def shared_prefix_states(
+def shared_prefix_features(
     critic: CriticModel,
     sequences: list[tuple[list[int], int]],
     device: torch.device,

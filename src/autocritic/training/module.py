@@ -95,7 +95,15 @@ class CriticModule(L.LightningModule):
         self.log_epoch_metrics("test")
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        return self.step(batch, "train")
+        if "replay" not in batch:
+            return self.step(batch, "train")
+        replay = batch["replay"]
+        logits = unwrap(self.critic).backbone(
+            input_ids=replay["input_ids"], attention_mask=replay["attention_mask"]
+        ).logits
+        replay_term = lm_loss(logits, replay["lm_labels"])
+        self.log("train/replay_loss", replay_term, batch_size=replay["input_ids"].shape[0])
+        return self.step(batch["critic"], "train") + self.objective.replay_weight * replay_term
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self.step(batch, "val")

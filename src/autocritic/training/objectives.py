@@ -19,6 +19,7 @@ class ObjectiveSettings:
     margin: float = 0.0  # pairwise: required gap between chosen and rejected scores
     center_coef: float = 0.0  # pairwise: weight of mean((s_c + s_r)^2), keeps rewards centred (TRL uses 1e-2)
     lm_weight: float = 0.0  # λ of the joint LM loss on good / chosen responses (Cobbe et al.)
+    replay_weight: float = 0.0  # weight of the LM loss on replay documents (data.replay_files), finetune only
 
     def __post_init__(self):
         if self.kind not in KINDS:

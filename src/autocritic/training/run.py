@@ -76,7 +76,15 @@ def find_resume(cfg: DictConfig) -> str | None:
 def data_settings(cfg: DictConfig) -> DataSettings:
     keys = DataSettings.__dataclass_fields__
     values = {k: v for k, v in OmegaConf.to_container(cfg.data, resolve=True).items() if k in keys}
+    if not replays(cfg):
+        values["replay_files"] = []  # a frozen backbone or objective.replay_weight=0: nothing reads them
     return DataSettings(**values, seed=cfg.seed)
+
+
+def replays(cfg: DictConfig) -> bool:
+    """Whether the language model trains on replay documents in this run."""
+    weight = OmegaConf.select(cfg, "objective.replay_weight", default=0.0) or 0.0
+    return bool(weight > 0 and not cfg.phase.freeze_backbone and as_list(cfg.data.get("replay_files")))
 
 
 def build_critic(cfg: DictConfig, start: Path | None) -> tuple[torch.nn.Module, HeadSettings]:
@@ -201,12 +209,19 @@ def ensure_offline_inputs(cfg: DictConfig) -> None:
     """The offline default builds its backbone and critic data on first use."""
     if not (cfg.model.get("offline_default") or cfg.data.get("offline_default")):
         return
-    from autocritic.offline.pipeline import ensure_backbone, ensure_critic_data
+    from autocritic.offline.pipeline import (
+        ensure_backbone,
+        ensure_critic_data,
+        ensure_replay_documents,
+        offline_replay_file,
+    )
 
     if cfg.model.get("offline_default"):
         ensure_backbone(cfg, force=False)
     if cfg.data.get("offline_default"):
         ensure_critic_data(cfg, force=False)
+        if replays(cfg) and str(offline_replay_file(cfg)) in as_list(cfg.data.replay_files):
+            ensure_replay_documents(cfg, force=False)
 
 
 def train(cfg: DictConfig) -> float | None:
