@@ -70,6 +70,11 @@ BAD = {
         CheckpointError,
         "resume='/no/such/last.ckpt' is not a file",
     ),
+    "token values from the feature cache": (
+        ["objective.value_weight=1.0"],
+        ConfigError,
+        "the feature cache keeps the last token only",
+    ),
     "deepspeed zero-3": (
         ["trainer=deepspeed", "trainer.strategy.stage=3"],
         ConfigError,

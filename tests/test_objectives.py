@@ -16,6 +16,7 @@ from autocritic.training.objectives import (
     lm_loss,
     pointwise_bce,
     scalar_mse,
+    token_value_loss,
 )
 
 
@@ -114,3 +115,17 @@ def test_pairwise_metrics_by_hand():
     update_metrics(metrics, "pairwise", torch.tensor([2.0, 0.0, 1.0, 0.0, 1.0, -1.0]), torch.ones(3))
     # chosen (2, 0, 1) vs rejected (0, 1, -1): 2 of 3 right
     assert metrics["pairwise_accuracy"].compute().item() == pytest.approx(2 / 3)
+
+
+def test_token_values_learn_the_row_label_on_response_tokens_only():
+    values = torch.tensor([[9.0, 0.0, 2.0], [-9.0, 1.0, 0.0]])
+    response = torch.tensor([[False, True, True], [False, False, True]])
+    labels = torch.tensor([1.0, 0.0])
+    by_hand = (-math.log(torch.sigmoid(torch.tensor(0.0))) - math.log(torch.sigmoid(torch.tensor(2.0)))
+               - math.log(1 - torch.sigmoid(torch.tensor(0.0)))) / 3
+    assert token_value_loss(values, response, labels).item() == pytest.approx(by_hand, rel=1e-6)
+
+
+def test_token_values_need_a_pointwise_objective():
+    with pytest.raises(ConfigError, match="needs objective=bce"):
+        ObjectiveSettings(kind="pairwise", value_weight=1.0)

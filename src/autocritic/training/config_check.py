@@ -45,6 +45,7 @@ RULES: dict[str, tuple[tuple[type, ...], Callable | None, str]] = {
     "objective.center_coef": ((float, int), lambda x: x >= 0, "a number ≥ 0"),
     "objective.lm_weight": ((float, int), lambda x: x >= 0, "a number ≥ 0"),
     "objective.replay_weight": ((float, int), lambda x: x >= 0, "a number ≥ 0"),
+    "objective.value_weight": ((float, int), lambda x: x >= 0, "a number ≥ 0"),
     "data.replay_batch_size": ((int,), positive, "a positive integer"),
     "model.name_or_path": ((str,), lambda x: bool(x.strip()), "a hub id or a local directory"),
     "model.dtype": ((str,), lambda x: x in ("float32", "bfloat16", "float16"), "float32, bfloat16 or float16"),
@@ -89,6 +90,11 @@ def check_config(cfg: DictConfig) -> None:
         raise ConfigError(
             "objective.replay_weight>0 trains the language model on replay documents, but phase=transfer freezes "
             "it: use it with phase=finetune, or set objective.replay_weight=0."
+        )
+    if (OmegaConf.select(cfg, "objective.value_weight", default=0) or 0) > 0 and cfg.phase.freeze_backbone and cfg.phase.cache_features:
+        raise ConfigError(
+            "objective.value_weight>0 trains every response token's value, but the feature cache keeps the last "
+            "token only: set phase.cache_features=false, or use it with phase=finetune."
         )
     if cfg.phase.freeze_backbone and cfg.peft.mode != "none":
         raise ConfigError("peft=lora trains adapters, but phase=transfer freezes the backbone: use phase=finetune.")

@@ -10,8 +10,9 @@ from torch import nn
 
 from autocritic.errors import AutocriticError
 from autocritic.model.backbone import unwrap
+from autocritic.model.critic import response_positions
 from autocritic.training.metrics import make_metrics, update_metrics
-from autocritic.training.objectives import ObjectiveSettings, critic_loss, lm_loss
+from autocritic.training.objectives import ObjectiveSettings, critic_loss, lm_loss, token_value_loss
 
 
 class NonFiniteLossError(AutocriticError):
@@ -46,25 +47,33 @@ class CriticModule(L.LightningModule):
 
     def step(self, batch: dict, split: str) -> torch.Tensor:
         target = batch["target"]
-        lm_term = None
+        lm_term = value_term = None
         if "features" in batch:
             scores = unwrap(self.critic).score_features(batch["features"])
         else:
             want_logits = self.objective.lm_weight > 0 and not self.backbone_frozen
+            want_values = self.objective.value_weight > 0
             out = self.critic(
                 input_ids=batch["input_ids"],
                 attention_mask=batch["attention_mask"],
                 prompt_lengths=batch["prompt_lengths"],
                 return_logits=want_logits,
+                return_values=want_values,
             )
             scores = out.score
             if want_logits:
                 lm_term = lm_loss(out.logits, batch["lm_labels"])
+            if want_values:
+                response = response_positions(batch["attention_mask"], batch["prompt_lengths"])
+                value_term = token_value_loss(out.values, response, target)
         loss = critic_loss(self.objective, scores, target)
         batch_size = target.shape[0]
         if lm_term is not None:
             self.log(f"{split}/lm_loss", lm_term, batch_size=batch_size)
             loss = loss + self.objective.lm_weight * lm_term
+        if value_term is not None:
+            self.log(f"{split}/value_loss", value_term, batch_size=batch_size)
+            loss = loss + self.objective.value_weight * value_term
         if not torch.isfinite(loss):
             raise NonFiniteLossError(
                 f"the {split} loss became {loss.item()} at step {self.global_step}: training stopped. The last "

@@ -20,10 +20,16 @@ class ObjectiveSettings:
     center_coef: float = 0.0  # pairwise: weight of mean((s_c + s_r)^2), keeps rewards centred (TRL uses 1e-2)
     lm_weight: float = 0.0  # λ of the joint LM loss on good / chosen responses (Cobbe et al.)
     replay_weight: float = 0.0  # weight of the LM loss on replay documents (data.replay_files), finetune only
+    value_weight: float = 0.0  # token-level values (Cobbe et al.): BCE of every response token's value, bce only
 
     def __post_init__(self):
         if self.kind not in KINDS:
             raise ConfigError(f"objective.kind={self.kind!r} is unknown: use one of {list(KINDS)}.")
+        if self.value_weight and self.kind != "bce":
+            raise ConfigError(
+                f"objective.value_weight trains each response token's value on the row's 0/1 label: it needs "
+                f"objective=bce, not {self.kind}. Set objective.value_weight=0."
+            )
 
 
 def pointwise_bce(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -58,3 +64,10 @@ def critic_loss(settings: ObjectiveSettings, scores: torch.Tensor, target: torch
         return scalar_mse(scores, target)
     chosen, rejected = scores.chunk(2)
     return bradley_terry(chosen, rejected, settings.margin, settings.center_coef)
+
+
+def token_value_loss(values: torch.Tensor, response: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Every response token's value predicts the whole row's label (Cobbe et al.'s token-level verifier):
+    values, response (B, T), labels (B,). The mean over all response tokens of the batch."""
+    targets = labels[:, None].expand_as(values)
+    return F.binary_cross_entropy_with_logits(values[response], targets[response])
