@@ -220,6 +220,26 @@ def test_joint_lm_loss_in_finetune_is_logged(tiny_backbone, tiny_data, transfer_
     assert any(r.get("val/lm_loss") for r in rows)
 
 
+def test_token_values_train_in_finetune_and_are_logged(tiny_backbone, tiny_data, transfer_root):
+    run_dir = train(
+        tiny_backbone,
+        tiny_data,
+        transfer_root,
+        "values",
+        "phase=finetune",
+        "objective.value_weight=1.0",
+        "logger=csv",
+        "phase.max_epochs=1",
+        "trainer.limit_train_batches=3",
+        "trainer.limit_val_batches=1",
+        "trainer.log_every_n_steps=1",
+    )
+    (metrics_file,) = run_dir.glob("csv/*/metrics.csv")
+    rows = list(csv.DictReader(metrics_file.open()))
+    values = [float(r["train/value_loss"]) for r in rows if r.get("train/value_loss")]
+    assert len(values) == 3 and all(math.isfinite(v) and v > 0 for v in values)
+
+
 def test_train_returns_the_best_validation_metric(tiny_backbone, tiny_data, tmp_path):
     """What a sweep optimises: the monitored val/auroc of the best epoch, not a test figure."""
     cfg = compose_train(
