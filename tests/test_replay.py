@@ -37,10 +37,10 @@ def test_text_and_segment_documents_are_read(tmp_path):
 @pytest.mark.parametrize(
     "line, message",
     [
-        ("{not json", "r.jsonl:2: not valid JSON"),
-        (json.dumps({"content": "x"}), "r.jsonl:2: a replay document must be"),
+        ("{not json", "r.jsonl, line 2: not valid JSON"),
+        (json.dumps({"content": "x"}), "r.jsonl, line 2: a replay document must be"),
         (json.dumps({"segments": [["only a prompt", False]]}), "at least one trained piece"),
-        (json.dumps({"segments": [["x", "yes"]]}), "r.jsonl:2"),
+        (json.dumps({"segments": [["x", "yes"]]}), "r.jsonl, line 2"),
     ],
 )
 def test_a_bad_document_names_its_line(tmp_path, line, message):

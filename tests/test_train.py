@@ -198,15 +198,20 @@ def test_feature_cache_does_not_change_the_result(tiny_backbone, tiny_data, tmp_
     assert all(torch.equal(heads[0][k], heads[1][k]) for k in heads[0])
 
 
-# ---- joint LM loss ----
-def test_joint_lm_loss_in_finetune_is_logged(tiny_backbone, tiny_data, transfer_root):
+# ---- extra loss terms ----
+@pytest.mark.parametrize(
+    "override, logged",
+    [("objective.lm_weight=0.5", "lm_loss"), ("objective.value_weight=1.0", "value_loss")],
+    ids=["joint LM loss", "token-level values"],
+)
+def test_extra_loss_terms_in_finetune_are_logged(tiny_backbone, tiny_data, transfer_root, override, logged):
     run_dir = train(
         tiny_backbone,
         tiny_data,
         transfer_root,
-        "lm",
+        logged,
         "phase=finetune",
-        "objective.lm_weight=0.5",
+        override,
         "logger=csv",
         "phase.max_epochs=1",
         "trainer.limit_train_batches=3",
@@ -215,29 +220,9 @@ def test_joint_lm_loss_in_finetune_is_logged(tiny_backbone, tiny_data, transfer_
     )
     (metrics_file,) = run_dir.glob("csv/*/metrics.csv")
     rows = list(csv.DictReader(metrics_file.open()))
-    lm = [float(r["train/lm_loss"]) for r in rows if r.get("train/lm_loss")]
-    assert len(lm) == 3 and all(math.isfinite(v) and v > 0 for v in lm)
-    assert any(r.get("val/lm_loss") for r in rows)
-
-
-def test_token_values_train_in_finetune_and_are_logged(tiny_backbone, tiny_data, transfer_root):
-    run_dir = train(
-        tiny_backbone,
-        tiny_data,
-        transfer_root,
-        "values",
-        "phase=finetune",
-        "objective.value_weight=1.0",
-        "logger=csv",
-        "phase.max_epochs=1",
-        "trainer.limit_train_batches=3",
-        "trainer.limit_val_batches=1",
-        "trainer.log_every_n_steps=1",
-    )
-    (metrics_file,) = run_dir.glob("csv/*/metrics.csv")
-    rows = list(csv.DictReader(metrics_file.open()))
-    values = [float(r["train/value_loss"]) for r in rows if r.get("train/value_loss")]
-    assert len(values) == 3 and all(math.isfinite(v) and v > 0 for v in values)
+    train_values = [float(r[f"train/{logged}"]) for r in rows if r.get(f"train/{logged}")]
+    assert len(train_values) == 3 and all(math.isfinite(v) and v > 0 for v in train_values)
+    assert any(r.get(f"val/{logged}") for r in rows)
 
 
 def test_train_returns_the_best_validation_metric(tiny_backbone, tiny_data, tmp_path):

@@ -17,6 +17,7 @@ import torch
 from torch.utils.data import Sampler
 from transformers import PreTrainedTokenizerBase
 
+from autocritic.data.schemas import scan_json_lines
 from autocritic.errors import DataError
 
 Document = list[tuple[str, bool]]
@@ -49,15 +50,10 @@ def read_replay_files(files: Sequence[str]) -> list[Document]:
             raise DataError(f"replay file {path} does not exist. Check data.replay_files.")
         if path.suffix.lower() != ".jsonl":
             raise DataError(f"replay file {path}: use JSON lines (.jsonl), one document per line.")
-        with path.open(encoding="utf-8") as handle:
-            for number, line in enumerate(handle, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as error:
-                    raise DataError(f"{path}:{number}: not valid JSON ({error.msg}).") from None
-                documents.append(parse_document(row, f"{path}:{number}"))
+        scan_json_lines(path)  # names the line of bad bytes, broken JSON or a non-object
+        for number, line in enumerate(path.read_text(encoding="utf-8").split("\n"), start=1):
+            if line.strip():
+                documents.append(parse_document(json.loads(line), f"{path}, line {number}"))
     if not documents:
         raise DataError(f"data.replay_files {list(files)} hold no document.")
     return documents
