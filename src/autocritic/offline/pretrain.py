@@ -62,7 +62,12 @@ class PretrainSettings:
     max_minutes: float = 10.0
 
     def fingerprint(self) -> str:
-        return hashlib.sha256(json.dumps(dataclasses.asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+        return settings_fingerprint(self)
+
+
+def settings_fingerprint(settings) -> str:
+    """What a build step's skip decision compares: a hash of every field of its settings dataclass."""
+    return hashlib.sha256(json.dumps(dataclasses.asdict(settings), sort_keys=True).encode()).hexdigest()[:16]
 
 
 class PackedDocuments(IterableDataset):

@@ -9,13 +9,12 @@ data/offline/replay/info.json         settings and fingerprint: equal settings s
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import itertools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from autocritic.offline.pretrain import PretrainSettings
+from autocritic.offline.pretrain import PretrainSettings, settings_fingerprint
 from autocritic.offline.tasks import iter_documents
 
 DOCUMENTS = "documents.jsonl"
@@ -29,7 +28,7 @@ class ReplaySettings:
     mix: dict[str, float] = field(default_factory=lambda: dict(PretrainSettings().mix))
 
     def fingerprint(self) -> str:
-        return hashlib.sha256(json.dumps(dataclasses.asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+        return settings_fingerprint(self)
 
 
 def build_replay_documents(settings: ReplaySettings, out_dir: Path, force: bool = False) -> Path:
