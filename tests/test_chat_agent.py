@@ -130,6 +130,17 @@ def test_dialogue_transcript_matches_the_training_format():
     assert render_dialogue(messages) == prompt_of(problem)
 
 
+def test_a_summarization_message_is_context_not_a_human_turn():
+    summary = HumanMessage(
+        "Here is a summary of the conversation to date:\n\nMy name is Ada.",
+        additional_kwargs={"lc_source": "summarization"},
+    )
+    messages = [summary, HumanMessage("What is my name?")]
+    assert render_dialogue(messages) == "My name is Ada.\nHuman: What is my name?\nAI:"
+    same_words = HumanMessage(summary.text)  # the same text from the human stays the human's turn
+    assert render_dialogue([same_words]).startswith("Human: Here is a summary")
+
+
 # ---- the chat model ----
 
 

@@ -456,21 +456,31 @@ class SummaryDocumentOracle(Streams):
             segments = tasks.summary_segments(problem)
             for (prompt, trained), (target, _) in zip(segments[0::2], segments[1::2], strict=True):
                 assert not trained
-                self.table[prompt.lstrip("\n")] = target.rstrip("\n")
+                # The question's prompt opens with the summary; LangGraph's middleware strips its leading space.
+                self.table[prompt.lstrip()] = target.rstrip("\n")
 
     def generate(self, prompts, settings=None, **overrides):
         settings = replace(settings or GenerationSettings(), **overrides)
-        return [[Sample(self.table[p], 0.0, [], "stop")] * settings.n for p in prompts]
+        return [[Sample(self.table[p.lstrip()], 0.0, [], "stop")] * settings.n for p in prompts]
 
 
-def test_summary_training_documents_are_the_prompts_summary_memory_sends():
+@pytest.mark.parametrize("kind", ["summary", "graph_summary"])
+def test_summary_training_documents_are_the_prompts_summary_memory_sends(kind):
+    """Classic memory and LangGraph's SummarizationMiddleware send the model the same prompts, all of them taught."""
     problems = tasks.make_splits(0, train=0, val=0, test=12, families=["dialogue"])["test"]
     ctx = EvalContext(SummaryDocumentOracle(problems))
-    runner = memory.ClassicRunner(ctx, "summary", memory.Settings(summary_new_tokens=64))
+    settings = memory.Settings(summary_new_tokens=64)
+    runner = (
+        memory.ClassicRunner(ctx, kind, settings)
+        if kind == "summary"
+        else memory.GraphRunner(ctx, kind, settings)
+    )
     for problem in problems:
         trace = runner(memory.parse_dialogue(problem))  # a KeyError names a prompt the model never saw
         assert memory.recalled(trace.reply, problem.answer)
-        assert len(trace.summary_prompts) == (len(problem.question.split("\n")) - 1) // 2 + 1
+        exchanges = (len(problem.question.split("\n")) - 1) // 2
+        # classic: after every exchange, the question's too; LangGraph: before every turn but the first
+        assert len(trace.summary_prompts) == (exchanges + 1 if kind == "summary" else exchanges)
 
 
 def test_memory_suite_on_held_out_dialogues_with_an_echoing_llm(tmp_path):

@@ -118,9 +118,23 @@ def render_dialogue(messages: Sequence[BaseMessage], human: str = HUMAN_PREFIX, 
     return "\n".join([*lines, f"{ai}:"])
 
 
+def is_summary(message: BaseMessage) -> bool:
+    """The message LangChain's `SummarizationMiddleware` puts in place of the turns it summarised."""
+    return message.additional_kwargs.get("lc_source") == "summarization"
+
+
+def summary_text(message: BaseMessage) -> str:
+    """The summary alone, without the middleware's "Here is a summary of the conversation to date:" line."""
+    return _text(message).split("\n\n", 1)[-1]
+
+
 def _line(message: BaseMessage, human: str, ai: str) -> str:
     if isinstance(message, SystemMessage):
         return _text(message)
+    if is_summary(
+        message
+    ):  # context, not something the human said: the layout ConversationSummaryMemory gives
+        return summary_text(message)
     return f"{ai if isinstance(message, AIMessage) else human}: {_text(message)}"
 
 
