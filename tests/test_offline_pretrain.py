@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import itertools
 import json
 import math
@@ -17,9 +18,11 @@ from autocritic.offline.pretrain import (
     BUILD_INFO,
     PackedDocuments,
     PretrainModule,
+    PretrainSettings,
     build_backbone,
     train_model,
 )
+from autocritic.offline.replay import ReplaySettings
 from autocritic.offline.tasks import document_text, iter_documents
 from autocritic.offline.tokenizer import train_tokenizer
 
@@ -119,3 +122,11 @@ def test_build_is_skipped_with_same_settings_and_redone_when_they_change(tmp_pat
     build_backbone(changed, out, progress=False)
     info = json.loads((out / BUILD_INFO).read_text())
     assert info["fingerprint"] == changed.fingerprint() != settings.fingerprint() and info["steps"] == 4
+
+
+def test_an_option_added_later_leaves_earlier_builds_valid_at_its_default():
+    for settings in (PretrainSettings(), ReplaySettings()):
+        before = {k: v for k, v in dataclasses.asdict(settings).items() if k != "summary_newest_first"}
+        legacy = hashlib.sha256(json.dumps(before, sort_keys=True).encode()).hexdigest()[:16]
+        assert settings.fingerprint() == legacy
+        assert dataclasses.replace(settings, summary_newest_first=True).fingerprint() != legacy

@@ -184,3 +184,22 @@ def test_backbone_report_command_line_explains_a_wrong_argument(tmp_path, capsys
     error = capsys.readouterr().err
     assert str(tmp_path) in error and "phase=pretrain" in error and "Traceback" not in error
     assert main(["--help"]) == 0
+
+
+@pytest.mark.parametrize("newest_first", [True, False])
+def test_summary_documents_keep_every_stated_fact_in_order(splits, newest_first):
+    dialogues = [p for p in splits["train"] if p.family == "dialogue"]
+    for problem in dialogues:
+        segments = tasks.summary_segments(problem, newest_first)
+        summaries = [t.strip("\n") for t, trained in segments if trained and t.endswith("\n")]
+        *history, _ = [line.split(": ", 1)[1] for line in problem.question.split("\n")]
+        facts = [h for h in history[0::2] if any(tasks.is_statement_of(f, h) for f in tasks._FACTS)]
+        written = " " + " ".join(reversed(facts) if newest_first else facts)
+        assert summaries[-1] == summaries[-2] == written  # the question's exchange adds nothing
+        assert problem.answer in summaries[-1]
+    weights = {"summary": 1.0}
+    newest, oldest = (
+        list(itertools.islice(tasks.iter_documents(0, weights, summary_newest_first=flag), 5))
+        for flag in (True, False)
+    )
+    assert newest != oldest and [len(d) for d in newest] == [len(d) for d in oldest]

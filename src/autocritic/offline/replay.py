@@ -14,7 +14,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from autocritic.offline.pretrain import PretrainSettings, settings_fingerprint
+from autocritic.offline.pretrain import ADDED_LATER, PretrainSettings, settings_fingerprint
 from autocritic.offline.tasks import iter_documents
 
 DOCUMENTS = "documents.jsonl"
@@ -26,6 +26,7 @@ class ReplaySettings:
     seed: int = 1000  # away from the pretraining seeds: new documents of the same kinds
     documents: int = 8000
     mix: dict[str, float] = field(default_factory=lambda: dict(PretrainSettings().mix))
+    summary_newest_first: bool = field(default=False, metadata=ADDED_LATER)  # the backbone's summary layout
 
     def fingerprint(self) -> str:
         return settings_fingerprint(self)
@@ -40,7 +41,10 @@ def build_replay_documents(settings: ReplaySettings, out_dir: Path, force: bool 
         if json.loads(info_file.read_text()).get("fingerprint") == fingerprint:
             return documents_file
     out_dir.mkdir(parents=True, exist_ok=True)
-    documents = itertools.islice(iter_documents(settings.seed, settings.mix), settings.documents)
+    documents = itertools.islice(
+        iter_documents(settings.seed, settings.mix, summary_newest_first=settings.summary_newest_first),
+        settings.documents,
+    )
     tmp = documents_file.with_suffix(".tmp")  # renamed when complete: a crash leaves no half file
     with tmp.open("w", encoding="utf-8") as handle:
         for document in documents:

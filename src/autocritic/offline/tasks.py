@@ -508,13 +508,13 @@ def copy_document(rng: random.Random) -> list[Segment]:
     return [(f"Copy: {text}\nAgain:", False), (f" {text}", True)]
 
 
-def summary_document(rng: random.Random) -> list[Segment]:
+def summary_document(rng: random.Random, newest_first: bool = False) -> list[Segment]:
     """A conversation as `ConversationSummaryMemory` runs it with the evaluation's compact prompt: after each
-    exchange the model writes the new summary (the previous one, plus the fact the human just stated; small talk
-    adds nothing), then a question is answered from the summary alone. Summaries keep the human's own words, so
-    writing one is copying and answering from it is the recall the dialogues teach."""
+    exchange the model writes the new summary (the previous one, then the fact the human just stated, or the other
+    way round with `newest_first`; small talk adds nothing), then a question is answered from the summary alone. Summaries keep the human's own words,
+    so writing one is copying and answering from it is the recall the dialogues teach."""
     problem, follow_ups = _train_dialogue(rng)
-    return summary_segments(problem) + _follow_up_segments(follow_ups)
+    return summary_segments(problem, newest_first) + _follow_up_segments(follow_ups)
 
 
 def _train_dialogue(rng: random.Random) -> tuple[Problem, list[tuple[str, str]]]:
@@ -533,13 +533,19 @@ def _follow_up_segments(follow_ups: Sequence[tuple[str, str]]) -> list[Segment]:
     ]
 
 
-def summary_segments(problem: Problem) -> list[Segment]:
+def summary_segments(problem: Problem, newest_first: bool = False) -> list[Segment]:
     """A dialogue problem through summary memory, as (prompt, target) pairs: each summary prompt and the summary
-    written, the question after the final summary and its answer, and the summary of that last exchange."""
+    written, the question after the final summary and its answer, and the summary of that last exchange.
+
+    `newest_first`: a new fact opens the new summary, so whether to write it is the first token's decision, next
+    to the human line it comes from. Appended last (False), the model decides after copying the old summary, and
+    a tiny model mostly stops there instead (bench/results/cpu_pretrain_seeds.md, "Summary order")."""
     *history, question = [line.split(": ", 1)[1] for line in problem.question.split("\n")]
     summary, document = "", []
     for human, ai in zip(history[0::2], history[1::2], strict=True):
-        new = f"{summary} {human}" if any(is_statement_of(fact, human) for fact in _FACTS) else summary
+        new = summary
+        if any(is_statement_of(fact, human) for fact in _FACTS):
+            new = f" {human}{summary}" if newest_first else f"{summary} {human}"
         document += [
             (f"{SUMMARY_PREFIX} {summary}\n{HUMAN_PREFIX}: {human}\n{AI_PREFIX}: {ai}\n{NEW_SUMMARY}", False),
             (f"{new}\n", True),
@@ -560,7 +566,9 @@ def is_statement_of(fact: tuple, text: str) -> bool:
     return text.startswith(head) and text.endswith(tail) and text[len(head) : len(text) - len(tail)] in fact[4]
 
 
-def iter_documents(seed: int, weights: dict[str, float], max_shots: int = 4) -> Iterator[list[Segment]]:
+def iter_documents(
+    seed: int, weights: dict[str, float], max_shots: int = 4, summary_newest_first: bool = False
+) -> Iterator[list[Segment]]:
     """An endless stream of training documents as segments, drawn by `weights` over FAMILIES, "summary" and "copy".
     Arithmetic and pair sums come in runs of 1..max_shots solved problems (the few-shot layout); a dialogue asks back
     every fact it stated (more recall per token)."""
@@ -572,7 +580,7 @@ def iter_documents(seed: int, weights: dict[str, float], max_shots: int = 4) -> 
             yield copy_document(rng)
             continue
         if family == "summary":
-            yield summary_document(rng)
+            yield summary_document(rng, summary_newest_first)
             continue
         if family == "dialogue":
             problem, follow_ups = _train_dialogue(rng)
