@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from helpers import compose_train, tiny_overrides
+from omegaconf import OmegaConf
 
 from autocritic.data.datamodule import CriticDataModule
 from autocritic.errors import CheckpointError, ConfigError
@@ -107,6 +108,24 @@ def test_bad_config_fails_before_compute(tiny_backbone, tiny_data, tmp_path, ref
         run.train(cfg)
     assert message in str(raised.value)
     assert not (tmp_path / "outputs").exists() and not (tmp_path / "cache").exists()  # nothing written
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"mix": "{summary:0.5}"}, "offline.replay.mix='{summary:0.5}' is not valid: expected a mapping"),
+        ({"documents": "many"}, "offline.replay.documents='many' is not valid: expected a whole number"),
+        ({"summary_newest_first": 1}, "offline.replay.summary_newest_first=1 is not valid: expected a true or false"),
+    ],
+)
+def test_offline_settings_of_the_wrong_kind_are_refused(values, message):
+    from autocritic.offline.pipeline import settings_from
+    from autocritic.offline.replay import ReplaySettings
+
+    with pytest.raises(ConfigError) as raised:
+        settings_from(ReplaySettings, OmegaConf.create(values), "offline.replay")
+    assert message in str(raised.value)
+    assert settings_from(ReplaySettings, OmegaConf.create({"documents": 10, "mix": {"summary": 1}}), "x").documents == 10
 
 
 def test_missing_model_directory(tiny_data, tmp_path, refuse_compute):

@@ -106,6 +106,9 @@ def test_sweep_traps_are_defused():
         == "peft.target_modules=['query_key_value', 'dense']"
     )
     assert sanitize_override("phase.lr=0.001") == "phase.lr=0.001"
+    mix = "offline.replay.mix={summary:0.5,copy:0.5}"  # Hydra's dict syntax stays a dict
+    assert sanitize_override(mix) == mix
+    assert sanitize_override("data.template={prompt}{response}") == "data.template='{prompt}{response}'"
     assert sanitize_override("--help") == "--help"
 
 

@@ -31,7 +31,23 @@ def settings_from(cls, cfg: DictConfig | None, where: str):
     for name, value in values.items():
         if isinstance(value, list) and isinstance(known[name].default, tuple):
             values[name] = tuple(value)
+        check_type(known[name], values[name], f"{where}.{name}")
     return cls(**values)
+
+
+def check_type(spec: dataclasses.Field, value, key: str) -> None:
+    """A value of the wrong kind (a string for a mapping, text for a number) is refused before any build."""
+    default = spec.default_factory() if spec.default_factory is not dataclasses.MISSING else spec.default
+    kinds = {bool: "true or false", int: "whole number", float: "number", dict: "mapping", str: "string"}
+    accepted = {bool: (bool,), int: (int,), float: (int, float), dict: (dict,), str: (str,)}.get(type(default))
+    if value is None or accepted is None:
+        return
+    if not isinstance(value, accepted) or (isinstance(value, bool) and bool not in accepted):
+        example = "{arithmetic: 0.5, summary: 0.5}" if isinstance(default, dict) else repr(default)
+        raise ConfigError(
+            f"{key}={value!r} is not valid: expected a {kinds[type(default)]} such as {example}. "
+            "A mapping on the command line is written key={a: 1, b: 2} (quote it for the shell)."
+        )
 
 
 def backbone_dir(cfg: DictConfig) -> Path:

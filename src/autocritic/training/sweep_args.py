@@ -23,6 +23,18 @@ def quote(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+def is_hydra_dict(arg: str) -> bool:
+    """`key={a:1,b:2}`, Hydra's own dict syntax (a user's override, never what an agent renders)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import OverrideParseException
+
+    try:
+        [override] = OverridesParser.create().parse_overrides([arg])
+    except OverrideParseException:
+        return False
+    return isinstance(override.value(), dict)
+
+
 def sanitize_override(arg: str) -> str | None:
     """One override made safe, or None when it must be dropped."""
     if "=" not in arg or arg.startswith("-"):
@@ -37,6 +49,8 @@ def sanitize_override(arg: str) -> str | None:
         return f"{key}=null"
     already_quoted = len(value) >= 2 and value[0] == value[-1] and value[0] in "'\""
     is_list = value.startswith("[") and value.endswith("]")
+    if value.startswith("{") and is_hydra_dict(arg):
+        return arg
     if value and not already_quoted and not is_list and NEEDS_QUOTES.search(value):
         return f"{key}={quote(value)}"
     return arg
