@@ -86,7 +86,9 @@ class FakeClock:
 
 
 @pytest.mark.parametrize("seconds_per_step, switches", [(0.1, False), (1.0, True)])
-def test_schedule_reads_the_clock_only_when_the_cap_would_cut_the_run(monkeypatch, seconds_per_step, switches):
+def test_schedule_reads_the_clock_only_when_the_cap_would_cut_the_run(
+    monkeypatch, caplog, seconds_per_step, switches
+):
     settings = dataclasses.replace(TINY, warmup_steps=10, max_steps=1000, max_minutes=5.0)  # 300 s for 1000 steps
     monkeypatch.setattr(pretrain.time, "perf_counter", FakeClock(seconds_per_step))
     module = PretrainModule(torch.nn.Linear(1, 1), settings)
@@ -97,6 +99,10 @@ def test_schedule_reads_the_clock_only_when_the_cap_would_cut_the_run(monkeypatc
     ]
     factors = [module.schedule(step) for step in range(10, 400)]
     assert module.annealed_by_time == switches
+    warnings = [r.getMessage() for r in caplog.records if "max_minutes" in r.getMessage()]
+    assert len(warnings) == switches  # said once, when it switches
+    if switches:
+        assert "offline.pretrain.max_minutes=5.0" in warnings[0] and "from step 110" in warnings[0]
     assert factors[:100] == pytest.approx(by_steps[:100])  # the pace is judged after 100 steps
     if switches:  # 1 s a step: 300 s would stop the run near step 300, so the decay follows the clock
         assert factors[-1] < by_steps[-1] - 0.2

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import math
 import os
 import shutil
@@ -30,6 +31,8 @@ from transformers import FalconConfig, FalconForCausalLM, PreTrainedTokenizerFas
 
 from autocritic.offline.tasks import document_text, iter_documents
 from autocritic.offline.tokenizer import save_tokenizer, train_tokenizer
+
+log = logging.getLogger("autocritic")
 
 BUILD_INFO = "build_info.json"
 ADDED_LATER = {"added_later": True}  # field metadata: see settings_fingerprint
@@ -176,6 +179,15 @@ class PretrainModule(L.LightningModule):
         if not self.annealed_by_time and done >= 100 and done % 100 == 0:
             pace = (now - self.warm_until) / done
             self.annealed_by_time = pace * (s.max_steps - s.warmup_steps) > budget
+            if self.annealed_by_time:
+                needed = (self.warm_until - self.started + pace * (s.max_steps - s.warmup_steps)) / 60
+                log.warning(
+                    "pretraining is on pace for %.1f minutes, over offline.pretrain.max_minutes=%s: from step %d "
+                    "the learning rate also decays by wall time and the run stops at the cap, so these weights "
+                    "will differ from a full %d-step build. For those, rerun with offline.pretrain.max_minutes=%d "
+                    "on an idle machine.",
+                    needed, s.max_minutes, step, s.max_steps, math.ceil(needed * 1.2),
+                )
         progress = done / max(1, s.max_steps - s.warmup_steps)
         if self.annealed_by_time:
             progress = max(progress, (now - self.warm_until) / max(budget, 1e-9))
