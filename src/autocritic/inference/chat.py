@@ -131,9 +131,8 @@ def summary_text(message: BaseMessage) -> str:
 def _line(message: BaseMessage, human: str, ai: str) -> str:
     if isinstance(message, SystemMessage):
         return _text(message)
-    if is_summary(
-        message
-    ):  # context, not something the human said: the layout ConversationSummaryMemory gives
+    if is_summary(message):
+        # Context, not something the human said: the layout ConversationSummaryMemory gives the same model.
         return summary_text(message)
     return f"{ai if isinstance(message, AIMessage) else human}: {_text(message)}"
 

@@ -511,8 +511,9 @@ def copy_document(rng: random.Random) -> list[Segment]:
 def summary_document(rng: random.Random, newest_first: bool = False) -> list[Segment]:
     """A conversation as `ConversationSummaryMemory` runs it with the evaluation's compact prompt: after each
     exchange the model writes the new summary (the previous one, then the fact the human just stated, or the other
-    way round with `newest_first`; small talk adds nothing), then a question is answered from the summary alone. Summaries keep the human's own words,
-    so writing one is copying and answering from it is the recall the dialogues teach."""
+    way round with `newest_first`; small talk adds nothing), then a question is answered from the summary alone.
+    Summaries keep the human's own words, so writing one is copying and answering from it is the recall the
+    dialogues teach."""
     problem, follow_ups = _train_dialogue(rng)
     return summary_segments(problem, newest_first) + _follow_up_segments(follow_ups)
 
