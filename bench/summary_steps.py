@@ -19,7 +19,7 @@ from autocritic.evaluation.context import EvalContext
 from autocritic.evaluation.memory import SUMMARY_PROMPTS, mentions, parse_dialogue
 from autocritic.inference.generation import CriticGenerator, GenerationSettings
 from autocritic.offline.pretrain import BUILD_INFO
-from autocritic.offline.tasks import _FACTS, AI_PREFIX, HUMAN_PREFIX, is_statement_of
+from autocritic.offline.tasks import AI_PREFIX, HUMAN_PREFIX, next_summary
 
 
 def load(path: Path) -> CriticGenerator:
@@ -58,10 +58,8 @@ def main() -> None:
             prompts.append(SUMMARY_PROMPTS["compact"].format(summary=summaries[i], new_lines=new_lines))
         for i, [sample] in zip(active, generator.generate(prompts, settings), strict=True):
             human = dialogues[i].exchanges[turn][0]
-            kind = "fact_steps" if any(is_statement_of(fact, human) for fact in _FACTS) else "other_steps"
-            taught = summaries[i]
-            if kind == "fact_steps":
-                taught = f" {human}{taught}" if args.newest_first else f"{taught} {human}"
+            taught = next_summary(summaries[i], human, args.newest_first)
+            kind = "other_steps" if taught == summaries[i] else "fact_steps"
             counts[kind] += 1
             counts[f"{kind}_right"] += sample.text == taught
             summaries[i] = sample.text

@@ -544,9 +544,7 @@ def summary_segments(problem: Problem, newest_first: bool = False) -> list[Segme
     *history, question = [line.split(": ", 1)[1] for line in problem.question.split("\n")]
     summary, document = "", []
     for human, ai in zip(history[0::2], history[1::2], strict=True):
-        new = summary
-        if any(is_statement_of(fact, human) for fact in _FACTS):
-            new = f" {human}{summary}" if newest_first else f"{summary} {human}"
+        new = next_summary(summary, human, newest_first)
         document += [
             (f"{SUMMARY_PREFIX} {summary}\n{HUMAN_PREFIX}: {human}\n{AI_PREFIX}: {ai}\n{NEW_SUMMARY}", False),
             (f"{new}\n", True),
@@ -560,6 +558,14 @@ def summary_segments(problem: Problem, newest_first: bool = False) -> list[Segme
         (f"\n{SUMMARY_PREFIX} {summary}\n{HUMAN_PREFIX}: {question}\n{AI_PREFIX}:{answer}\n{NEW_SUMMARY}", False),
         (f"{summary}\n", True),
     ]
+
+
+def next_summary(summary: str, human: str, newest_first: bool = False) -> str:
+    """The summary a summary document teaches after the human says `human`: a stated fact is added in the human's
+    own words, anything else leaves it as it was."""
+    if not any(is_statement_of(fact, human) for fact in _FACTS):
+        return summary
+    return f" {human}{summary}" if newest_first else f"{summary} {human}"
 
 
 def is_statement_of(fact: tuple, text: str) -> bool:
