@@ -241,10 +241,9 @@ class GraphRunner:
             previous, lines = "", []
             for message in messages:
                 if is_summary(message):
-                    # The middleware strips what the summarizer returns; the summary prompt gets it as written
-                    # (leading space included), as ConversationSummaryMemory keeps it.
-                    previous = summary_text(message)
-                    previous = next((t for t in self.summaries if t.strip() == previous), previous)
+                    # The middleware strips what the summarizer returns; the summary prompt gets the last one as
+                    # written (leading space included), as ConversationSummaryMemory keeps it.
+                    previous = self.summaries[-1] if self.summaries else summary_text(message)
                 else:
                     lines.append(message)
             new_lines = get_buffer_string(lines, human_prefix=HUMAN_PREFIX, ai_prefix=AI_PREFIX)
