@@ -115,7 +115,7 @@ def test_bad_config_fails_before_compute(tiny_backbone, tiny_data, tmp_path, ref
     [
         ({"mix": "{summary:0.5}"}, "offline.replay.mix='{summary:0.5}' is not valid: expected a mapping"),
         ({"documents": "many"}, "offline.replay.documents='many' is not valid: expected a whole number"),
-        ({"summary_newest_first": 1}, "offline.replay.summary_newest_first=1 is not valid: expected a true or false"),
+        ({"summary_newest_first": 1}, "offline.replay.summary_newest_first=1 is not valid: expected true or false"),
     ],
 )
 def test_offline_settings_of_the_wrong_kind_are_refused(values, message):

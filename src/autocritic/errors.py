@@ -15,3 +15,13 @@ class DataError(AutocriticError):
 
 class CheckpointError(AutocriticError):
     pass
+
+
+def is_of_kind(value, kinds: tuple[type, ...]) -> bool:
+    """isinstance, except that true/false is not a number (bool subclasses int)."""
+    return isinstance(value, kinds) and (bool in kinds or not isinstance(value, bool))
+
+
+def invalid_value(key: str, value, expected: str, fix: str) -> ConfigError:
+    """The one shape of a bad setting's message: the key, the value, what a good value looks like, how to fix it."""
+    return ConfigError(f"{key}={value!r} is not valid: expected {expected}. {fix}")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from autocritic.errors import ConfigError
+from autocritic.errors import ConfigError, invalid_value, is_of_kind
 from autocritic.offline.generate import CARD, GenerateSettings, build_critic_data
 from autocritic.offline.pretrain import BUILD_INFO, PretrainSettings, build_backbone
 from autocritic.offline.replay import DOCUMENTS, ReplaySettings, build_replay_documents
@@ -38,16 +38,14 @@ def settings_from(cls, cfg: DictConfig | None, where: str):
 def check_type(spec: dataclasses.Field, value, key: str) -> None:
     """A value of the wrong kind (a string for a mapping, text for a number) is refused before any build."""
     default = spec.default_factory() if spec.default_factory is not dataclasses.MISSING else spec.default
-    kinds = {bool: "true or false", int: "whole number", float: "number", dict: "mapping", str: "string"}
     accepted = {bool: (bool,), int: (int,), float: (int, float), dict: (dict,), str: (str,)}.get(type(default))
-    if value is None or accepted is None:
+    if value is None or accepted is None or is_of_kind(value, accepted):
         return
-    if not isinstance(value, accepted) or (isinstance(value, bool) and bool not in accepted):
-        example = "{arithmetic: 0.5, summary: 0.5}" if isinstance(default, dict) else repr(default)
-        raise ConfigError(
-            f"{key}={value!r} is not valid: expected a {kinds[type(default)]} such as {example}. "
-            "A mapping on the command line is written key={a: 1, b: 2} (quote it for the shell)."
-        )
+    names = {int: "whole number", float: "number", dict: "mapping", str: "string"}
+    example = "{arithmetic: 0.5, summary: 0.5}" if isinstance(default, dict) else repr(default)
+    expected = "true or false" if isinstance(default, bool) else f"a {names[type(default)]} such as {example}"
+    fix = "A mapping on the command line is written key={a: 1, b: 2} (quote it for the shell)."
+    raise invalid_value(key, value, expected, fix)
 
 
 def backbone_dir(cfg: DictConfig) -> Path:

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 from omegaconf import DictConfig, OmegaConf
 
-from autocritic.errors import ConfigError
+from autocritic.errors import ConfigError, invalid_value, is_of_kind
 from autocritic.training.objectives import SCHEMA_OF
 
 PHASES = ("transfer", "finetune", "pretrain", "generate")
@@ -60,11 +60,9 @@ def check_value(cfg: DictConfig, key: str) -> None:
     value = OmegaConf.select(cfg, key, default=None)
     if value is None:
         return
-    types, predicate, expected = RULES[key]
-    is_bool = isinstance(value, bool)
-    ok = isinstance(value, types) and (bool in types or not is_bool) and (predicate is None or predicate(value))
-    if not ok:
-        raise ConfigError(f"{key}={value!r} is not valid: expected {expected}. Override it, e.g. `{key}=<value>`.")
+    kinds, predicate, expected = RULES[key]
+    if not is_of_kind(value, kinds) or (predicate is not None and not predicate(value)):
+        raise invalid_value(key, value, expected, f"Override it, e.g. `{key}=<value>`.")
 
 
 def check_config(cfg: DictConfig) -> None:
