@@ -119,13 +119,27 @@ def test_bad_config_fails_before_compute(tiny_backbone, tiny_data, tmp_path, ref
     ],
 )
 def test_offline_settings_of_the_wrong_kind_are_refused(values, message):
-    from autocritic.offline.pipeline import settings_from
     from autocritic.offline.replay import ReplaySettings
+    from autocritic.settings import settings_from
 
     with pytest.raises(ConfigError) as raised:
         settings_from(ReplaySettings, OmegaConf.create(values), "offline.replay")
     assert message in str(raised.value)
     assert settings_from(ReplaySettings, OmegaConf.create({"documents": 10, "mix": {"summary": 1}}), "x").documents == 10
+
+
+def test_settings_follow_their_annotations():
+    """Optional values take null, whole numbers pass where a number is asked, lists become tuples."""
+    from autocritic.evaluation.rerank import Settings
+    from autocritic.settings import settings_from
+
+    settings = settings_from(Settings, {"temperature": None, "ns": [1, 4], "max_new_tokens": None}, "rerank")
+    assert settings.temperature is None and settings.ns == (1, 4)
+    assert settings_from(Settings, {"temperature": 1}, "rerank").temperature == 1
+    with pytest.raises(ConfigError, match=r"rerank.temperature='hot' is not valid: expected a number"):
+        settings_from(Settings, {"temperature": "hot"}, "rerank")
+    with pytest.raises(ConfigError, match=r"rerank has unknown keys \['n_sample'\]"):
+        settings_from(Settings, {"n_sample": 4}, "rerank")
 
 
 def test_missing_model_directory(tiny_data, tmp_path, refuse_compute):

@@ -273,6 +273,16 @@ def test_entry_point_exits_2_with_the_message(tmp_path, capsys):
         ("rerank.n_problems=0", "positive integer"),
         ("rerank.family=dialogue", "question-answer family"),
         ("logger=csv", "not used by evaluate"),
+        ("agent.max_iterations=abc", r"agent.max_iterations='abc' is not valid: expected a whole number such as 3"),
+        ("agent.variants=[direct,nope]", r"unknown agent variants \['nope'\]"),
+        ("agent.temperature=0", "must be above 0"),
+        ("rerank.temperature=-1", "must be above 0"),
+        ("rerank.ns=[1,two]", "expected a list of whole numbers"),
+        ("fewshot.selectors=[mmr,nope]", r"unknown selectors \['nope'\]"),
+        ("fewshot.shots=[0,-2]", "each must be an integer ≥ 0"),
+        ("memory.kinds=[bogus]", r"unknown memory kinds \['bogus'\]"),
+        ("memory.summary_prompt=nope", "use one of"),
+        ("memory.window=true", "memory.window=True is not valid: expected a whole number"),
     ],
 )
 def test_bad_settings_fail_before_loading(tmp_path, override, message):

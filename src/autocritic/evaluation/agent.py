@@ -68,6 +68,13 @@ class Settings:
     variants: tuple[str, ...] = VARIANTS[:6]
     lm_tool_new_tokens: int = 16
 
+    def __post_init__(self) -> None:
+        unknown = set(self.variants) - set(VARIANTS)
+        if unknown:
+            raise ValueError(f"unknown agent variants {sorted(unknown)}: use {VARIANTS}")
+        if self.temperature <= 0:
+            raise ValueError(f"temperature={self.temperature} must be above 0 (the critic-guided variants sample)")
+
 
 @dataclass
 class Outcome:
@@ -241,9 +248,6 @@ def summarize(outcomes: list[Outcome], seconds: float) -> dict:
 
 
 def run(ctx: EvalContext, settings: Settings) -> SuiteResult:
-    unknown = set(settings.variants) - set(VARIANTS)
-    if unknown:
-        raise ValueError(f"unknown agent variants {sorted(unknown)}: use {VARIANTS}")
     problems = ctx.test_problems("react", settings.n_problems)
     guided = CriticBestOf(ctx.generator, settings.candidates, settings.temperature)
     runners: dict[str, Callable[[], list[Outcome]]] = {

@@ -46,6 +46,11 @@ class Settings:
     max_new_tokens: int = 12
     dims: int = 512  # embedding size
 
+    def __post_init__(self) -> None:
+        unknown = set(self.selectors) - set(SELECTORS)
+        if unknown:
+            raise ValueError(f"unknown selectors {sorted(unknown)}: use {SELECTORS}")
+
 
 class SeededRandomExampleSelector(BaseExampleSelector):
     """k examples drawn at random, seeded by the question (the baseline the similarity selectors must beat)."""
@@ -100,9 +105,6 @@ def few_shot_template(selector=None) -> FewShotPromptTemplate:
 
 
 def run(ctx: EvalContext, settings: Settings) -> SuiteResult:
-    unknown = set(settings.selectors) - set(SELECTORS)
-    if unknown:
-        raise ValueError(f"unknown selectors {sorted(unknown)}: use {SELECTORS}")
     splits = ctx.splits("arithmetic", settings.n_problems, train=settings.pool_size)
     problems, pool = splits["test"], splits["train"]
     llm = ctx.llm(max_new_tokens=settings.max_new_tokens, stop=list(ARITHMETIC_STOP))

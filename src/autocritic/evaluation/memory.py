@@ -66,6 +66,13 @@ class Settings:
     summary_prompt: str = "compact"  # compact | langchain
     kinds: tuple[str, ...] = KINDS
 
+    def __post_init__(self) -> None:
+        unknown = set(self.kinds) - set(KINDS)
+        if unknown:
+            raise ValueError(f"unknown memory kinds {sorted(unknown)}: use {KINDS}")
+        if self.summary_prompt not in SUMMARY_PROMPTS:
+            raise ValueError(f"summary_prompt={self.summary_prompt!r}: use one of {sorted(SUMMARY_PROMPTS)}")
+
 
 @dataclass
 class Dialogue:
@@ -329,10 +336,6 @@ def measure(
 
 
 def run(ctx: EvalContext, settings: Settings) -> SuiteResult:
-    unknown = set(settings.kinds) - set(KINDS)
-    if unknown:
-        raise ValueError(f"unknown memory kinds {sorted(unknown)}: use {KINDS}")
-    summary_prompt_of(settings.summary_prompt)  # fail early on a bad name
     dialogues = [
         d
         for d in map(parse_dialogue, ctx.test_problems("dialogue", settings.n_dialogues))

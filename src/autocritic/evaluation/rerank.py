@@ -59,6 +59,10 @@ class Settings:
     max_new_tokens: int | None = None
     pool_size: int | None = None
 
+    def __post_init__(self) -> None:
+        if self.temperature is not None and self.temperature <= 0:
+            raise ValueError(f"temperature={self.temperature} must be above 0 (best-of-N samples its answers)")
+
     def resolved(self) -> Settings:
         pick = lambda value, default: default if value is None else value  # noqa: E731
         return Settings(

@@ -14,9 +14,9 @@ from pathlib import Path
 from types import ModuleType
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from autocritic.errors import AutocriticError, CheckpointError, ConfigError
+from autocritic.errors import AutocriticError, CheckpointError, ConfigError, is_of_kind
 from autocritic.evaluation import agent, fewshot, memory, prompts, rerank
 from autocritic.evaluation.context import EvalContext
 from autocritic.evaluation.report import (
@@ -32,6 +32,7 @@ from autocritic.evaluation.report import (
 from autocritic.inference.generation import CriticGenerator
 from autocritic.model.export import CONFIG_NAME, read_critic_config
 from autocritic.offline.tasks import QA_FAMILIES
+from autocritic.settings import settings_from
 
 log = logging.getLogger("autocritic")
 
@@ -43,6 +44,7 @@ SUITES: dict[str, ModuleType] = {
     "rerank": rerank,
 }
 SEARCHED_PHASES = ("finetune", "transfer")  # the first phase with an export wins, its newest run
+ZERO_ALLOWED = {"shots"}  # may be 0; every other whole-number setting of a suite is a count, at least 1
 
 
 def find_export(cfg: DictConfig) -> Path:
@@ -83,24 +85,19 @@ def load_generator(path: Path, cfg: DictConfig) -> CriticGenerator:
 
 
 def suite_settings(name: str, section: DictConfig | None, **extra):
-    """The suite's Settings dataclass from its config section; lists become tuples, unknown keys are refused."""
-    cls = SUITES[name].Settings
-    values = OmegaConf.to_container(section, resolve=True) if section is not None else {}
-    values = {**values, **extra}
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - names)
-    if unknown:
+    """The suite's Settings from its config section: unknown keys, values of the wrong kind, names the suite does
+    not know and counts below 1 are ConfigErrors here, before the model is loaded."""
+    settings = settings_from(SUITES[name].Settings, section, name, **extra)
+    for field in dataclasses.fields(settings):
+        value = getattr(settings, field.name)
+        counts = value if isinstance(value, tuple) else (value,)
+        least = 0 if field.name in ZERO_ALLOWED else 1
+        if any(is_of_kind(v, (int,)) and v < least for v in counts):
+            raise ConfigError(f"{name}.{field.name}={value!r}: {'each' if counts is value else 'it'} must be "
+                              f"{'a positive integer' if least else 'an integer ≥ 0'}.")
+    if getattr(settings, "family", QA_FAMILIES[0]) not in QA_FAMILIES:
         raise ConfigError(
-            f"{name}.{unknown[0]} is not a setting of the {name} suite; it has {sorted(names)}."
-        )
-    values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
-    settings = cls(**values)
-    for key, value in values.items():
-        if key.startswith("n_") and (not isinstance(value, int) or value < 1):
-            raise ConfigError(f"{name}.{key}={value!r} must be a positive integer.")
-    if values.get("family", QA_FAMILIES[0]) not in QA_FAMILIES:
-        raise ConfigError(
-            f"{name}.family={values['family']!r} is not a question-answer family: use one of {list(QA_FAMILIES)}."
+            f"{name}.family={settings.family!r} is not a question-answer family: use one of {list(QA_FAMILIES)}."
         )
     return settings
 

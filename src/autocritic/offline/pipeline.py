@@ -7,45 +7,18 @@ data/offline/replay/     documents the finetune phase keeps the language model t
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from autocritic.errors import ConfigError, invalid_value, is_of_kind
 from autocritic.offline.generate import CARD, GenerateSettings, build_critic_data
 from autocritic.offline.pretrain import BUILD_INFO, PretrainSettings, build_backbone
 from autocritic.offline.replay import DOCUMENTS, ReplaySettings, build_replay_documents
+from autocritic.settings import settings_from
 
 log = logging.getLogger("autocritic")
-
-
-def settings_from(cls, cfg: DictConfig | None, where: str):
-    values = OmegaConf.to_container(cfg, resolve=True) if cfg is not None else {}
-    known = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - set(known))
-    if unknown:
-        raise ConfigError(f"{where} has unknown keys {unknown}; known keys: {sorted(known)}.")
-    for name, value in values.items():
-        if isinstance(value, list) and isinstance(known[name].default, tuple):
-            values[name] = tuple(value)
-        check_type(known[name], values[name], f"{where}.{name}")
-    return cls(**values)
-
-
-def check_type(spec: dataclasses.Field, value, key: str) -> None:
-    """A value of the wrong kind (a string for a mapping, text for a number) is refused before any build."""
-    default = spec.default_factory() if spec.default_factory is not dataclasses.MISSING else spec.default
-    accepted = {bool: (bool,), int: (int,), float: (int, float), dict: (dict,), str: (str,)}.get(type(default))
-    if value is None or accepted is None or is_of_kind(value, accepted):
-        return
-    names = {int: "whole number", float: "number", dict: "mapping", str: "string"}
-    example = "{arithmetic: 0.5, summary: 0.5}" if isinstance(default, dict) else repr(default)
-    expected = "true or false" if isinstance(default, bool) else f"a {names[type(default)]} such as {example}"
-    fix = "A mapping on the command line is written key={a: 1, b: 2} (quote it for the shell)."
-    raise invalid_value(key, value, expected, fix)
 
 
 def backbone_dir(cfg: DictConfig) -> Path:
