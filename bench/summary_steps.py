@@ -7,6 +7,12 @@ tokens, stop at a newline), on the memory suite's 160 held-out dialogues, each s
 wrote before. A step is right when it writes exactly the summary the training documents teach (fact appended
 last, or first with --newest-first). "summary" is the share of dialogues whose final summary still names the
 fact asked about: what the memory suite's summary recall follows.
+
+    python bench/summary_steps.py <export dir> --samples 8 [--temperature 0.8]
+
+What a critic-guided summary memory could reach: each step is fed the taught summary so far, K summaries are
+sampled, and a step counts as right for one sample on average ("single"), for any of the K ("pass@K": the
+ceiling of any selector) and for the critic's highest-scored one ("critic@K").
 """
 
 from __future__ import annotations
@@ -39,6 +45,8 @@ def main() -> None:
     parser.add_argument("model", type=Path)
     parser.add_argument("--newest-first", action="store_true")
     parser.add_argument("--dialogues", type=int, default=160)
+    parser.add_argument("--samples", type=int, default=0, help="K sampled summaries per step, teacher-forced")
+    parser.add_argument("--temperature", type=float, default=0.8)
     args = parser.parse_args()
     generator = load(args.model)
     dialogues = [
@@ -46,16 +54,15 @@ def main() -> None:
         for d in map(parse_dialogue, EvalContext(generator).test_problems("dialogue", args.dialogues))
         if d.distance is not None
     ]
+    if args.samples:
+        print(json.dumps(sampled_steps(generator, dialogues, args)))
+        return
     settings = GenerationSettings(max_new_tokens=48, stop=("\n",))
     summaries = [""] * len(dialogues)
     counts = {"fact_steps": 0, "fact_steps_right": 0, "other_steps": 0, "other_steps_right": 0}
     for turn in range(max(len(d.exchanges) for d in dialogues)):
         active = [i for i, d in enumerate(dialogues) if turn < len(d.exchanges)]
-        prompts = []
-        for i in active:
-            human, ai = dialogues[i].exchanges[turn]
-            new_lines = f"{HUMAN_PREFIX}: {human}\n{AI_PREFIX}: {ai}"
-            prompts.append(SUMMARY_PROMPTS["compact"].format(summary=summaries[i], new_lines=new_lines))
+        prompts = [step_prompt(summaries[i], dialogues[i].exchanges[turn]) for i in active]
         for i, [sample] in zip(active, generator.generate(prompts, settings), strict=True):
             human = dialogues[i].exchanges[turn][0]
             taught = next_summary(summaries[i], human, args.newest_first)
@@ -65,6 +72,41 @@ def main() -> None:
             summaries[i] = sample.text
     kept = sum(mentions(s, d.answer) for s, d in zip(summaries, dialogues, strict=True))
     print(json.dumps(counts | {"dialogues": len(dialogues), "summary": round(kept / len(dialogues), 4)}))
+
+
+def step_prompt(summary: str, exchange: tuple[str, str]) -> str:
+    human, ai = exchange
+    return SUMMARY_PROMPTS["compact"].format(summary=summary, new_lines=f"{HUMAN_PREFIX}: {human}\n{AI_PREFIX}: {ai}")
+
+
+def sampled_steps(generator: CriticGenerator, dialogues: list, args: argparse.Namespace) -> dict:
+    """Single-sample, pass@K and critic@K rates of the summary steps, each fed the taught summary so far."""
+    k = args.samples
+    settings = GenerationSettings(
+        max_new_tokens=48, stop=("\n",), do_sample=True, temperature=args.temperature, n=k, seed=0
+    )
+    taught = [""] * len(dialogues)
+    counts = {f"{kind}_{what}": 0.0 for kind in ("fact", "other") for what in ("steps", "single", "pass", "critic")}
+    for turn in range(max(len(d.exchanges) for d in dialogues)):
+        active = [i for i, d in enumerate(dialogues) if turn < len(d.exchanges)]
+        prompts = [step_prompt(taught[i], dialogues[i].exchanges[turn]) for i in active]
+        for i, samples in zip(active, generator.generate(prompts, settings), strict=True):
+            target = next_summary(taught[i], dialogues[i].exchanges[turn][0], args.newest_first)
+            kind = "other" if target == taught[i] else "fact"
+            right = [sample.text == target for sample in samples]
+            counts[f"{kind}_steps"] += 1
+            counts[f"{kind}_single"] += sum(right) / k
+            counts[f"{kind}_pass"] += any(right)
+            counts[f"{kind}_critic"] += right[max(range(k), key=lambda j: samples[j].score)]
+            taught[i] = target
+    rates = {
+        f"{kind}_steps_{what}@{k}" if what != "single" else f"{kind}_steps_single": round(
+            counts[f"{kind}_{what}"] / max(1, counts[f"{kind}_steps"]), 4
+        )
+        for kind in ("fact", "other")
+        for what in ("single", "pass", "critic")
+    }
+    return {"samples": k, "temperature": args.temperature, "fact_steps": int(counts["fact_steps"])} | rates
 
 
 if __name__ == "__main__":
