@@ -128,6 +128,24 @@ def test_offline_settings_of_the_wrong_kind_are_refused(values, message):
     assert settings_from(ReplaySettings, OmegaConf.create({"documents": 10, "mix": {"summary": 1}}), "x").documents == 10
 
 
+def test_a_mix_override_changes_only_the_kinds_it_names():
+    """The config lists every document kind, the opt-in ones at 0, so any of them can be set from the command line;
+    the default builds keep their fingerprints."""
+    from autocritic.offline.pretrain import PretrainSettings
+    from autocritic.offline.replay import ReplaySettings
+    from autocritic.settings import settings_from
+
+    cfg = compose_train()
+    assert settings_from(PretrainSettings, cfg.offline.pretrain, "p").fingerprint() == PretrainSettings().fingerprint()
+    assert settings_from(ReplaySettings, cfg.offline.replay, "r").fingerprint() == ReplaySettings().fingerprint()
+    cfg = compose_train(["offline.pretrain.mix={pair_sum: 0.12, summary: 0}"])
+    mix = settings_from(PretrainSettings, cfg.offline.pretrain, "offline.pretrain").mix
+    assert mix["pair_sum"] == 0.12 and mix["summary"] == 0 and mix["arithmetic"] == PretrainSettings().mix["arithmetic"]
+    assert settings_from(ReplaySettings, cfg.offline.replay, "offline.replay").mix == mix  # replay follows
+    with pytest.raises(ConfigError, match=r"offline.pretrain: mix=.* weights must be ≥ 0"):
+        settings_from(PretrainSettings, compose_train(["offline.pretrain.mix={copy: -1}"]).offline.pretrain, "offline.pretrain")
+
+
 def test_settings_follow_their_annotations():
     """Optional values take null, whole numbers pass where a number is asked, lists become tuples."""
     from autocritic.evaluation.rerank import Settings

@@ -136,3 +136,26 @@ def test_an_option_added_later_leaves_earlier_builds_valid_at_its_default():
         legacy = hashlib.sha256(json.dumps(before, sort_keys=True).encode()).hexdigest()[:16]
         assert settings.fingerprint() == legacy
         assert dataclasses.replace(settings, summary_newest_first=True).fingerprint() != legacy
+
+
+def test_a_kind_of_weight_zero_changes_neither_the_documents_nor_the_fingerprint():
+    listed = {**PretrainSettings().mix, "pair_sum": 0.0, "copy_sentences": 0.0}
+    assert PretrainSettings(mix=listed).fingerprint() == PretrainSettings().fingerprint()
+    assert ReplaySettings(mix=listed).fingerprint() == ReplaySettings().fingerprint()
+    assert PretrainSettings(mix={**listed, "pair_sum": 0.1}).fingerprint() != PretrainSettings().fingerprint()
+    default = itertools.islice(iter_documents(1, PretrainSettings().mix), 500)
+    assert list(default) == list(itertools.islice(iter_documents(1, listed), 500))
+
+
+@pytest.mark.parametrize(
+    ("mix", "message"),
+    [
+        ({"arithmetic": 1, "poems": 1}, r"unknown document kinds \['poems'\]"),
+        ({"arithmetic": 1, "copy": -0.1}, "weights must be ≥ 0"),
+        ({"arithmetic": 0}, "at least one above 0"),
+    ],
+)
+def test_a_bad_mix_is_refused(mix, message):
+    for settings in (PretrainSettings, ReplaySettings):
+        with pytest.raises(ValueError, match=message):
+            settings(mix=mix)

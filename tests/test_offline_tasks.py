@@ -129,6 +129,15 @@ def test_document_stream_is_deterministic():
     assert first != list(itertools.islice(tasks.iter_documents(1, weights), 50))
 
 
+def test_copy_sentences_documents_repeat_two_to_four_fact_sentences():
+    statements = [re.escape(fact[1]).replace(r"\{v\}", ".+?") for fact in tasks._FACTS]
+    sentence = re.compile("|".join(statements))
+    for document in itertools.islice(tasks.iter_documents(0, {"copy_sentences": 1.0}), 30):
+        [(prompt, trained_prompt), (copy, trained_copy)] = document
+        assert prompt == f"Copy:{copy}\nAgain:" and (trained_prompt, trained_copy) == (False, True)
+        assert 2 <= len(sentence.findall(copy)) <= 4 and sentence.sub("", copy).strip() == ""
+
+
 def test_training_documents_ask_back_every_stated_fact():
     weights = {"dialogue": 1.0}
     for document in itertools.islice(tasks.iter_documents(0, weights), 30):

@@ -29,13 +29,14 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset
 from transformers import FalconConfig, FalconForCausalLM, PreTrainedTokenizerFast
 
-from autocritic.offline.tasks import document_text, iter_documents
+from autocritic.offline.tasks import check_mix, document_text, iter_documents
 from autocritic.offline.tokenizer import save_tokenizer, train_tokenizer
 
 log = logging.getLogger("autocritic")
 
 BUILD_INFO = "build_info.json"
 ADDED_LATER = {"added_later": True}  # field metadata: see settings_fingerprint
+MIX = {"mix": True}  # field metadata: a document mix, whose entries of weight 0 draw nothing (settings_fingerprint)
 LOSS_CURVE_STEPS = 250
 
 
@@ -46,7 +47,8 @@ class PretrainSettings:
     # speed up the copying that ReAct inputs and recall rely on (see tasks.copy_document); "summary" documents
     # teach the summary memory's prompt (see tasks.summary_document).
     mix: dict[str, float] = field(
-        default_factory=lambda: {"arithmetic": 0.63, "react": 0.1, "dialogue": 0.08, "summary": 0.12, "copy": 0.07}
+        default_factory=lambda: {"arithmetic": 0.63, "react": 0.1, "dialogue": 0.08, "summary": 0.12, "copy": 0.07},
+        metadata=MIX,
     )
     # True: a new fact opens the summary (tasks.summary_segments). Off: on 4 seeds it learned summaries better
     # and arithmetic worse (bench/results/cpu_pretrain_seeds.md, "Summary order").
@@ -68,17 +70,23 @@ class PretrainSettings:
     max_steps: int = 4000  # ~7 minutes on 2 idle cores; max_minutes caps a busy machine
     max_minutes: float = 10.0
 
+    def __post_init__(self) -> None:
+        check_mix(self.mix)
+
     def fingerprint(self) -> str:
         return settings_fingerprint(self)
 
 
 def settings_fingerprint(settings) -> str:
     """What a build step's skip decision compares: a hash of every field of its settings dataclass, except fields
-    marked ADDED_LATER while they hold their default (which builds the same as before they existed)."""
+    marked ADDED_LATER while they hold their default (which builds the same as before they existed). A mix's
+    entries of weight 0 are left out too: they are never drawn and change no other draw."""
     values = dataclasses.asdict(settings)
     for f in dataclasses.fields(settings):
         if f.metadata.get("added_later") and values[f.name] == f.default:
             del values[f.name]
+        elif f.metadata.get("mix"):
+            values[f.name] = {kind: weight for kind, weight in values[f.name].items() if weight}
     return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -14,8 +14,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from autocritic.offline.pretrain import ADDED_LATER, PretrainSettings, settings_fingerprint
-from autocritic.offline.tasks import iter_documents
+from autocritic.offline.pretrain import ADDED_LATER, MIX, PretrainSettings, settings_fingerprint
+from autocritic.offline.tasks import check_mix, iter_documents
 
 DOCUMENTS = "documents.jsonl"
 INFO = "info.json"
@@ -25,8 +25,11 @@ INFO = "info.json"
 class ReplaySettings:
     seed: int = 1000  # away from the pretraining seeds: new documents of the same kinds
     documents: int = 8000
-    mix: dict[str, float] = field(default_factory=lambda: dict(PretrainSettings().mix))
+    mix: dict[str, float] = field(default_factory=lambda: dict(PretrainSettings().mix), metadata=MIX)
     summary_newest_first: bool = field(default=False, metadata=ADDED_LATER)  # the backbone's summary layout
+
+    def __post_init__(self) -> None:
+        check_mix(self.mix)
 
     def fingerprint(self) -> str:
         return settings_fingerprint(self)

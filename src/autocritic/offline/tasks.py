@@ -20,6 +20,7 @@ from dataclasses import dataclass
 FAMILIES = ("arithmetic", "react", "dialogue", "pair_sum")
 # Families written in the few-shot layout "Question: ...\nAnswer: ..." (runs of solved problems in pretraining).
 QA_FAMILIES = ("arithmetic", "pair_sum")
+DOCUMENT_KINDS = (*FAMILIES, "summary", "copy", "copy_sentences")  # what a pretraining or replay mix may draw
 SPLITS = ("train", "val", "test")
 # Fraction of non-tiny problems held out, per mille; the salt is fixed so that the seed never moves a
 # problem from one split to another (a backbone and its critic data built with different seeds stay clean).
@@ -508,6 +509,15 @@ def copy_document(rng: random.Random) -> list[Segment]:
     return [(f"Copy: {text}\nAgain:", False), (f" {text}", True)]
 
 
+def copy_sentences_document(rng: random.Random) -> list[Segment]:
+    """Two to four of the dialogues' fact sentences, then the same again: the multi-sentence copy a summary is
+    (in a summary, the tiny model tends to stop after the first sentence, where a lone "." is followed by a line
+    break in most of its context)."""
+    facts = rng.sample(_FACTS, rng.randint(2, 4))
+    text = " ".join(statement.format(v=rng.choice(values)) for _, statement, _, _, values in facts)
+    return [(f"Copy: {text}\nAgain:", False), (f" {text}", True)]
+
+
 def summary_document(rng: random.Random, newest_first: bool = False) -> list[Segment]:
     """A conversation as `ConversationSummaryMemory` runs it with the evaluation's compact prompt: after each
     exchange the model writes the new summary (the previous one, then the fact the human just stated, or the other
@@ -576,7 +586,7 @@ def is_statement_of(fact: tuple, text: str) -> bool:
 def iter_documents(
     seed: int, weights: dict[str, float], max_shots: int = 4, summary_newest_first: bool = False
 ) -> Iterator[list[Segment]]:
-    """An endless stream of training documents as segments, drawn by `weights` over FAMILIES, "summary" and "copy".
+    """An endless stream of training documents as segments, drawn by `weights` over DOCUMENT_KINDS.
     Arithmetic and pair sums come in runs of 1..max_shots solved problems (the few-shot layout); a dialogue asks back
     every fact it stated (more recall per token)."""
     rng = random.Random(f"{seed}|documents")
@@ -585,6 +595,9 @@ def iter_documents(
         family = rng.choices(families, probabilities)[0]
         if family == "copy":
             yield copy_document(rng)
+            continue
+        if family == "copy_sentences":
+            yield copy_sentences_document(rng)
             continue
         if family == "summary":
             yield summary_document(rng, summary_newest_first)
@@ -599,6 +612,15 @@ def iter_documents(
                 document.append((SHOT_SEPARATOR, True))
             document += segments_of(sample_problem(family, rng))
         yield document
+
+
+def check_mix(mix: dict[str, float]) -> None:
+    """A document mix names known kinds with weights ≥ 0 (relative: they need not sum to 1), not all 0."""
+    unknown = sorted(set(mix) - set(DOCUMENT_KINDS))
+    if unknown:
+        raise ValueError(f"mix has unknown document kinds {unknown}: use {list(DOCUMENT_KINDS)}")
+    if any(weight < 0 for weight in mix.values()) or not any(weight > 0 for weight in mix.values()):
+        raise ValueError(f"mix={mix}: weights must be ≥ 0, at least one above 0")
 
 
 def document_text(document: Sequence[Segment]) -> str:
