@@ -12,7 +12,8 @@ fact asked about: what the memory suite's summary recall follows.
 
 What a critic-guided summary memory could reach: each step is fed the taught summary so far, K summaries are
 sampled, and a step counts as right for one sample on average ("single"), for any of the K ("pass@K": the
-ceiling of any selector) and for the critic's highest-scored one ("critic@K").
+ceiling of any selector) and for the critic's highest-scored one ("critic@K"). "single_by_sentences" splits the
+single-sample rate by the number of sentences the taught summary has. `--temperature 0` is greedy.
 """
 
 from __future__ import annotations
@@ -82,10 +83,10 @@ def step_prompt(summary: str, exchange: tuple[str, str]) -> str:
 def sampled_steps(generator: CriticGenerator, dialogues: list, args: argparse.Namespace) -> dict:
     """Single-sample, pass@K and critic@K rates of the summary steps, each fed the taught summary so far."""
     k = args.samples
-    settings = GenerationSettings(
-        max_new_tokens=48, stop=("\n",), do_sample=True, temperature=args.temperature, n=k, seed=0
-    )
+    sampling = {"do_sample": True, "temperature": args.temperature} if args.temperature > 0 else {}
+    settings = GenerationSettings(max_new_tokens=48, stop=("\n",), n=k, seed=0, **sampling)
     taught = [""] * len(dialogues)
+    by_sentences: dict[int, list[float]] = {}  # sentences in the taught summary: [right, steps]
     counts = {f"{kind}_{what}": 0.0 for kind in ("fact", "other") for what in ("steps", "single", "pass", "critic")}
     for turn in range(max(len(d.exchanges) for d in dialogues)):
         active = [i for i, d in enumerate(dialogues) if turn < len(d.exchanges)]
@@ -98,6 +99,9 @@ def sampled_steps(generator: CriticGenerator, dialogues: list, args: argparse.Na
             counts[f"{kind}_single"] += sum(right) / k
             counts[f"{kind}_pass"] += any(right)
             counts[f"{kind}_critic"] += right[max(range(k), key=lambda j: samples[j].score)]
+            tally = by_sentences.setdefault(target.count("."), [0.0, 0])
+            tally[0] += sum(right) / k
+            tally[1] += 1
             taught[i] = target
     rates = {
         f"{kind}_steps_{what}@{k}" if what != "single" else f"{kind}_steps_single": round(
@@ -106,7 +110,9 @@ def sampled_steps(generator: CriticGenerator, dialogues: list, args: argparse.Na
         for kind in ("fact", "other")
         for what in ("single", "pass", "critic")
     }
-    return {"samples": k, "temperature": args.temperature, "fact_steps": int(counts["fact_steps"])} | rates
+    split = {n: round(right / steps, 4) for n, (right, steps) in sorted(by_sentences.items())}
+    head = {"samples": k, "temperature": args.temperature, "fact_steps": int(counts["fact_steps"])}
+    return head | rates | {"single_by_sentences": split}
 
 
 if __name__ == "__main__":

@@ -142,7 +142,7 @@ def test_a_mix_override_changes_only_the_kinds_it_names():
     mix = settings_from(PretrainSettings, cfg.offline.pretrain, "offline.pretrain").mix
     assert mix["pair_sum"] == 0.12 and mix["summary"] == 0 and mix["arithmetic"] == PretrainSettings().mix["arithmetic"]
     assert settings_from(ReplaySettings, cfg.offline.replay, "offline.replay").mix == mix  # replay follows
-    with pytest.raises(ConfigError, match=r"offline.pretrain: mix=.* weights must be ≥ 0"):
+    with pytest.raises(ConfigError, match=r"offline.pretrain: mix=.* weights must be numbers ≥ 0"):
         settings_from(PretrainSettings, compose_train(["offline.pretrain.mix={copy: -1}"]).offline.pretrain, "offline.pretrain")
 
 

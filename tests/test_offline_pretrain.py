@@ -151,8 +151,9 @@ def test_a_kind_of_weight_zero_changes_neither_the_documents_nor_the_fingerprint
     ("mix", "message"),
     [
         ({"arithmetic": 1, "poems": 1}, r"unknown document kinds \['poems'\]"),
-        ({"arithmetic": 1, "copy": -0.1}, "weights must be ≥ 0"),
+        ({"arithmetic": 1, "copy": -0.1}, "weights must be numbers ≥ 0"),
         ({"arithmetic": 0}, "at least one above 0"),
+        ({"arithmetic": "lots"}, "weights must be numbers"),
     ],
 )
 def test_a_bad_mix_is_refused(mix, message):

@@ -619,8 +619,10 @@ def check_mix(mix: dict[str, float]) -> None:
     unknown = sorted(set(mix) - set(DOCUMENT_KINDS))
     if unknown:
         raise ValueError(f"mix has unknown document kinds {unknown}: use {list(DOCUMENT_KINDS)}")
-    if any(weight < 0 for weight in mix.values()) or not any(weight > 0 for weight in mix.values()):
-        raise ValueError(f"mix={mix}: weights must be ≥ 0, at least one above 0")
+    weights = list(mix.values())
+    numbers = all(isinstance(w, int | float) and not isinstance(w, bool) for w in weights)
+    if not numbers or any(w < 0 for w in weights) or not any(w > 0 for w in weights):
+        raise ValueError(f"mix={mix}: weights must be numbers ≥ 0, at least one above 0")
 
 
 def document_text(document: Sequence[Segment]) -> str:
