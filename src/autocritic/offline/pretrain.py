@@ -42,12 +42,14 @@ LOSS_CURVE_STEPS = 250
 
 @dataclass(frozen=True)
 class PretrainSettings:
-    seed: int = 1  # see conf/offline/default.yaml
+    seed: int = 3  # see conf/offline/default.yaml
     # Probabilities per document (arithmetic documents are the shortest, summary documents the longest). "copy" documents only
     # speed up the copying that ReAct inputs and recall rely on (see tasks.copy_document); "summary" documents
     # teach the summary memory's prompt (see tasks.summary_document).
     mix: dict[str, float] = field(
-        default_factory=lambda: {"arithmetic": 0.63, "react": 0.1, "dialogue": 0.08, "summary": 0.12, "copy": 0.07},
+        default_factory=lambda: {
+            "arithmetic": 0.595, "react": 0.1, "dialogue": 0.08, "summary": 0.12, "copy": 0.035, "copy_sentences": 0.07
+        },
         metadata=MIX,
     )
     # True: a new fact opens the summary (tasks.summary_segments). Off: on 4 seeds it learned summaries better
@@ -67,8 +69,8 @@ class PretrainSettings:
     min_lr_ratio: float = 0.1
     weight_decay: float = 0.1  # 1.0 learns arithmetic on more seeds but copies worse (bench/results/cpu_pretrain_seeds.md)
     warmup_steps: int = 100
-    max_steps: int = 4000  # ~7 minutes on 2 idle cores; max_minutes caps a busy machine
-    max_minutes: float = 10.0
+    max_steps: int = 4000  # 8-12 minutes on 2 idle cores
+    max_minutes: float = 20.0  # caps a far slower machine (the run then anneals by time and differs)
 
     def __post_init__(self) -> None:
         check_mix(self.mix)
