@@ -45,7 +45,8 @@ class PretrainSettings:
     seed: int = 3  # see conf/offline/default.yaml
     # Probabilities per document (arithmetic documents are the shortest, summary documents the longest). "copy" documents only
     # speed up the copying that ReAct inputs and recall rely on (see tasks.copy_document); "summary" documents
-    # teach the summary memory's prompt (see tasks.summary_document).
+    # teach the summary memory's prompt (see tasks.summary_document); "copy_sentences" the multi-sentence copy
+    # a summary is (without them 7% of two-sentence summaries were right: cpu_pretrain_seeds.md, session 8).
     mix: dict[str, float] = field(
         default_factory=lambda: {
             "arithmetic": 0.595, "react": 0.1, "dialogue": 0.08, "summary": 0.12, "copy": 0.035, "copy_sentences": 0.07
