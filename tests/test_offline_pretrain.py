@@ -23,7 +23,7 @@ from autocritic.offline.pretrain import (
     train_model,
 )
 from autocritic.offline.replay import ReplaySettings
-from autocritic.offline.tasks import document_text, iter_documents
+from autocritic.offline.tasks import DOCUMENT_KINDS, document_text, iter_documents
 from autocritic.offline.tokenizer import train_tokenizer
 
 TINY = tiny_pretrain_settings()
@@ -139,7 +139,8 @@ def test_an_option_added_later_leaves_earlier_builds_valid_at_its_default():
 
 
 def test_a_kind_of_weight_zero_changes_neither_the_documents_nor_the_fingerprint():
-    listed = {**PretrainSettings().mix, "pair_sum": 0.0, "copy_sentences": 0.0}
+    listed = {**PretrainSettings().mix, **{kind: 0.0 for kind in DOCUMENT_KINDS if kind not in PretrainSettings().mix}}
+    assert len(listed) > len(PretrainSettings().mix)
     assert PretrainSettings(mix=listed).fingerprint() == PretrainSettings().fingerprint()
     assert ReplaySettings(mix=listed).fingerprint() == ReplaySettings().fingerprint()
     assert PretrainSettings(mix={**listed, "pair_sum": 0.1}).fingerprint() != PretrainSettings().fingerprint()
