@@ -149,8 +149,7 @@ class StripParser(StrOutputParser):
 
 
 def summary_prompt_of(name: str) -> PromptTemplate:
-    if name not in SUMMARY_PROMPTS:
-        raise ValueError(f"memory.summary_prompt={name!r}: use one of {sorted(SUMMARY_PROMPTS)}")
+    """The template of a name Settings accepted."""
     if SUMMARY_PROMPTS[name] is None:
         from langchain_classic.memory.prompt import SUMMARY_PROMPT
 

@@ -505,8 +505,7 @@ def copy_document(rng: random.Random) -> list[Segment]:
         rng.choice([str(rng.randint(0, 9999)), _decimal(rng, 999), rng.choice(words), rng.choice(_NAMES)])
         for _ in range(rng.randint(3, 8))
     ]
-    text = " ".join(items)
-    return [(f"Copy: {text}\nAgain:", False), (f" {text}", True)]
+    return copy_segments(" ".join(items))
 
 
 def copy_sentences_document(rng: random.Random) -> list[Segment]:
@@ -514,7 +513,10 @@ def copy_sentences_document(rng: random.Random) -> list[Segment]:
     (in a summary, the tiny model tends to stop after the first sentence, where a lone "." is followed by a line
     break in most of its context)."""
     facts = rng.sample(_FACTS, rng.randint(2, 4))
-    text = " ".join(statement.format(v=rng.choice(values)) for _, statement, _, _, values in facts)
+    return copy_segments(" ".join(statement.format(v=rng.choice(values)) for _, statement, _, _, values in facts))
+
+
+def copy_segments(text: str) -> list[Segment]:
     return [(f"Copy: {text}\nAgain:", False), (f" {text}", True)]
 
 
