@@ -17,6 +17,8 @@ import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
+from autocritic.errors import is_of_kind
+
 FAMILIES = ("arithmetic", "react", "dialogue", "pair_sum")
 # Families written in the few-shot layout "Question: ...\nAnswer: ..." (runs of solved problems in pretraining).
 QA_FAMILIES = ("arithmetic", "pair_sum")
@@ -622,7 +624,7 @@ def check_mix(mix: dict[str, float]) -> None:
     if unknown:
         raise ValueError(f"mix has unknown document kinds {unknown}: use {list(DOCUMENT_KINDS)}")
     weights = list(mix.values())
-    numbers = all(isinstance(w, int | float) and not isinstance(w, bool) for w in weights)
+    numbers = all(is_of_kind(w, (int, float)) for w in weights)
     if not numbers or any(w < 0 for w in weights) or not any(w > 0 for w in weights):
         raise ValueError(f"mix={mix}: weights must be numbers ≥ 0, at least one above 0")
 
