@@ -75,7 +75,7 @@ def test_each_schema_loads_from_each_format(tokenizer, tmp_path, schema, fmt):
         assert [it["target"] for it in dm.encoded["train"]] == [float(r[TARGET[schema]]) for r in rows]
     batch = next(iter(dm.val_dataloader()))
     n_seq = 4 if schema == "pairwise" else 2  # pairwise: chosen rows, then rejected rows
-    assert batch["input_ids"].shape[0] == n_seq and batch["target"].shape == (2,)
+    assert batch["answer_ids"].shape[0] == n_seq and batch["target"].shape == (2,)  # rows with prompts: shared
 
 
 def test_column_mapping(tokenizer, tmp_path):

@@ -2,6 +2,8 @@
 
 Batches are right-padded to the longest sequence in the batch (the model pools by attention mask, so the
 padding side does not matter). Pairwise batches stack chosen rows first, then rejected rows: (2B, T).
+With `share_prompts`, rows with the same prompt come in the same batch and the batch holds each distinct prompt
+once, then the answers (`collate_shared`; the model runs a prompt once, see `CriticModel.forward_shared`).
 After `use_features`, batches carry precomputed final states instead of tokens (the frozen phase's cache).
 """
 
@@ -45,6 +47,8 @@ class DataSettings:
     group_by_length: bool = True  # training batches of similar lengths (less padding); see EpochShuffle
     replay_files: list[str] = field(default_factory=list)  # LM-only documents (data/replay.py), finetune only
     replay_batch_size: int = 4  # replay documents per training step
+    # Rows that share a prompt (self-generated data: K answers per prompt) share a batch, and the prompt runs once.
+    share_prompts: bool = True
     seed: int = 0
 
 
@@ -68,13 +72,23 @@ class EpochShuffle(Sampler[int]):
     permutation is cut into megabatches of `megabatch` batches, each sorted by length, longest first. Padding
     (self-generated data: ~11% of the tokens of a shuffled batch) mostly disappears; the order is still random.
     The megabatch holding the longest example goes first: the peak memory (an out-of-memory error, or the heap
-    the allocator keeps) comes at step one instead of growing through the epoch."""
+    the allocator keeps) comes at step one instead of growing through the epoch.
+
+    With `groups` (lists of example indices), the permutation moves whole groups: the examples of a group stay
+    next to each other (rows that share a prompt, see `prompt_groups`)."""
 
     def __init__(
-        self, size: int, seed: int, lengths: list[int] | None = None, batch_size: int = 1, megabatch: int = 50
+        self,
+        size: int,
+        seed: int,
+        lengths: list[int] | None = None,
+        batch_size: int = 1,
+        megabatch: int = 50,
+        groups: list[list[int]] | None = None,
     ):
         self.size, self.seed, self.epoch = size, seed, 0
         self.lengths, self.span = lengths, batch_size * megabatch
+        self.groups = groups if groups is not None else [[i] for i in range(size)]
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -84,17 +98,49 @@ class EpochShuffle(Sampler[int]):
 
     def __iter__(self):
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        order = torch.randperm(self.size, generator=generator).tolist()
+        units = [self.groups[i] for i in torch.randperm(len(self.groups), generator=generator).tolist()]
         if self.lengths is not None:
-            lengths = self.lengths
-            megabatches = [
-                sorted(order[start : start + self.span], key=lambda i: -lengths[i])
-                for start in range(0, self.size, self.span)
-            ]
-            longest = max(range(len(megabatches)), key=lambda m: lengths[megabatches[m][0]])
-            megabatches.insert(0, megabatches.pop(longest))
-            order = [i for megabatch in megabatches for i in megabatch]
-        return iter(order)
+            longest_of = [max(self.lengths[i] for i in unit) for unit in units]
+            megabatches, current, rows = [], [], 0
+            for index, unit in enumerate(units):
+                current.append(index)
+                rows += len(unit)
+                if rows >= self.span:
+                    megabatches.append(current)
+                    current, rows = [], 0
+            if current:
+                megabatches.append(current)
+            megabatches = [sorted(m, key=lambda u: -longest_of[u]) for m in megabatches]
+            first = max(range(len(megabatches)), key=lambda m: longest_of[megabatches[m][0]])
+            megabatches.insert(0, megabatches.pop(first))
+            units = [units[u] for m in megabatches for u in m]
+        return iter([i for unit in units for i in unit])
+
+
+def prompt_prefix(ids: list[int], prompt_len: int) -> tuple[int, ...]:
+    """The tokens a row shares with the other answers to its prompt. At least the last token stays with the answer
+    (it is where the score is read), so a row that is all prompt shares all but that token."""
+    return tuple(ids[: max(0, min(prompt_len, len(ids) - 1))])
+
+
+def prompt_groups(items: list[dict]) -> list[list[int]]:
+    """Indices of the examples grouped by the prompt tokens of their first sequence, in order of appearance."""
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for index, item in enumerate(items):
+        groups.setdefault(prompt_prefix(item["ids"][0], item["prompt_len"][0]), []).append(index)
+    return list(groups.values())
+
+
+def padded(rows: list[list[int]] | list[tuple[int, ...]], pad_id: int, left: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, attention mask) of rows padded to the longest, on the left or on the right."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        span = slice(width - len(r), width) if left else slice(0, len(r))
+        ids[i, span] = torch.tensor(r, dtype=torch.long)
+        mask[i, span] = 1
+    return ids, mask
 
 
 def as_list(files) -> list[str]:
@@ -251,6 +297,36 @@ class CriticDataModule(L.LightningDataModule):
             "target": torch.tensor([item["target"] for item in batch], dtype=torch.float32),
         }
 
+    def collate_shared(self, batch: list[dict]) -> dict[str, torch.Tensor]:
+        """The batch as distinct prompts (G, P), left-padded, and answers (S*B, A), right-padded, in
+        `collate_tokens`' row order; answer r follows prompt `repeat[r]`. `response` marks the response tokens
+        of each answer, `answer_labels` the LM targets (response tokens of chosen / good rows), aligned with the
+        answer columns. A batch with a row that has no prompt to share falls back to `collate_tokens`."""
+        n_seq = len(batch[0]["ids"])
+        seqs = [(item["ids"][k], item["prompt_len"][k], item["target"]) for k in range(n_seq) for item in batch]
+        prefixes = [prompt_prefix(ids, prompt_len) for ids, prompt_len, _ in seqs]
+        if not all(prefixes):
+            return self.collate_tokens(batch)
+        group_of: dict[tuple[int, ...], int] = {}
+        repeat = [group_of.setdefault(prefix, len(group_of)) for prefix in prefixes]
+        pad = self.tokenizer.pad_token_id
+        prefix_ids, prefix_mask = padded(list(group_of), pad, left=True)
+        answer_ids, answer_mask = padded([ids[len(p) :] for (ids, _, _), p in zip(seqs, prefixes, strict=True)], pad, left=False)
+        # Leading answer tokens that still belong to the prompt (only when the prompt is the whole row).
+        skips = torch.tensor([prompt_len - len(p) for (_, prompt_len, _), p in zip(seqs, prefixes, strict=True)])
+        response = answer_mask.bool() & (torch.arange(answer_ids.shape[1]) >= skips[:, None])
+        good = torch.tensor([row < len(batch) and target >= 0.5 for row, (_, _, target) in enumerate(seqs)])
+        return {
+            "prefix_ids": prefix_ids,
+            "prefix_mask": prefix_mask,
+            "answer_ids": answer_ids,
+            "answer_mask": answer_mask,
+            "repeat": torch.tensor(repeat, dtype=torch.long),
+            "response": response,
+            "answer_labels": torch.where(response & good[:, None], answer_ids, -100),
+            "target": torch.tensor([item["target"] for item in batch], dtype=torch.float32),
+        }
+
     @staticmethod
     def collate_features(batch: list[dict]) -> dict[str, torch.Tensor]:
         features = torch.stack([item["features"] for item in batch])  # (B, S, F), S = 1 or 2
@@ -268,19 +344,23 @@ class CriticDataModule(L.LightningDataModule):
         s = self.settings
         batch_size = s.batch_size if split == "train" else s.eval_batch_size
         items = self.encoded[split]
+        tokens = split not in self.features
+        groups = prompt_groups(items) if tokens and s.share_prompts else None
         sampler = None
         if shuffle:
-            grouped = s.group_by_length and split not in self.features  # cached features all cost the same
+            grouped = s.group_by_length and tokens  # cached features all cost the same
             lengths = [max(map(len, it["ids"])) for it in items] if grouped else None
-            sampler = EpochShuffle(len(items), s.seed, lengths, batch_size)
-        if split in self.features:
+            sampler = EpochShuffle(len(items), s.seed, lengths, batch_size, groups=groups)
+        elif groups is not None:
+            sampler = [i for group in groups for i in group]  # evaluation metrics do not depend on the order
+        if not tokens:
             items = [{"features": f, "target": it["target"]} for f, it in zip(self.features[split], self.encoded[split], strict=True)]
             return DataLoader(ListDataset(items), batch_size=batch_size, sampler=sampler, collate_fn=self.collate_features)
         return DataLoader(
             ListDataset(self.encoded[split]),
             batch_size=batch_size,
             sampler=sampler,
-            collate_fn=self.collate_tokens,
+            collate_fn=self.collate_shared if s.share_prompts else self.collate_tokens,
             num_workers=s.num_workers,
         )
 

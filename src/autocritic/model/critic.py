@@ -16,6 +16,7 @@ pad = eos makes "last non-pad token" pooling pick the wrong token).
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -144,6 +145,72 @@ class CriticModel(nn.Module):
             hidden=hidden[rows, last],
             values=self.head(hidden, confidence) if return_values else None,
             logits=self.backbone.get_output_embeddings()(hidden) if return_logits else None,
+            confidence=None if confidence is None else confidence[rows, last],
+        )
+
+    def hidden_after_prefixes(
+        self,
+        prefix_ids: torch.Tensor,
+        prefix_mask: torch.Tensor,
+        answer_ids: torch.Tensor,
+        answer_mask: torch.Tensor,
+        repeat: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Final states of answers that follow shared prompts: each prompt runs once with the KV cache on, and the
+        answers attend to their prompt's cached keys. Prompts (G, P) are left-padded, answers (B, A) right-padded;
+        answer b follows prompt `repeat[b]`. Returns the answers' states (B, A, H) and `before` (B, A, H), the state
+        that predicted each answer token (the prompt's last state for the first one). Same numbers as one forward
+        per prompt + answer (tests/test_feature_cache.py, tests/test_shared_prompts.py); gradients flow through
+        the prompt once per prompt."""
+        decoder = decoder_of(self.backbone)
+        output = decoder(
+            input_ids=prefix_ids, attention_mask=prefix_mask, position_ids=positions_from_mask(prefix_mask), use_cache=True
+        )
+        cache = output.get("cache", None)
+        cache = output.past_key_values if cache is None else cache  # transformers < 5.24 names it past_key_values
+        if cache is None:
+            raise RuntimeError(
+                f"{type(self.backbone).__name__} returned no KV cache (gradient checkpointing turns it off): shared "
+                "prompts need it. Set data.share_prompts=false."
+            )
+        cache.batch_select_indices(repeat)
+        mask = torch.cat([prefix_mask[repeat], answer_mask], dim=1)
+        cache_argument = "cache" if "cache" in inspect.signature(decoder.forward).parameters else "past_key_values"
+        hidden = decoder(
+            input_ids=answer_ids,
+            attention_mask=mask,
+            position_ids=positions_from_mask(mask)[:, prefix_ids.shape[1] :],
+            use_cache=True,
+            **{cache_argument: cache},
+        ).last_hidden_state
+        before = torch.cat([output.last_hidden_state[repeat, -1:], hidden[:, :-1]], dim=1)
+        return hidden, before
+
+    def forward_shared(
+        self,
+        prefix_ids: torch.Tensor,
+        prefix_mask: torch.Tensor,
+        answer_ids: torch.Tensor,
+        answer_mask: torch.Tensor,
+        repeat: torch.Tensor,
+        response: torch.Tensor,
+        return_values: bool = False,
+        return_logits: bool = False,
+    ) -> CriticOutput:
+        """`forward` for rows that share prompts (see `hidden_after_prefixes`): `response` (B, A) marks each
+        answer's response tokens. `values` and `logits` cover the answer columns only; `logits[:, t]` predicts
+        `answer_ids[:, t]` (already shifted, unlike `forward`'s)."""
+        hidden, before = self.hidden_after_prefixes(prefix_ids, prefix_mask, answer_ids, answer_mask, repeat)
+        rows = torch.arange(hidden.shape[0], device=hidden.device)
+        last = last_token_index(answer_mask)
+        confidence = None
+        if self.reads_confidence:
+            confidence = confidence_features(self.backbone.get_output_embeddings(), before, answer_ids, response)
+        return CriticOutput(
+            score=self.head(hidden[rows, last], None if confidence is None else confidence[rows, last]),
+            hidden=hidden[rows, last],
+            values=self.head(hidden, confidence) if return_values else None,
+            logits=self.backbone.get_output_embeddings()(before) if return_logits else None,
             confidence=None if confidence is None else confidence[rows, last],
         )
 

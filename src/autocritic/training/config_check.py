@@ -35,6 +35,7 @@ RULES: dict[str, tuple[tuple[type, ...], Callable | None, str]] = {
     "data.max_length": ((int,), positive, "a positive integer"),
     "data.val_fraction": ((float,), lambda x: 0 < x < 1, "a number in (0, 1)"),
     "data.group_by_length": ((bool,), None, "true or false"),
+    "data.share_prompts": ((bool,), None, "true or false"),
     "data.template": ((str,), None, "a string with {prompt} and a final {response}"),
     "head.kind": ((str,), lambda x: x in ("linear", "mlp"), "linear or mlp"),
     "head.dropout": ((float, int), fraction, "a number in [0, 1)"),

@@ -8,7 +8,6 @@ max length, dtype); any change gives a new key, so a stale cache is never read.
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 import os
 from pathlib import Path
@@ -17,7 +16,7 @@ import torch
 from rich.progress import track
 from safetensors.torch import load_file, save_file
 
-from autocritic.data.datamodule import SPLITS, CriticDataModule
+from autocritic.data.datamodule import SPLITS, CriticDataModule, padded, prompt_prefix
 from autocritic.model.critic import (
     CONFIDENCE_FEATURES,
     CriticModel,
@@ -81,7 +80,7 @@ def shared_prefix_features(
     """
     groups: dict[tuple[int, ...], list[int]] = {}
     for index, (ids, prompt_len) in enumerate(sequences):
-        groups.setdefault(tuple(ids[: max(0, min(prompt_len, len(ids) - 1))]), []).append(index)
+        groups.setdefault(prompt_prefix(ids, prompt_len), []).append(index)
     # Similar prompt lengths share a batch; sequences with no prompt to share run in batches of their own (a row
     # of nothing but padding would put NaN keys in the cache).
     ordered = sorted(groups.items(), key=lambda group: len(group[0]))
@@ -107,20 +106,9 @@ def shared_prefix_features(
     return out
 
 
-def _padded(rows: list[list[int] | tuple[int, ...]], pad_id: int, left: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        span = slice(width - len(r), width) if left else slice(0, len(r))
-        ids[i, span] = torch.tensor(r, dtype=torch.long)
-        mask[i, span] = 1
-    return ids, mask
-
-
 def _features_after_prefixes(prefixes, answers, skips, repeat, critic, device, pad_id) -> torch.Tensor:
     decoder = decoder_of(critic.backbone)
-    answer_ids, answer_mask = _padded(answers, pad_id, left=False)
+    answer_ids, answer_mask = padded(answers, pad_id, left=False)
     answer_ids, answer_mask = answer_ids.to(device), answer_mask.to(device)
     if not prefixes[0]:  # a batch of sequences without a shared prompt
         hidden = decoder(
@@ -129,23 +117,8 @@ def _features_after_prefixes(prefixes, answers, skips, repeat, critic, device, p
         before = torch.cat([hidden[:, :1], hidden[:, :-1]], dim=1)
         first_counts = False  # the first token has nothing before it
     else:
-        prefix_ids, prefix_mask = (t.to(device) for t in _padded(prefixes, pad_id, left=True))
-        output = decoder(
-            input_ids=prefix_ids, attention_mask=prefix_mask, position_ids=positions_from_mask(prefix_mask), use_cache=True
-        )
-        cache = output.get("cache", None)
-        cache = output.past_key_values if cache is None else cache  # transformers < 5.24 names it past_key_values
-        cache.batch_select_indices(repeat)
-        mask = torch.cat([prefix_mask[repeat], answer_mask], dim=1)
-        cache_argument = "cache" if "cache" in inspect.signature(decoder.forward).parameters else "past_key_values"
-        hidden = decoder(
-            input_ids=answer_ids,
-            attention_mask=mask,
-            position_ids=positions_from_mask(mask)[:, prefix_ids.shape[1] :],
-            use_cache=True,
-            **{cache_argument: cache},
-        ).last_hidden_state
-        before = torch.cat([output.last_hidden_state[repeat, -1:], hidden[:, :-1]], dim=1)
+        prefix_ids, prefix_mask = (t.to(device) for t in padded(prefixes, pad_id, left=True))
+        hidden, before = critic.hidden_after_prefixes(prefix_ids, prefix_mask, answer_ids, answer_mask, repeat)
         first_counts = True
     columns = torch.arange(answer_ids.shape[1], device=device)
     skip = torch.tensor(skips, device=device)[:, None]

@@ -12,7 +12,13 @@ from autocritic.errors import AutocriticError
 from autocritic.model.backbone import unwrap
 from autocritic.model.critic import response_positions
 from autocritic.training.metrics import make_metrics, update_metrics
-from autocritic.training.objectives import ObjectiveSettings, critic_loss, lm_loss, token_value_loss
+from autocritic.training.objectives import (
+    ObjectiveSettings,
+    critic_loss,
+    lm_loss,
+    next_token_loss,
+    token_value_loss,
+)
 
 
 class NonFiniteLossError(AutocriticError):
@@ -48,11 +54,27 @@ class CriticModule(L.LightningModule):
     def step(self, batch: dict, split: str) -> torch.Tensor:
         target = batch["target"]
         lm_term = value_term = None
+        want_logits = self.objective.lm_weight > 0 and not self.backbone_frozen
+        want_values = self.objective.value_weight > 0
         if "features" in batch:
             scores = unwrap(self.critic).score_features(batch["features"])
+        elif "prefix_ids" in batch:  # rows that share prompts (data.share_prompts): each prompt runs once
+            out = unwrap(self.critic).forward_shared(
+                batch["prefix_ids"],
+                batch["prefix_mask"],
+                batch["answer_ids"],
+                batch["answer_mask"],
+                batch["repeat"],
+                batch["response"],
+                return_values=want_values,
+                return_logits=want_logits,
+            )
+            scores = out.score
+            if want_logits:
+                lm_term = next_token_loss(out.logits, batch["answer_labels"])
+            if want_values:
+                value_term = token_value_loss(out.values, batch["response"], target)
         else:
-            want_logits = self.objective.lm_weight > 0 and not self.backbone_frozen
-            want_values = self.objective.value_weight > 0
             out = self.critic(
                 input_ids=batch["input_ids"],
                 attention_mask=batch["attention_mask"],

@@ -49,11 +49,15 @@ def bradley_terry(chosen: torch.Tensor, rejected: torch.Tensor, margin: float = 
 
 def lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Next-token cross-entropy on the positions whose label is not -100 (response tokens of good rows)."""
-    shift_logits = logits[:, :-1].float()  # (B, T-1, V)
-    shift_labels = labels[:, 1:]
-    if not (shift_labels != -100).any():
-        return shift_logits.sum() * 0.0
-    return F.cross_entropy(shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels.reshape(-1), ignore_index=-100)
+    return next_token_loss(logits[:, :-1], labels[:, 1:])
+
+
+def next_token_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of logits (B, T, V) against labels (B, T) already aligned with them; -100 is ignored."""
+    logits = logits.float()
+    if not (labels != -100).any():
+        return logits.sum() * 0.0
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
 
 
 def critic_loss(settings: ObjectiveSettings, scores: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
