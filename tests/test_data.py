@@ -75,7 +75,9 @@ def test_each_schema_loads_from_each_format(tokenizer, tmp_path, schema, fmt):
         assert [it["target"] for it in dm.encoded["train"]] == [float(r[TARGET[schema]]) for r in rows]
     batch = next(iter(dm.val_dataloader()))
     n_seq = 4 if schema == "pairwise" else 2  # pairwise: chosen rows, then rejected rows
-    assert batch["answer_ids"].shape[0] == n_seq and batch["target"].shape == (2,)  # rows with prompts: shared
+    # Pairs share their prompt (shared-prompt batch); these pointwise rows all have distinct prompts (plain batch).
+    rows_of = batch["answer_ids"] if schema == "pairwise" else batch["input_ids"]
+    assert rows_of.shape[0] == n_seq and batch["target"].shape == (2,)
 
 
 def test_column_mapping(tokenizer, tmp_path):

@@ -143,3 +143,11 @@ def test_gradient_checkpointing_turns_shared_prompts_off():
     assert not data_settings(compose_train(["phase=finetune", "model.gradient_checkpointing=true"])).share_prompts
     assert data_settings(compose_train(["phase=transfer", "model.gradient_checkpointing=true"])).share_prompts  # frozen
     assert not data_settings(compose_train(["phase=finetune", "data.share_prompts=false"])).share_prompts
+
+
+def test_rows_with_distinct_prompts_stay_plain(tiny_backbone, tmp_path):
+    rows = [{"prompt": f"Q: {a}+1=?\nA:", "response": f" {a + 1}", "label": 1} for a in range(8)]
+    datamodule = datamodule_of(rows, "pointwise", tiny_backbone, tmp_path, share=True)
+    assert "input_ids" in next(iter(datamodule.loader("train", shuffle=True)))
+    shared = datamodule_of(rows_with_shared_prompts("pointwise"), "pointwise", tiny_backbone, tmp_path, share=True)
+    assert "prefix_ids" in next(iter(shared.loader("train", shuffle=True)))

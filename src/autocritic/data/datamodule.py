@@ -26,6 +26,7 @@ from autocritic.data.template import Template
 from autocritic.errors import DataError
 
 BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
+MIN_ROWS_PER_PROMPT = 1.5  # data.share_prompts: below this many sequences per distinct prompt, batches stay plain
 SPLITS = ("train", "val", "test")
 
 
@@ -345,7 +346,10 @@ class CriticDataModule(L.LightningDataModule):
         batch_size = s.batch_size if split == "train" else s.eval_batch_size
         items = self.encoded[split]
         tokens = split not in self.features
-        groups = prompt_groups(items) if tokens and s.share_prompts else None
+        groups = prompt_groups(items) if tokens and s.share_prompts and items else None
+        if groups is not None and len(items) * len(items[0]["ids"]) < MIN_ROWS_PER_PROMPT * len(groups):
+            groups = None  # too few rows share a prompt to pay for running prompts and answers apart
+        share = groups is not None
         sampler = None
         if shuffle:
             grouped = s.group_by_length and tokens  # cached features all cost the same
@@ -360,7 +364,7 @@ class CriticDataModule(L.LightningDataModule):
             ListDataset(self.encoded[split]),
             batch_size=batch_size,
             sampler=sampler,
-            collate_fn=self.collate_shared if s.share_prompts else self.collate_tokens,
+            collate_fn=self.collate_shared if share else self.collate_tokens,
             num_workers=s.num_workers,
         )
 

@@ -80,7 +80,11 @@ def data_settings(cfg: DictConfig) -> DataSettings:
         values["replay_files"] = []  # a frozen backbone or objective.replay_weight=0: nothing reads them
     if values.get("share_prompts", True) and cfg.model.get("gradient_checkpointing") and not cfg.phase.freeze_backbone:
         # A checkpointed layer runs twice and would append to the KV cache twice: transformers turns the cache off.
-        log.info("data.share_prompts is off in this run: model.gradient_checkpointing turns the KV cache off")
+        log.info(
+            "data.share_prompts is off in this run: model.gradient_checkpointing turns the KV cache off. Shared "
+            "prompts run each prompt once per batch, which may save the memory checkpointing saves: try "
+            "model.gradient_checkpointing=false."
+        )
         values["share_prompts"] = False
     return DataSettings(**values, seed=cfg.seed)
 
