@@ -103,7 +103,9 @@ def run_hf(cfg, datamodule, work: str) -> float:
 
 
 def child(which: str, overrides: list[str]) -> None:
-    cfg = compose_config(overrides + ["phase=finetune", "peft=lora"])
+    # The Trainer side learns the classifier alone: no joint LM loss and no replay documents on either side (the
+    # finetune phase turns both on; with replay files loaded, ours would also run their forward).
+    cfg = compose_config(overrides + ["phase=finetune", "peft=lora", "objective.lm_weight=0", "objective.replay_weight=0"])
     datamodule = prepared_data(cfg)
     samples = len(datamodule.encoded["train"]) * EPOCHS
     with tempfile.TemporaryDirectory() as work:

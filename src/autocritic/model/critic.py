@@ -128,23 +128,37 @@ class CriticModel(nn.Module):
     ) -> CriticOutput:
         """`prompt_lengths` (B,): tokens of each row's rendered prompt; required when the head reads confidence."""
         hidden = self.final_hidden(input_ids, attention_mask)  # (B, T, H)
+        if self.reads_confidence and prompt_lengths is None:
+            raise ValueError(
+                "this critic reads the model's confidence in the response (head.confidence=true): pass "
+                "prompt_lengths, the number of tokens of each row's rendered prompt."
+            )
+        before = torch.cat([hidden[:, :1], hidden[:, :-1]], dim=1)  # position 0 is never a response token
+        response = None if prompt_lengths is None else response_positions(attention_mask, prompt_lengths)
+        return self._output(hidden, before, input_ids, attention_mask, response, return_values, hidden if return_logits else None)
+
+    def _output(
+        self,
+        hidden: torch.Tensor,
+        before: torch.Tensor,
+        tokens: torch.Tensor,
+        attention_mask: torch.Tensor,
+        response: torch.Tensor | None,
+        return_values: bool,
+        logits_from: torch.Tensor | None,
+    ) -> CriticOutput:
+        """Score at the last real token (with the confidence features when the head reads them), and on request
+        per-token values and the LM logits of `logits_from`."""
         rows = torch.arange(hidden.shape[0], device=hidden.device)
         last = last_token_index(attention_mask)
         confidence = None
         if self.reads_confidence:
-            if prompt_lengths is None:
-                raise ValueError(
-                    "this critic reads the model's confidence in the response (head.confidence=true): pass "
-                    "prompt_lengths, the number of tokens of each row's rendered prompt."
-                )
-            before = torch.cat([hidden[:, :1], hidden[:, :-1]], dim=1)  # position 0 is never a response token
-            response = response_positions(attention_mask, prompt_lengths)
-            confidence = confidence_features(self.backbone.get_output_embeddings(), before, input_ids, response)
+            confidence = confidence_features(self.backbone.get_output_embeddings(), before, tokens, response)
         return CriticOutput(
             score=self.head(hidden[rows, last], None if confidence is None else confidence[rows, last]),
             hidden=hidden[rows, last],
             values=self.head(hidden, confidence) if return_values else None,
-            logits=self.backbone.get_output_embeddings()(hidden) if return_logits else None,
+            logits=None if logits_from is None else self.backbone.get_output_embeddings()(logits_from),
             confidence=None if confidence is None else confidence[rows, last],
         )
 
@@ -201,18 +215,7 @@ class CriticModel(nn.Module):
         answer's response tokens. `values` and `logits` cover the answer columns only; `logits[:, t]` predicts
         `answer_ids[:, t]` (already shifted, unlike `forward`'s)."""
         hidden, before = self.hidden_after_prefixes(prefix_ids, prefix_mask, answer_ids, answer_mask, repeat)
-        rows = torch.arange(hidden.shape[0], device=hidden.device)
-        last = last_token_index(answer_mask)
-        confidence = None
-        if self.reads_confidence:
-            confidence = confidence_features(self.backbone.get_output_embeddings(), before, answer_ids, response)
-        return CriticOutput(
-            score=self.head(hidden[rows, last], None if confidence is None else confidence[rows, last]),
-            hidden=hidden[rows, last],
-            values=self.head(hidden, confidence) if return_values else None,
-            logits=self.backbone.get_output_embeddings()(before) if return_logits else None,
-            confidence=None if confidence is None else confidence[rows, last],
-        )
+        return self._output(hidden, before, answer_ids, answer_mask, response, return_values, before if return_logits else None)
 
     def score_features(self, features: torch.Tensor) -> torch.Tensor:
         """Score cached features (the frozen phase): the final state, then the confidence features (H + 2)."""

@@ -58,35 +58,34 @@ class CriticModule(L.LightningModule):
         want_values = self.objective.value_weight > 0
         if "features" in batch:
             scores = unwrap(self.critic).score_features(batch["features"])
-        elif "prefix_ids" in batch:  # rows that share prompts (data.share_prompts): each prompt runs once
-            out = unwrap(self.critic).forward_shared(
-                batch["prefix_ids"],
-                batch["prefix_mask"],
-                batch["answer_ids"],
-                batch["answer_mask"],
-                batch["repeat"],
-                batch["response"],
-                return_values=want_values,
-                return_logits=want_logits,
-            )
-            scores = out.score
-            if want_logits:
-                lm_term = next_token_loss(out.logits, batch["answer_labels"])
-            if want_values:
-                value_term = token_value_loss(out.values, batch["response"], target)
         else:
-            out = self.critic(
-                input_ids=batch["input_ids"],
-                attention_mask=batch["attention_mask"],
-                prompt_lengths=batch["prompt_lengths"],
-                return_logits=want_logits,
-                return_values=want_values,
-            )
+            if "prefix_ids" in batch:  # rows that share prompts (data.share_prompts): each prompt runs once
+                out = unwrap(self.critic).forward_shared(
+                    batch["prefix_ids"],
+                    batch["prefix_mask"],
+                    batch["answer_ids"],
+                    batch["answer_mask"],
+                    batch["repeat"],
+                    batch["response"],
+                    return_values=want_values,
+                    return_logits=want_logits,
+                )
+                logits, labels, response = out.logits, batch["answer_labels"], batch["response"]
+            else:
+                out = self.critic(
+                    input_ids=batch["input_ids"],
+                    attention_mask=batch["attention_mask"],
+                    prompt_lengths=batch["prompt_lengths"],
+                    return_logits=want_logits,
+                    return_values=want_values,
+                )
+                logits = None if out.logits is None else out.logits[:, :-1]  # position t predicts token t + 1
+                labels = batch["lm_labels"][:, 1:]
+                response = response_positions(batch["attention_mask"], batch["prompt_lengths"])
             scores = out.score
             if want_logits:
-                lm_term = lm_loss(out.logits, batch["lm_labels"])
+                lm_term = next_token_loss(logits, labels)
             if want_values:
-                response = response_positions(batch["attention_mask"], batch["prompt_lengths"])
                 value_term = token_value_loss(out.values, response, target)
         loss = critic_loss(self.objective, scores, target)
         batch_size = target.shape[0]
