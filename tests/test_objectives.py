@@ -13,6 +13,7 @@ from autocritic.training.objectives import (
     ObjectiveSettings,
     bradley_terry,
     critic_loss,
+    group_listwise_loss,
     lm_loss,
     pointwise_bce,
     scalar_mse,
@@ -129,3 +130,25 @@ def test_token_values_learn_the_row_label_on_response_tokens_only():
 def test_token_values_need_a_pointwise_objective():
     with pytest.raises(ConfigError, match="needs objective=bce"):
         ObjectiveSettings(kind="pairwise", value_weight=1.0)
+
+
+def test_group_listwise_loss_by_hand():
+    # Group 0: one right answer of three; group 1: all wrong (no term); group 2: two right of three.
+    scores = torch.tensor([2.0, 0.0, -1.0, 5.0, 4.0, 1.0, 3.0, 0.5])
+    labels = torch.tensor([1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 1.0, 0.0])
+    groups = torch.tensor([0, 0, 0, 1, 1, 2, 2, 2])
+    first = math.log(math.exp(2) + 1 + math.exp(-1)) - 2.0
+    third = math.log(math.exp(1) + math.exp(3) + math.exp(0.5)) - math.log(math.exp(1) + math.exp(3))
+    assert group_listwise_loss(scores, labels, groups).item() == pytest.approx((first + third) / 2, rel=1e-6)
+
+
+def test_group_listwise_loss_without_mixed_groups_is_zero_and_differentiable():
+    scores = torch.tensor([1.0, 2.0], requires_grad=True)
+    loss = group_listwise_loss(scores, torch.tensor([1.0, 1.0]), torch.tensor([0, 0]))
+    loss.backward()
+    assert loss.item() == 0.0 and scores.grad is not None
+
+
+def test_group_loss_needs_a_pointwise_objective():
+    with pytest.raises(ConfigError, match="needs objective=bce"):
+        ObjectiveSettings(kind="mse", group_weight=1.0)

@@ -341,14 +341,23 @@ class CriticDataModule(L.LightningDataModule):
         self.features = features
 
     # ---- loaders ----
+    def shared_prompt_groups(self, split: str) -> list[list[int]] | None:
+        """The split's examples grouped by prompt when its token batches share prompts (`collate_shared`), else None:
+        data.share_prompts off, cached features, or too few rows sharing a prompt to pay for it."""
+        items = self.encoded.get(split)
+        if not self.settings.share_prompts or not items or split in self.features:
+            return None
+        groups = prompt_groups(items)
+        if len(items) * len(items[0]["ids"]) < MIN_ROWS_PER_PROMPT * len(groups):
+            return None  # running prompts and answers apart costs more than it saves
+        return groups
+
     def loader(self, split: str, shuffle: bool) -> DataLoader:
         s = self.settings
         batch_size = s.batch_size if split == "train" else s.eval_batch_size
         items = self.encoded[split]
         tokens = split not in self.features
-        groups = prompt_groups(items) if tokens and s.share_prompts and items else None
-        if groups is not None and len(items) * len(items[0]["ids"]) < MIN_ROWS_PER_PROMPT * len(groups):
-            groups = None  # too few rows share a prompt to pay for running prompts and answers apart
+        groups = self.shared_prompt_groups(split)
         share = groups is not None
         sampler = None
         if shuffle:

@@ -247,13 +247,22 @@ def train(cfg: DictConfig) -> float | None:
     tokenizer = load_tokenizer(cfg.model.name_or_path, cfg.model.trust_remote_code)
     datamodule = CriticDataModule(data_settings(cfg), tokenizer)
     datamodule.setup()  # reads and validates every row before the model is loaded
+    objective = ObjectiveSettings(**{k: v for k, v in OmegaConf.to_container(cfg.objective).items() if k not in ("monitor", "mode")})
+    cached = cfg.phase.freeze_backbone and cfg.phase.cache_features
+    if objective.group_weight and (cached or datamodule.shared_prompt_groups("train") is None):
+        raise ConfigError(
+            "objective.group_weight ranks the answers to one prompt within shared-prompt batches, and this run's "
+            "training batches share none (data.share_prompts=false, model.gradient_checkpointing=true, cached "
+            "features of phase=transfer, or fewer than 1.5 rows per prompt). Set objective.group_weight=0, or "
+            "use phase=finetune with data.share_prompts=true."
+        )
     critic, head_settings = build_critic(cfg, start)
-    if cfg.phase.freeze_backbone and cfg.phase.cache_features:
+    if cached:
         attach_feature_cache(cfg, critic, datamodule)
 
     module = CriticModule(
         critic,
-        ObjectiveSettings(**{k: v for k, v in OmegaConf.to_container(cfg.objective).items() if k not in ("monitor", "mode")}),
+        objective,
         OptimSettings(lr=cfg.phase.lr, weight_decay=cfg.phase.weight_decay, warmup_steps=cfg.phase.warmup_steps, optimizer=cfg.phase.optimizer),
         backbone_frozen=cfg.phase.freeze_backbone,
     )
