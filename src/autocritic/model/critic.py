@@ -23,6 +23,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
+from autocritic.errors import ConfigError
 from autocritic.model.head import CONFIDENCE_FEATURES, CriticHead, HeadSettings
 
 
@@ -183,9 +184,9 @@ class CriticModel(nn.Module):
         cache = output.get("cache", None)
         cache = output.past_key_values if cache is None else cache  # transformers < 5.24 names it past_key_values
         if cache is None:
-            raise RuntimeError(
-                f"{type(self.backbone).__name__} returned no KV cache (gradient checkpointing turns it off): shared "
-                "prompts need it. Set data.share_prompts=false."
+            raise ConfigError(
+                f"{type(self.backbone).__name__} returned no KV cache (gradient checkpointing turns it off), and "
+                "shared-prompt batches need it: set data.share_prompts=false."
             )
         cache.batch_select_indices(repeat)
         mask = torch.cat([prefix_mask[repeat], answer_mask], dim=1)
