@@ -134,22 +134,24 @@ class CriticModel(nn.Module):
                 "this critic reads the model's confidence in the response (head.confidence=true): pass "
                 "prompt_lengths, the number of tokens of each row's rendered prompt."
             )
-        before = torch.cat([hidden[:, :1], hidden[:, :-1]], dim=1)  # position 0 is never a response token
-        response = None if prompt_lengths is None else response_positions(attention_mask, prompt_lengths)
+        before = response = None
+        if self.reads_confidence:
+            before = torch.cat([hidden[:, :1], hidden[:, :-1]], dim=1)  # position 0 is never a response token
+            response = response_positions(attention_mask, prompt_lengths)
         return self._output(hidden, before, input_ids, attention_mask, response, return_values, hidden if return_logits else None)
 
     def _output(
         self,
         hidden: torch.Tensor,
-        before: torch.Tensor,
+        before: torch.Tensor | None,
         tokens: torch.Tensor,
         attention_mask: torch.Tensor,
         response: torch.Tensor | None,
         return_values: bool,
         logits_from: torch.Tensor | None,
     ) -> CriticOutput:
-        """Score at the last real token (with the confidence features when the head reads them), and on request
-        per-token values and the LM logits of `logits_from`."""
+        """Score at the last real token (with the confidence features of `before` and `response` when the head reads
+        them), and on request per-token values and the LM logits of `logits_from`."""
         rows = torch.arange(hidden.shape[0], device=hidden.device)
         last = last_token_index(attention_mask)
         confidence = None
