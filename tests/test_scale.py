@@ -176,6 +176,35 @@ def test_simulated_ddp_on_cpu_writes_one_run(tiny_backbone, tiny_data, tmp_path)
 
 
 @pytest.mark.slow
+def test_simulated_ddp_finetune_with_shared_prompts_replay_and_uneven_evaluation(tiny_backbone, tmp_path):
+    """Two gloo ranks: every loader is a BatchShard (tests/test_sharding.py); the run must not hang on the ranks'
+    unequal evaluation batches and must export once."""
+    from conftest import write_jsonl
+
+    rows = [
+        {"prompt": f"Q: {a}+{b}=? A:", "response": f" {a + b + k}", "label": int(k == 0)}
+        for a in range(5)
+        for b in range(4)
+        for k in (0, 1, 2)
+    ]  # 60 rows, 3 per prompt
+    train_file = write_jsonl(tmp_path / "train.jsonl", rows)
+    val_file = write_jsonl(tmp_path / "val.jsonl", rows[:36])  # 3 batches of 16: one rank evaluates 2, the other 1
+    replay = write_jsonl(tmp_path / "replay.jsonl", [{"text": f"Q: {a}+1=? A: {a + 1}"} for a in range(9)])
+    data = {"train": train_file, "val": val_file}
+    result = run_cli(
+        cli_overrides(tiny_backbone, data)
+        + ["phase=finetune", "phase.init_from=null", "data.share_prompts=true", f"data.replay_files=[{replay}]"]
+        + ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"],
+        tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = next((tmp_path / "outputs" / "finetune").iterdir())
+    assert (run / "export" / "critic_config.json").is_file()
+    steps = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["global_step"]
+    assert steps == 2 * 4  # 8 batches of 8 rows dealt to 2 ranks, for 2 epochs
+
+
+@pytest.mark.slow
 def test_hydra_multirun_runs_each_job(tiny_backbone, tiny_data, tmp_path):
     result = run_cli(
         ["-m", *cli_overrides(tiny_backbone, tiny_data), "trainer.fast_dev_run=true", "phase.lr=0.001,0.01"],

@@ -22,6 +22,7 @@ from transformers import PreTrainedTokenizerBase
 
 from autocritic.data.replay import ReplayCycle, collate_replay, encode_documents, read_replay_files
 from autocritic.data.schemas import check_rows, check_schema, scan_json_lines, scan_text
+from autocritic.data.sharding import BatchShard
 from autocritic.data.template import Template
 from autocritic.errors import DataError
 
@@ -366,6 +367,7 @@ class CriticDataModule(L.LightningDataModule):
             sampler = EpochShuffle(len(items), s.seed, lengths, batch_size, groups=groups)
         elif groups is not None:
             sampler = [i for group in groups for i in group]  # evaluation metrics do not depend on the order
+        sampler = self.sharded(sampler if sampler is not None else range(len(items)), batch_size, even=shuffle)
         if not tokens:
             items = [{"features": f, "target": it["target"]} for f, it in zip(self.features[split], self.encoded[split], strict=True)]
             return DataLoader(ListDataset(items), batch_size=batch_size, sampler=sampler, collate_fn=self.collate_features)
@@ -377,15 +379,25 @@ class CriticDataModule(L.LightningDataModule):
             num_workers=s.num_workers,
         )
 
+    def sharded(self, order: Sampler[int] | range | list[int], batch_size: int, even: bool) -> Sampler[int] | None:
+        """Under data parallelism, this rank's whole batches of `order` (`BatchShard`); else `order` itself (None for
+        the plain sequential order)."""
+        trainer = self.trainer
+        if trainer is not None and trainer.world_size > 1:
+            return BatchShard(order, batch_size, trainer.world_size, trainer.global_rank, even)
+        return None if isinstance(order, range) else order
+
     def train_dataloader(self) -> DataLoader | dict[str, DataLoader]:
         critic = self.loader("train", shuffle=True)
         if not self.replay:
             return critic
         size = self.settings.replay_batch_size
+        ranks = self.trainer.world_size if self.trainer is not None else 1
+        cycle = ReplayCycle(len(self.replay), len(critic) * size * ranks, self.settings.seed)
         replay = DataLoader(
             ListDataset(self.replay),
             batch_size=size,
-            sampler=ReplayCycle(len(self.replay), len(critic) * size, self.settings.seed),
+            sampler=self.sharded(cycle, size, even=True),
             collate_fn=partial(collate_replay, pad_id=self.tokenizer.pad_token_id),
         )
         return {"critic": critic, "replay": replay}  # Lightning zips them: one replay batch per critic batch
