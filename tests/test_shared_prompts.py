@@ -51,7 +51,8 @@ def loss_and_grads(module: CriticModule, batch: dict) -> tuple[torch.Tensor, dic
     module.log = lambda *args, **kwargs: None  # outside a Trainer
     loss = module.step(batch, "train")
     loss.backward()
-    return loss.detach(), {n: p.grad.clone() for n, p in module.named_parameters() if p.grad is not None}
+    wrapped = "._checkpoint_wrapped_module"  # torch's activation checkpointing renames the layers it wraps
+    return loss.detach(), {n.replace(wrapped, ""): p.grad.clone() for n, p in module.named_parameters() if p.grad is not None}
 
 
 @pytest.mark.parametrize(
@@ -63,7 +64,8 @@ def loss_and_grads(module: CriticModule, batch: dict) -> tuple[torch.Tensor, dic
         ("llama", "pointwise", ObjectiveSettings(kind="bce", lm_weight=1.0)),
     ],
 )
-def test_shared_batch_gives_the_losses_and_gradients_of_plain_rows(kind, schema, objective, tiny_backbone, tmp_path):
+@pytest.mark.parametrize("checkpointing", [None, "transformers", "torch"])
+def test_shared_batch_gives_the_losses_and_gradients_of_plain_rows(kind, schema, objective, checkpointing, tiny_backbone, tmp_path):
     rows = rows_with_shared_prompts(schema)
     plain = datamodule_of(rows, schema, tiny_backbone, tmp_path, share=False)
     shared = datamodule_of(rows, schema, tiny_backbone, tmp_path, share=True)
@@ -74,6 +76,17 @@ def test_shared_batch_gives_the_losses_and_gradients_of_plain_rows(kind, schema,
     module = CriticModule(critic_of(kind, tiny_backbone, lora=True), objective, OptimSettings(), backbone_frozen=False)
     module.train()
     plain_loss, plain_grads = loss_and_grads(module, plain_batch)
+    # Checkpointing runs each layer again in the backward pass: the prompt's keys must not be cached twice.
+    backbone = module.critic.base_model.model.backbone
+    if checkpointing == "transformers":  # model.gradient_checkpointing=true
+        backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        assert sum(getattr(m, "gradient_checkpointing", False) for m in backbone.modules()) >= 2
+    elif checkpointing == "torch":  # trainer=fsdp's activation_checkpointing_policy
+        from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import apply_activation_checkpointing
+        from transformers.modeling_layers import GradientCheckpointingLayer
+
+        apply_activation_checkpointing(backbone, check_fn=lambda m: isinstance(m, GradientCheckpointingLayer))
+        assert "_checkpoint_wrapped_module" in str(dict(backbone.named_modules()).keys())
     shared_loss, shared_grads = loss_and_grads(module, shared_batch)
     assert torch.allclose(plain_loss, shared_loss, atol=1e-5)
     assert plain_grads.keys() == shared_grads.keys()
@@ -134,14 +147,13 @@ def test_singleton_groups_keep_the_plain_shuffle():
     assert list(plain) == list(grouped)
 
 
-def test_gradient_checkpointing_turns_shared_prompts_off():
+def test_gradient_checkpointing_keeps_shared_prompts():
     from helpers import compose_train
 
     from autocritic.training.run import data_settings
 
     assert data_settings(compose_train(["phase=finetune"])).share_prompts
-    assert not data_settings(compose_train(["phase=finetune", "model.gradient_checkpointing=true"])).share_prompts
-    assert data_settings(compose_train(["phase=transfer", "model.gradient_checkpointing=true"])).share_prompts  # frozen
+    assert data_settings(compose_train(["phase=finetune", "model=falcon-7b-instruct"])).share_prompts  # checkpointed
     assert not data_settings(compose_train(["phase=finetune", "data.share_prompts=false"])).share_prompts
 
 

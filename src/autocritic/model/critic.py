@@ -25,6 +25,7 @@ from transformers import PreTrainedModel
 
 from autocritic.errors import ConfigError
 from autocritic.model.head import CONFIDENCE_FEATURES, CriticHead, HeadSettings
+from autocritic.model.prompt_cache import SharedPromptCache, cache_through_checkpointing
 
 
 @dataclass
@@ -178,28 +179,37 @@ class CriticModel(nn.Module):
         answer b follows prompt `repeat[b]`. Returns the answers' states (B, A, H) and `before` (B, A, H), the state
         that predicted each answer token (the prompt's last state for the first one). Same numbers as one forward
         per prompt + answer (tests/test_feature_cache.py, tests/test_shared_prompts.py); gradients flow through
-        the prompt once per prompt."""
+        the prompt once per prompt, with or without gradient checkpointing (`SharedPromptCache`)."""
         decoder = decoder_of(self.backbone)
-        output = decoder(
-            input_ids=prefix_ids, attention_mask=prefix_mask, position_ids=positions_from_mask(prefix_mask), use_cache=True
-        )
-        cache = output.get("cache", None)
-        cache = output.past_key_values if cache is None else cache  # transformers < 5.24 names it past_key_values
-        if cache is None:
+        parameters = inspect.signature(decoder.forward).parameters
+        cache_argument = next((name for name in ("cache", "past_key_values") if name in parameters), None)
+        if cache_argument is None:
             raise ConfigError(
-                f"{type(self.backbone).__name__} returned no KV cache (gradient checkpointing turns it off), and "
-                "shared-prompt batches need it: set data.share_prompts=false."
+                f"{type(decoder).__name__} takes no KV cache, and shared-prompt batches need one: set "
+                "data.share_prompts=false."
             )
-        cache.batch_select_indices(repeat)
-        mask = torch.cat([prefix_mask[repeat], answer_mask], dim=1)
-        cache_argument = "cache" if "cache" in inspect.signature(decoder.forward).parameters else "past_key_values"
-        hidden = decoder(
-            input_ids=answer_ids,
-            attention_mask=mask,
-            position_ids=positions_from_mask(mask)[:, prefix_ids.shape[1] :],
-            use_cache=True,
-            **{cache_argument: cache},
-        ).last_hidden_state
+        cache = SharedPromptCache(config=decoder.config)
+        with cache_through_checkpointing(decoder):
+            output = decoder(
+                input_ids=prefix_ids,
+                attention_mask=prefix_mask,
+                position_ids=positions_from_mask(prefix_mask),
+                use_cache=True,
+                **{cache_argument: cache},
+            )
+            if cache.get_seq_length() == 0:
+                raise ConfigError(
+                    f"{type(decoder).__name__} wrote nothing to its KV cache, and shared-prompt batches need it: "
+                    "set data.share_prompts=false."
+                )
+            mask = torch.cat([prefix_mask[repeat], answer_mask], dim=1)
+            hidden = decoder(
+                input_ids=answer_ids,
+                attention_mask=mask,
+                position_ids=positions_from_mask(mask)[:, prefix_ids.shape[1] :],
+                use_cache=True,
+                **{cache_argument: cache.answers_view(repeat)},
+            ).last_hidden_state
         before = torch.cat([output.last_hidden_state[repeat, -1:], hidden[:, :-1]], dim=1)
         return hidden, before
 

@@ -78,14 +78,6 @@ def data_settings(cfg: DictConfig) -> DataSettings:
     values = {k: v for k, v in OmegaConf.to_container(cfg.data, resolve=True).items() if k in keys}
     if not replays(cfg):
         values["replay_files"] = []  # a frozen backbone or objective.replay_weight=0: nothing reads them
-    if values.get("share_prompts", True) and cfg.model.get("gradient_checkpointing") and not cfg.phase.freeze_backbone:
-        # A checkpointed layer runs twice and would append to the KV cache twice: transformers turns the cache off.
-        log.info(
-            "data.share_prompts is off in this run: model.gradient_checkpointing turns the KV cache off. Shared "
-            "prompts run each prompt once per batch, which may save the memory checkpointing saves: try "
-            "model.gradient_checkpointing=false."
-        )
-        values["share_prompts"] = False
     return DataSettings(**values, seed=cfg.seed)
 
 
@@ -252,8 +244,8 @@ def train(cfg: DictConfig) -> float | None:
     if objective.group_weight and (cached or datamodule.shared_prompt_groups("train") is None):
         raise ConfigError(
             "objective.group_weight ranks the answers to one prompt within shared-prompt batches, and this run's "
-            "training batches share none (data.share_prompts=false, model.gradient_checkpointing=true, cached "
-            "features of phase=transfer, or fewer than 1.5 rows per prompt). Set objective.group_weight=0, or "
+            "training batches share none (data.share_prompts=false, cached features of phase=transfer, or fewer "
+            "than 1.5 rows per prompt). Set objective.group_weight=0, or "
             "use phase=finetune with data.share_prompts=true."
         )
     critic, head_settings = build_critic(cfg, start)
