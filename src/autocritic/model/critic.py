@@ -189,12 +189,12 @@ class CriticModel(nn.Module):
                 "data.share_prompts=false."
             )
         cache = SharedPromptCache(config=decoder.config)
-        with cache_through_checkpointing(decoder):
+        with cache_through_checkpointing(decoder) as checkpointed:
             output = decoder(
                 input_ids=prefix_ids,
                 attention_mask=prefix_mask,
                 position_ids=positions_from_mask(prefix_mask),
-                use_cache=True,
+                use_cache=not checkpointed,
                 **{cache_argument: cache},
             )
             if cache.get_seq_length() == 0:
@@ -207,7 +207,7 @@ class CriticModel(nn.Module):
                 input_ids=answer_ids,
                 attention_mask=mask,
                 position_ids=positions_from_mask(mask)[:, prefix_ids.shape[1] :],
-                use_cache=True,
+                use_cache=not checkpointed,
                 **{cache_argument: cache.answers_view(repeat)},
             ).last_hidden_state
         before = torch.cat([output.last_hidden_state[repeat, -1:], hidden[:, :-1]], dim=1)

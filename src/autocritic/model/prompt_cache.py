@@ -49,15 +49,17 @@ class SharedPromptCache(DynamicCache):
 
 
 @contextmanager
-def cache_through_checkpointing(decoder: nn.Module) -> Iterator[None]:
+def cache_through_checkpointing(decoder: nn.Module) -> Iterator[bool]:
     """Let the checkpointed layers of `decoder` receive a `SharedPromptCache` (transformers drops a cache from a
     checkpointed layer unless the layer says it is safe). The flag is read when a layer runs forward; the
-    backward's recompute reuses the arguments of that call."""
+    backward's recompute reuses the arguments of that call. Yields whether transformers checkpoints any layer:
+    then pass `use_cache=False` (the layers write to the cache they are given all the same), or transformers
+    warns that it turned the cache off."""
     layers = [m for m in decoder.modules() if isinstance(m, GradientCheckpointingLayer) and m.gradient_checkpointing]
     for layer in layers:
         layer._can_checkpoint_with_cache = True
     try:
-        yield
+        yield bool(layers) and decoder.training and torch.is_grad_enabled()
     finally:
         for layer in layers:
             del layer._can_checkpoint_with_cache

@@ -87,6 +87,15 @@ def replays(cfg: DictConfig) -> bool:
     return bool(weight > 0 and not cfg.phase.freeze_backbone and as_list(cfg.data.get("replay_files")))
 
 
+def enable_checkpointing(backbone: torch.nn.Module) -> None:
+    """Non-reentrant: the answers' gradients reach a shared prompt through its cached keys (`SharedPromptCache`)."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(backbone, "activation_checkpointing_enable"):  # transformers >= 5.23 (the old name warns)
+        backbone.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
 def build_critic(cfg: DictConfig, start: Path | None) -> tuple[torch.nn.Module, HeadSettings]:
     quantization = None
     if OmegaConf.select(cfg, "quantization.mode", default="none") != "none":
@@ -110,7 +119,7 @@ def build_critic(cfg: DictConfig, start: Path | None) -> tuple[torch.nn.Module, 
 
         prepare_for_kbit_training(critic.backbone, cfg.model.gradient_checkpointing)
     elif cfg.model.gradient_checkpointing:
-        critic.backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_checkpointing(critic.backbone)
     if cfg.peft.mode == "lora":
         lora = LoraSettings(**{k: v for k, v in OmegaConf.to_container(cfg.peft).items() if k != "mode"})
         return apply_lora(critic, lora), head_settings
