@@ -9,7 +9,9 @@ usual dense-transformer count (Kaplan et al.; PaLM appendix B) with N the backbo
   frozen forward     2N + 4·L·H·T
 MFU = achieved FLOP/s ÷ the card's dense bf16 peak (H100 SXM 989 TFLOP/s, H200 989, A100 312; --peak to set).
 Gradient checkpointing recomputes the forward; MFU does not count that recompute (it is model FLOPs), so `lora_ckpt`
-trades MFU for memory. On CUDA the script also times an 8192³ bf16 matmul: the ceiling this card reaches in practice.
+trades MFU for memory. `lora_shared` / `lora_ckpt_shared` (not in the default modes) run the same batch as rows that
+share prompts (`--answers` rows per prompt, `--answer-tokens` each): tokens/s counts the rows' tokens, as the plain
+modes do, and MFU the tokens actually run. On CUDA the script also times an 8192³ bf16 matmul: the ceiling this card reaches in practice.
 Results are written to --out after every mode, so a run cut short still reports what it measured.
 """
 
@@ -103,7 +105,25 @@ def measure(mode: str, critic: torch.nn.Module, cfg: FalconConfig, args, device:
     mask = torch.ones_like(ids)
     n = matmul_params(cfg)
     attn = cfg.num_hidden_layers * cfg.hidden_size * seq
-    if mode == "frozen":
+    if mode.endswith("_shared"):  # the same rows as prompts shared by --answers rows, each prompt run once
+        answer = args.answer_tokens
+        prompts = batch // args.answers
+        prefix = torch.randint(0, cfg.vocab_size, (prompts, seq - answer), device=device)
+        answers = torch.randint(0, cfg.vocab_size, (batch, answer), device=device)
+        repeat = torch.arange(batch, device=device) // args.answers
+        params = [p for p in critic.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=1e-4)
+
+        def step():
+            ones = torch.ones_like(answers)
+            out = critic.forward_shared(prefix, torch.ones_like(prefix), answers, ones, repeat, ones.bool())
+            out.score.float().pow(2).mean().backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+        run_tokens = prompts * (seq - answer) + batch * answer
+        flops_per_token = (4 * n + 12 * attn) * run_tokens / (batch * seq)  # model FLOPs of the tokens run
+    elif mode == "frozen":
         critic.eval()
 
         @torch.no_grad()
@@ -182,6 +202,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--peak", type=float, default=None, help="peak FLOP/s of the device")
     parser.add_argument("--modes", default="frozen,lora,lora_ckpt,qlora")
+    parser.add_argument("--answers", type=int, default=4, help="*_shared modes: rows per prompt")
+    parser.add_argument("--answer-tokens", type=int, default=64, help="*_shared modes: tokens per answer")
     parser.add_argument(
         "--attention",
         default="fused",
@@ -217,7 +239,7 @@ def main() -> None:
             else:
                 if mode.startswith("lora"):
                     freeze(critic.backbone)
-                if mode == "lora_ckpt":
+                if mode.startswith("lora_ckpt"):
                     critic.backbone.gradient_checkpointing_enable(
                         gradient_checkpointing_kwargs={"use_reentrant": False}
                     )

@@ -225,6 +225,16 @@ def test_quantized_full_finetuning_is_refused_before_compute(tiny_backbone, tiny
         train(resolved(compose_train(overrides)))
 
 
+def test_gradient_checkpointing_reaches_every_decoder_layer(tiny_backbone, tiny_data, tmp_path, recwarn):
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    overrides = tiny_overrides(tiny_backbone, tiny_data, tmp_path) + ["phase=finetune", "model.gradient_checkpointing=true"]
+    critic, _ = build_critic(resolved(compose_train(overrides)), None)
+    layers = [m for m in critic.modules() if isinstance(m, GradientCheckpointingLayer)]
+    assert layers and all(layer.gradient_checkpointing for layer in layers)
+    assert not [w for w in recwarn if "gradient_checkpointing_enable" in str(w.message)]  # the deprecated name
+
+
 def test_memory_levers_are_configuration():
     cfg = compose_train(
         [
@@ -259,6 +269,12 @@ def test_gpu_check_script_runs_its_modes_on_a_tiny_model(tmp_path):
             "16",
             "--steps",
             "1",
+            "--modes",
+            "frozen,lora,lora_ckpt,qlora,lora_shared,lora_ckpt_shared",
+            "--answers",
+            "2",
+            "--answer-tokens",
+            "4",
             "--out",
             str(out),
         ],
@@ -271,7 +287,7 @@ def test_gpu_check_script_runs_its_modes_on_a_tiny_model(tmp_path):
     import json
 
     modes = {r["mode"]: r for r in json.loads(out.read_text())["results"]}
-    assert set(modes) == {"frozen", "lora", "lora_ckpt", "qlora"}
+    assert set(modes) == {"frozen", "lora", "lora_ckpt", "qlora", "lora_shared", "lora_ckpt_shared"}
     assert all(r["tokens_per_s"] > 0 for r in modes.values())
 
 
