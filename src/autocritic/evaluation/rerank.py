@@ -83,8 +83,17 @@ def mean_logprob(sample) -> float:
     return sum(sample.logprobs) / len(sample.logprobs) if sample.logprobs else float("-inf")
 
 
-def sample_pools(ctx: EvalContext, s: Settings) -> tuple[list[Pool], list[tuple[bool, float | None]]]:
-    """The N-sample pool of every problem and its greedy answer (right?, critic score)."""
+@dataclass
+class Sampled:
+    """What `sample_answers` generates: the test problems, their few-shot prompts, the greedy answer and N samples."""
+
+    problems: list
+    prompts: list[str]
+    greedy: list
+    samples: list
+
+
+def sample_answers(ctx: EvalContext, s: Settings) -> Sampled:
     splits = ctx.splits(s.family, s.n_problems, train=s.pool_size)
     problems = splits["test"]
     # The same prompts offline.generate writes for the test split (seed + split index).
@@ -103,22 +112,33 @@ def sample_pools(ctx: EvalContext, s: Settings) -> tuple[list[Pool], list[tuple[
             return_logprobs=True,
         ),
     )
+    return Sampled(problems, prompts, greedy, sampled)
+
+
+def pools_of(sampled: Sampled, scores: list[list[float]] | None = None) -> list[Pool]:
+    """One pool per problem, scored by the generating critic, or by `scores` (one list per problem)."""
     pools = []
-    for problem, samples in zip(problems, sampled, strict=True):
+    for index, (problem, samples) in enumerate(zip(sampled.problems, sampled.samples, strict=True)):
         pools.append(
             Pool(
                 answer_of(problem, problem.answer),
                 [answer_of(problem, x.text) for x in samples],
                 [is_right(problem, x.text) for x in samples],
-                [x.score for x in samples],
+                [x.score for x in samples] if scores is None else scores[index],
                 None if any(x.logprobs is None for x in samples) else [mean_logprob(x) for x in samples],
             )
         )
+    return pools
+
+
+def sample_pools(ctx: EvalContext, s: Settings) -> tuple[list[Pool], list[tuple[bool, float | None]]]:
+    """The N-sample pool of every problem and its greedy answer (right?, critic score)."""
+    sampled = sample_answers(ctx, s)
     greedy_rows = [
         (is_right(p, row[0].text), row[0].score)
-        for p, row in zip(problems, greedy, strict=True)
+        for p, row in zip(sampled.problems, sampled.greedy, strict=True)
     ]
-    return pools, greedy_rows
+    return pools_of(sampled), greedy_rows
 
 
 def run(ctx: EvalContext, settings: Settings) -> SuiteResult:
