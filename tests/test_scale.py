@@ -14,11 +14,15 @@ import torch
 import torch.distributed.fsdp
 import yaml
 from helpers import compose_train, resolved, tiny_overrides
+from safetensors.torch import load_file
 
+from autocritic.data.datamodule import CriticDataModule
 from autocritic.errors import ConfigError
+from autocritic.model.backbone import load_tokenizer
+from autocritic.training.feature_cache import compute_features
 from autocritic.training.module import CriticModule, OptimSettings
 from autocritic.training.objectives import ObjectiveSettings
-from autocritic.training.run import build_critic, build_strategy, gathered_critic, train
+from autocritic.training.run import build_critic, build_strategy, data_settings, gathered_critic, train
 from autocritic.training.sweep_args import sanitize_override, sanitize_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -172,7 +176,18 @@ def test_simulated_ddp_on_cpu_writes_one_run(tiny_backbone, tiny_data, tmp_path)
     assert (run / "export" / "critic_config.json").is_file()
     assert (run / "checkpoints" / "last.ckpt").is_file()
     assert (run / "train_ddp_process_1.log").is_file()  # the second rank ran, in the same directory
-    assert list((tmp_path / "data" / "cache").glob("*.safetensors"))  # the feature cache works under DDP
+    # The feature cache works under DDP: each rank computed half the rows, and the file holds them all, as one
+    # process computes them.
+    for rank, log in enumerate(["train.log", "train_ddp_process_1.log"]):
+        assert f"train features: rank {rank} of 2 computed 32 of 64 sequences" in (run / log).read_text()
+    (written,) = (tmp_path / "data" / "cache").glob("*.safetensors")
+    features = load_file(str(written))
+    cfg = resolved(compose_train(tiny_overrides(tiny_backbone, tiny_data, tmp_path)))
+    datamodule = CriticDataModule(data_settings(cfg), load_tokenizer(str(tiny_backbone)))
+    datamodule.setup()
+    critic, _ = build_critic(cfg, None)
+    for split in ("train", "val"):
+        assert torch.allclose(features[split], compute_features(critic, datamodule, split, torch.device("cpu")), atol=1e-5)
 
 
 @pytest.mark.slow

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -25,6 +28,8 @@ from autocritic.model.critic import (
     last_token_index,
     positions_from_mask,
 )
+
+log = logging.getLogger("autocritic")
 
 FEATURES = "final state + confidence"  # part of the cache key: a change of layout never reads an old file
 
@@ -50,16 +55,45 @@ def cache_key(backbone_source: str, data_files: list[str], template: str, max_le
 
 
 @torch.no_grad()
-def compute_features(critic: CriticModel, datamodule: CriticDataModule, split: str, device: torch.device) -> torch.Tensor:
+@dataclass
+class Ranks:
+    """The processes of a data-parallel run, for computing the features once between them: this one's `rank` of
+    `world`, `all_gather` (a tensor of the same shape from every rank, stacked) and `all_agree` (True on every rank
+    only if True on all)."""
+
+    rank: int
+    world: int
+    all_gather: Callable[[torch.Tensor], torch.Tensor]
+    all_agree: Callable[[bool], bool]
+
+
+@torch.no_grad()
+def compute_features(
+    critic: CriticModel, datamodule: CriticDataModule, split: str, device: torch.device, ranks: Ranks | None = None
+) -> torch.Tensor:
     """(N, S, H + 2) fp32 features at the last real token; S = 2 for pairwise (chosen, rejected). The two
     confidence features are stored for every head: a head with `confidence=false` ignores them, and one cache
-    serves both kinds of head."""
+    serves both kinds of head. With `ranks`, each process computes a contiguous share of the sequences (the
+    answers to one prompt are neighbours, so shares keep their shared prompts) and the shares are exchanged."""
     items = datamodule.encoded[split]
     n_seq = len(items[0]["ids"]) if items else 1
     sequences = [(item["ids"][k], item["prompt_len"][k]) for item in items for k in range(n_seq)]
+    world, rank = (ranks.world, ranks.rank) if ranks else (1, 0)
+    bounds = [len(sequences) * r // world for r in range(world + 1)]
     states = shared_prefix_features(
-        critic, sequences, device, datamodule.settings.eval_batch_size, datamodule.tokenizer.pad_token_id or 0, split
+        critic,
+        sequences[bounds[rank] : bounds[rank + 1]],
+        device,
+        datamodule.settings.eval_batch_size,
+        datamodule.tokenizer.pad_token_id or 0,
+        split,
     )
+    if world > 1:
+        log.info("%s features: rank %d of %d computed %d of %d sequences", split, rank, world, len(states), len(sequences))
+        width = max(bounds[r + 1] - bounds[r] for r in range(world))
+        padding = states.new_zeros(width - len(states), states.shape[1])
+        gathered = ranks.all_gather(torch.cat([states, padding]).to(device)).cpu()  # (world, width, F)
+        states = torch.cat([gathered[r, : bounds[r + 1] - bounds[r]] for r in range(world)])
     return states.reshape(len(items), n_seq, -1)
 
 
@@ -130,22 +164,32 @@ def _features_after_prefixes(prefixes, answers, skips, repeat, critic, device, p
 
 
 def load_or_compute(
-    critic: CriticModel, datamodule: CriticDataModule, cache_dir: str | Path, key: str, device: torch.device
+    critic: CriticModel,
+    datamodule: CriticDataModule,
+    cache_dir: str | Path,
+    key: str,
+    device: torch.device,
+    ranks: Ranks | None = None,
 ) -> tuple[dict[str, torch.Tensor], bool]:
-    """Features per split and whether they came from the cache. Written atomically."""
+    """Features per split and whether they came from the cache. Written atomically, by rank 0 alone. With `ranks`,
+    every rank reads the file only if every rank can (nodes need not share a disk), else they compute it together."""
     file = Path(cache_dir) / f"{key}.safetensors"
+    features = None
     if file.is_file():
         features = load_file(str(file))
-        if all(len(features.get(s, ())) == len(datamodule.encoded[s]) for s in SPLITS if datamodule.encoded.get(s)):
-            return features, True
+        if not all(len(features.get(s, ())) == len(datamodule.encoded[s]) for s in SPLITS if datamodule.encoded.get(s)):
+            features = None
+    if (features is not None) if ranks is None else ranks.all_agree(features is not None):
+        return features, True
     was_training = critic.training
     critic.eval()
     # DataLoader iterators draw from the global RNG: a cache miss must not change the run that follows it.
     with torch.random.fork_rng(devices=[]):
-        features = {s: compute_features(critic, datamodule, s, device) for s in SPLITS if datamodule.encoded.get(s)}
+        features = {s: compute_features(critic, datamodule, s, device, ranks) for s in SPLITS if datamodule.encoded.get(s)}
     critic.train(was_training)
-    file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = file.with_suffix(f".tmp{os.getpid()}")
-    save_file({k: v.contiguous() for k, v in features.items()}, str(tmp))
-    tmp.replace(file)
+    if ranks is None or ranks.rank == 0:
+        file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = file.with_suffix(f".tmp{os.getpid()}")
+        save_file({k: v.contiguous() for k, v in features.items()}, str(tmp))
+        tmp.replace(file)
     return features, False

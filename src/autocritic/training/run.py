@@ -30,7 +30,7 @@ from autocritic.model.critic import CriticModel
 from autocritic.model.export import CONFIG_NAME, load_head, read_critic_config, save_critic
 from autocritic.model.head import HeadSettings
 from autocritic.training.config_check import check_config
-from autocritic.training.feature_cache import FEATURES, cache_key, load_or_compute
+from autocritic.training.feature_cache import FEATURES, Ranks, cache_key, load_or_compute
 from autocritic.training.module import CriticModule, OptimSettings
 from autocritic.training.objectives import ObjectiveSettings
 
@@ -126,24 +126,39 @@ def build_critic(cfg: DictConfig, start: Path | None) -> tuple[torch.nn.Module, 
     return critic, head_settings
 
 
-def attach_feature_cache(cfg: DictConfig, critic: CriticModel, datamodule: CriticDataModule) -> None:
-    files = as_list(cfg.data.train_files) + as_list(cfg.data.val_files) + as_list(cfg.data.test_files)
-    key = cache_key(
-        cfg.model.name_or_path,
-        files,
-        cfg.data.template,
-        cfg.data.max_length,
-        {"dtype": cfg.model.dtype, "schema": cfg.data.schema, "hub": cfg.data.hub_id, "columns": dict(cfg.data.columns),
-         "quantization": OmegaConf.to_container(cfg.quantization), "seed": cfg.seed, "features": FEATURES},
-    )
-    device = torch.device("cuda" if torch.cuda.is_available() and cfg.trainer.accelerator in ("auto", "gpu", "cuda") else "cpu")
-    features, hit = load_or_compute(critic.to(device), datamodule, cfg.paths.cache, key, device)
-    critic.to("cpu")
-    log.info("feature cache %s (%s)", "hit" if hit else "written", key)
-    datamodule.use_features(features)
+class FeatureCache(L.Callback):
+    """The frozen phase's features (`feature_cache.load_or_compute`), read or computed once the Trainer has set up
+    this process: on its own device, and under data parallelism each rank computes a share of the rows and the
+    ranks exchange them. Before the Trainer, every rank would load the model onto the first GPU and compute
+    every row."""
+
+    def __init__(self, cfg: DictConfig, critic: CriticModel):
+        files = as_list(cfg.data.train_files) + as_list(cfg.data.val_files) + as_list(cfg.data.test_files)
+        self.key = cache_key(
+            cfg.model.name_or_path,
+            files,
+            cfg.data.template,
+            cfg.data.max_length,
+            {"dtype": cfg.model.dtype, "schema": cfg.data.schema, "hub": cfg.data.hub_id, "columns": dict(cfg.data.columns),
+             "quantization": OmegaConf.to_container(cfg.quantization), "seed": cfg.seed, "features": FEATURES},
+        )
+        self.cache_dir, self.critic = cfg.paths.cache, critic
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        datamodule = trainer.datamodule
+        if datamodule.features:
+            return  # fit set them up; test comes after
+        ranks = None
+        if trainer.world_size > 1:
+            strategy = trainer.strategy
+            ranks = Ranks(trainer.global_rank, trainer.world_size, strategy.all_gather, lambda ok: strategy.reduce_boolean_decision(ok, all=True))
+        device = trainer.strategy.root_device
+        features, hit = load_or_compute(self.critic.to(device), datamodule, self.cache_dir, self.key, device, ranks)
+        log.info("feature cache %s (%s)", "hit" if hit else "written", self.key)
+        datamodule.use_features(features)
 
 
-def build_trainer(cfg: DictConfig, run_dir: Path) -> tuple[L.Trainer, ModelCheckpoint]:
+def build_trainer(cfg: DictConfig, run_dir: Path, extra_callbacks: list[L.Callback] | None = None) -> tuple[L.Trainer, ModelCheckpoint]:
     checkpoint = ModelCheckpoint(
         dirpath=run_dir / "checkpoints",
         filename="best",
@@ -154,7 +169,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path) -> tuple[L.Trainer, ModelCheck
     # last.ckpt comes from callbacks without a monitor: since Lightning 2.6 a monitored callback rewrites last.ckpt
     # only when its metric improves, and defers step saves until validation has run (the end of the epoch).
     last = dict(dirpath=run_dir / "checkpoints", filename="last", save_top_k=1, enable_version_counter=False)
-    callbacks: list = [checkpoint, ModelCheckpoint(**last)]  # every epoch
+    callbacks: list = [*(extra_callbacks or []), checkpoint, ModelCheckpoint(**last)]  # every epoch
     if cfg.checkpoint.every_n_train_steps:
         callbacks.append(ModelCheckpoint(**last, every_n_train_steps=cfg.checkpoint.every_n_train_steps))
     if cfg.progress_bar == "rich":
@@ -258,8 +273,6 @@ def train(cfg: DictConfig) -> float | None:
             "use phase=finetune with data.share_prompts=true."
         )
     critic, head_settings = build_critic(cfg, start)
-    if cached:
-        attach_feature_cache(cfg, critic, datamodule)
 
     module = CriticModule(
         critic,
@@ -267,7 +280,7 @@ def train(cfg: DictConfig) -> float | None:
         OptimSettings(lr=cfg.phase.lr, weight_decay=cfg.phase.weight_decay, warmup_steps=cfg.phase.warmup_steps, optimizer=cfg.phase.optimizer),
         backbone_frozen=cfg.phase.freeze_backbone,
     )
-    trainer, checkpoint = build_trainer(cfg, run_dir)
+    trainer, checkpoint = build_trainer(cfg, run_dir, [FeatureCache(cfg, critic)] if cached else None)
     params = {f"params/{k}": v for k, v in count_parameters(critic).items()}
     log.info("parameters: %s", ", ".join(f"{k.split('/')[1]} {v:,}" for k, v in params.items()))
     if trainer.logger:
