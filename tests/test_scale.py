@@ -192,8 +192,9 @@ def test_simulated_ddp_on_cpu_writes_one_run(tiny_backbone, tiny_data, tmp_path)
 
 @pytest.mark.slow
 def test_simulated_ddp_finetune_with_shared_prompts_replay_and_uneven_evaluation(tiny_backbone, tmp_path):
-    """Two gloo ranks: every loader is a BatchShard (tests/test_sharding.py); the run must not hang on the ranks'
-    unequal evaluation batches and must export once."""
+    """Two gloo ranks: every loader is a BatchShard (tests/test_sharding.py), the layers are checkpointed (DDP's
+    gradient hooks meet the shared prompt's recomputed keys); the run must not hang on the ranks' unequal
+    evaluation batches and must export once."""
     from conftest import write_jsonl
 
     rows = [
@@ -209,6 +210,7 @@ def test_simulated_ddp_finetune_with_shared_prompts_replay_and_uneven_evaluation
     result = run_cli(
         cli_overrides(tiny_backbone, data)
         + ["phase=finetune", "phase.init_from=null", "data.share_prompts=true", f"data.replay_files=[{replay}]"]
+        + ["model.gradient_checkpointing=true"]  # as the Falcon-7B/40B configs: the prompts' keys survive recompute
         + ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"],
         tmp_path,
     )
