@@ -54,7 +54,6 @@ def cache_key(backbone_source: str, data_files: list[str], template: str, max_le
     return hashlib.sha256(json.dumps(description, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
-@torch.no_grad()
 @dataclass
 class Ranks:
     """The processes of a data-parallel run, for computing the features once between them: this one's `rank` of
