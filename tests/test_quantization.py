@@ -112,6 +112,7 @@ def test_qlora_step_changes_adapters_not_the_quantized_base(falcon_dir, mode):
     model = load_causal_lm(falcon_dir, QuantizationSettings(mode=mode))
     model = prepare_for_kbit_training(model, gradient_checkpointing=True)
     assert all(p.dtype == torch.float32 for n, p in model.named_parameters() if "ln" in n)
+    assert all(layer.gradient_checkpointing for layer in model.transformer.h)
     model = get_peft_model(
         model, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=LORA_TARGETS)
     )

@@ -86,6 +86,15 @@ def load_backbone(
     return model
 
 
+def enable_checkpointing(backbone: nn.Module) -> None:
+    """Non-reentrant: the answers' gradients reach a shared prompt through its cached keys (`SharedPromptCache`)."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(backbone, "activation_checkpointing_enable"):  # transformers >= 5.23 (the old name warns)
+        backbone.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
 def freeze(module: nn.Module) -> None:
     """No gradients and eval mode (dropout off): a frozen backbone stores no activations for backward."""
     module.requires_grad_(False)

@@ -212,15 +212,16 @@ def _is_skipped(name: str, skips: list[str]) -> bool:
 def prepare_for_kbit_training(
     model: PreTrainedModel, gradient_checkpointing: bool = False
 ) -> PreTrainedModel:
-    """peft's QLoRA preparation: freezes the backbone, casts fp16/bf16 weights (norms, embeddings) to fp32."""
+    """peft's QLoRA preparation: freezes the backbone, casts fp16/bf16 weights (norms, embeddings) to fp32; then
+    non-reentrant checkpointing (which needs no input-embedding gradient hack) under transformers' current name."""
     from peft import prepare_model_for_kbit_training
 
-    return prepare_model_for_kbit_training(
-        model,
-        use_gradient_checkpointing=gradient_checkpointing,
-        # Non-reentrant checkpointing needs no input-embedding gradient hack.
-        gradient_checkpointing_kwargs={"use_reentrant": False},
-    )
+    from autocritic.model.backbone import enable_checkpointing
+
+    model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    if gradient_checkpointing:
+        enable_checkpointing(model)
+    return model
 
 
 def count_quantized_linears(model: nn.Module) -> dict[str, int]:

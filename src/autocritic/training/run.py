@@ -22,6 +22,7 @@ from autocritic.model.backbone import (
     LoraSettings,
     apply_lora,
     count_parameters,
+    enable_checkpointing,
     freeze,
     load_backbone,
     load_tokenizer,
@@ -85,15 +86,6 @@ def replays(cfg: DictConfig) -> bool:
     """Whether the language model trains on replay documents in this run."""
     weight = OmegaConf.select(cfg, "objective.replay_weight", default=0.0) or 0.0
     return bool(weight > 0 and not cfg.phase.freeze_backbone and as_list(cfg.data.get("replay_files")))
-
-
-def enable_checkpointing(backbone: torch.nn.Module) -> None:
-    """Non-reentrant: the answers' gradients reach a shared prompt through its cached keys (`SharedPromptCache`)."""
-    kwargs = {"use_reentrant": False}
-    if hasattr(backbone, "activation_checkpointing_enable"):  # transformers >= 5.23 (the old name warns)
-        backbone.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
-    else:
-        backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
 def build_critic(cfg: DictConfig, start: Path | None) -> tuple[torch.nn.Module, HeadSettings]:
