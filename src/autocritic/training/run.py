@@ -121,8 +121,7 @@ def build_critic(cfg: DictConfig, start: Path | None) -> tuple[torch.nn.Module, 
 class FeatureCache(L.Callback):
     """The frozen phase's features (`feature_cache.load_or_compute`), read or computed once the Trainer has set up
     this process: on its own device, and under data parallelism each rank computes a share of the rows and the
-    ranks exchange them. Before the Trainer, every rank would load the model onto the first GPU and compute
-    every row."""
+    ranks exchange them. Before the Trainer has set each rank's device, `cuda` is the first GPU for every rank."""
 
     def __init__(self, cfg: DictConfig, critic: CriticModel):
         files = as_list(cfg.data.train_files) + as_list(cfg.data.val_files) + as_list(cfg.data.test_files)
@@ -146,7 +145,7 @@ class FeatureCache(L.Callback):
             ranks = Ranks(trainer.global_rank, trainer.world_size, strategy.all_gather, lambda ok: strategy.reduce_boolean_decision(ok, all=True))
         device = trainer.strategy.root_device
         features, hit = load_or_compute(self.critic.to(device), datamodule, self.cache_dir, self.key, device, ranks)
-        log.info("feature cache %s (%s)", "hit" if hit else "written", self.key)
+        log.info("feature cache %s (%s)", "hit" if hit else "computed", self.key)
         datamodule.use_features(features)
 
 
