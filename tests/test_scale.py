@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -204,7 +205,8 @@ def test_simulated_ddp_finetune_with_shared_prompts_replay_and_uneven_evaluation
         for k in (0, 1, 2)
     ]  # 60 rows, 3 per prompt
     train_file = write_jsonl(tmp_path / "train.jsonl", rows)
-    val_file = write_jsonl(tmp_path / "val.jsonl", rows[:36])  # 3 batches of 16: one rank evaluates 2, the other 1
+    # 35 rows, 3 batches of 16: one rank evaluates 2, the other 1 (Lightning's sampler would repeat a row).
+    val_file = write_jsonl(tmp_path / "val.jsonl", rows[:35])
     replay = write_jsonl(tmp_path / "replay.jsonl", [{"text": f"Q: {a}+1=? A: {a + 1}"} for a in range(9)])
     data = {"train": train_file, "val": val_file}
     result = run_cli(
@@ -219,6 +221,13 @@ def test_simulated_ddp_finetune_with_shared_prompts_replay_and_uneven_evaluation
     assert (run / "export" / "critic_config.json").is_file()
     steps = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["global_step"]
     assert steps == 2 * 4  # 8 batches of 8 rows dealt to 2 ranks, for 2 epochs
+    # The test AUROC gathered over the ranks is one process's AUROC of the export on the same 35 rows, once each.
+    from autocritic.evaluation.metrics import auroc
+    from autocritic.inference.generation import CriticGenerator
+
+    scores = CriticGenerator.from_export(run / "export").score_texts([r["prompt"] for r in rows[:35]], [r["response"] for r in rows[:35]])
+    tested = json.loads((run / "metrics.json").read_text())["test/auroc"]
+    assert abs(auroc(scores, [r["label"] for r in rows[:35]]) - tested) < 1e-6
 
 
 @pytest.mark.slow
