@@ -41,7 +41,8 @@ class SharedPromptCache(DynamicCache):
         return super().update(key_states, value_states, layer_idx, *args, **kwargs)
 
     def answers_view(self, rows: torch.Tensor) -> SharedPromptCache:
-        """The prompts' keys, one row per answer (`rows[b]`: answer b's prompt), read-only."""
+        """The prompts' keys, one row per answer (`rows[b]`: answer b's prompt), read-only. Selects the rows in this
+        cache itself (its prompt pass is over; a recompute of it returns before reading the cache)."""
         self.batch_select_indices(rows)
         view = copy.copy(self)  # shares the layers
         view.read_only = True
