@@ -16,33 +16,26 @@ import argparse
 
 import torch
 
+from autocritic.data.datamodule import padded
 from autocritic.evaluation.context import EvalContext
 from autocritic.evaluation.metrics import best_of_n_curve, gap_closed, rate, within_problem_auroc
 from autocritic.evaluation.rerank import Settings, pools_of, sample_answers
 from autocritic.inference.generation import CriticGenerator
-from autocritic.model.critic import decoder_of
-from autocritic.offline.labelling import is_right
 from autocritic.offline.tasks import few_shot_prompts
 
 
 @torch.no_grad()
 def mean_logprobs(generator: CriticGenerator, prompt: str, responses: list[str]) -> list[float]:
-    tokenizer, backbone = generator.tokenizer, generator.model.backbone
-    prompt_ids = tokenizer(prompt)["input_ids"]
-    rows = [prompt_ids + tokenizer(prompt + r)["input_ids"][len(prompt_ids) :] for r in responses]
-    width = max(map(len, rows))
-    ids = torch.full((len(rows), width), tokenizer.pad_token_id or 0)
-    mask = torch.zeros_like(ids)
-    for i, row in enumerate(rows):
-        ids[i, : len(row)], mask[i, : len(row)] = torch.tensor(row), 1
-    hidden = decoder_of(backbone)(input_ids=ids, attention_mask=mask).last_hidden_state
-    logprobs = backbone.get_output_embeddings()(hidden).log_softmax(-1)
-    out = []
-    for i, row in enumerate(rows):
-        targets = torch.tensor(row[len(prompt_ids) :])
-        picked = logprobs[i, len(prompt_ids) - 1 : len(row) - 1].gather(-1, targets[:, None])
-        out.append(picked.mean().item() if len(targets) else float("-inf"))
-    return out
+    """Each response's mean token log-probability after `prompt`: the first confidence feature the head reads."""
+    rendered = generator.template.render_prompt(prompt)
+    prompt_length = len(generator.tokenizer(rendered)["input_ids"])
+    rows = [generator.tokenizer(rendered + response)["input_ids"] for response in responses]
+    ids, mask = padded(rows, generator.pad_id, left=False)
+    lengths = torch.full((len(rows),), prompt_length)
+    output = generator.model(ids.to(generator.device), mask.to(generator.device), prompt_lengths=lengths)
+    if output.confidence is None:
+        raise SystemExit("this export's head does not read the model's confidence (head.confidence=false)")
+    return output.confidence[:, 0].tolist()
 
 
 def main() -> None:
@@ -66,7 +59,7 @@ def main() -> None:
         mean = [sum(values) / args.k for values in zip(*per_prompt, strict=True)]
         averaged.append(mean)
         both.append([(m * args.k + lik) / (args.k + 1) for m, lik in zip(mean, own[index].likelihoods, strict=True)])
-    greedy = rate([is_right(p, row[0].text) for p, row in zip(sampled.problems, sampled.greedy, strict=True)])
+    greedy = rate(sampled.greedy_right())
     n = 8
     print(f"{len(own)} problems, {args.n} samples each at T={settings.temperature}, best-of-{n}; {args.k} other prompts")
     oracle = None

@@ -17,7 +17,6 @@ from autocritic.evaluation.context import EvalContext
 from autocritic.evaluation.metrics import best_of_n_curve, gap_closed, rate, within_problem_auroc
 from autocritic.evaluation.rerank import Settings, pools_of, sample_answers
 from autocritic.inference.generation import CriticGenerator
-from autocritic.offline.labelling import is_right
 
 
 def error_kind(truth: str, answer: str | None) -> str:
@@ -48,7 +47,7 @@ def main() -> None:
     )
     scores = [flat[k * args.n : (k + 1) * args.n] for k in range(len(sampled.problems))]
     own, other = pools_of(sampled), pools_of(sampled, scores)
-    greedy = rate([is_right(p, row[0].text) for p, row in zip(sampled.problems, sampled.greedy, strict=True)])
+    greedy = rate(sampled.greedy_right())
     curves = {name: best_of_n_curve(pools, (args.n,), settings.subsets, ctx.seed) for name, pools in (("own", own), ("other", other))}
     n = args.n
     oracle = curves["own"]["pass_at_n"][n]["accuracy"]

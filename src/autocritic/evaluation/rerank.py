@@ -92,6 +92,9 @@ class Sampled:
     greedy: list
     samples: list
 
+    def greedy_right(self) -> list[bool]:
+        return [is_right(p, row[0].text) for p, row in zip(self.problems, self.greedy, strict=True)]
+
 
 def sample_answers(ctx: EvalContext, s: Settings) -> Sampled:
     splits = ctx.splits(s.family, s.n_problems, train=s.pool_size)
@@ -134,10 +137,7 @@ def pools_of(sampled: Sampled, scores: list[list[float]] | None = None) -> list[
 def sample_pools(ctx: EvalContext, s: Settings) -> tuple[list[Pool], list[tuple[bool, float | None]]]:
     """The N-sample pool of every problem and its greedy answer (right?, critic score)."""
     sampled = sample_answers(ctx, s)
-    greedy_rows = [
-        (is_right(p, row[0].text), row[0].score)
-        for p, row in zip(sampled.problems, sampled.greedy, strict=True)
-    ]
+    greedy_rows = [(ok, row[0].score) for ok, row in zip(sampled.greedy_right(), sampled.greedy, strict=True)]
     return pools_of(sampled), greedy_rows
 
 
