@@ -198,6 +198,21 @@ def test_feature_cache_does_not_change_the_result(tiny_backbone, tiny_data, tmp_
     assert all(torch.equal(heads[0][k], heads[1][k]) for k in heads[0])
 
 
+def test_transfer_without_the_feature_cache_trains_the_same_head(tiny_backbone, tiny_data, tmp_path, capture):
+    """phase.cache_features=false (for a model too big to hold whole on one device: the frozen forward runs every
+    step instead) trains the head the cached run trains, given the same row order (cached batches are never
+    grouped by length, so grouping is off on both sides)."""
+    heads, cached_files = [], []
+    same_order = ("data.share_prompts=false", "data.group_by_length=false")
+    for name, cache in (("cached", "true"), ("live", "false")):
+        train(tiny_backbone, tiny_data, tmp_path, name, "phase.max_epochs=1", f"phase.cache_features={cache}", *same_order)
+        heads.append(head_state(capture["trained"]))
+        cached_files.append(len(list((tmp_path / "cache").glob("*.safetensors"))))
+    assert cached_files[0] > 0 and cached_files[1] == cached_files[0]  # the live run wrote no features
+    for k in heads[0]:
+        assert (heads[0][k] - heads[1][k]).abs().max() <= TOL, k
+
+
 # ---- extra loss terms ----
 @pytest.mark.parametrize(
     "override, logged",
