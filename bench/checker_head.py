@@ -16,7 +16,7 @@ digits: a checker needs to compare a few positions. This trains, on the same cri
 Each prints the mean within-problem AUROC on the TEST rows (the problems with right and wrong answers; what
 best-of-N relies on) next to the model's likelihood (mean token log-probability), and the AUROC over all rows.
 
-    python bench/checker_head.py [--backbone data/offline/backbone] [--epochs 12]
+    python bench/checker_head.py [--backbone data/offline/backbone] [--epochs 12] [--only 'attention + synthetic']
 """
 
 from __future__ import annotations
@@ -163,6 +163,7 @@ def main() -> None:
     parser.add_argument("--window", type=int, default=24)
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--only", nargs="*", default=None, help="heads to train, e.g. --only 'attention + synthetic'")
     args = parser.parse_args()
     model = load_backbone(args.backbone).eval()
     tokenizer = load_tokenizer(args.backbone)
@@ -188,6 +189,8 @@ def main() -> None:
         ("tokens + synthetic", Attention(hidden, args.window, vocab=vocab), both, 3.0),
     ]
     for name, head, rows, positive_weight in runs:
+        if args.only and name not in args.only:
+            continue
         started = time.perf_counter()
         fit(head, rows, args.epochs, positive_weight, args.seed)
         with torch.no_grad():
