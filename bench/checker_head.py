@@ -15,8 +15,11 @@ digits: a checker needs to compare a few positions. This trains, on the same cri
 
 Each prints the mean within-problem AUROC on the TEST rows (the problems with right and wrong answers; what
 best-of-N relies on) next to the model's likelihood (mean token log-probability), and the AUROC over all rows.
+With `--rerank EXPORT` (an export whose backbone is `--backbone`, e.g. the transfer export) it also samples the
+rerank suite's problems with that export and prints best-of-N by each head against greedy, pass@N, majority, the
+likelihood and the export's own critic. The heads here read features from a second pass over each text.
 
-    python bench/checker_head.py [--backbone data/offline/backbone] [--epochs 12] [--only 'attention + synthetic']
+    python bench/checker_head.py [--backbone data/offline/backbone] [--epochs 12] [--only 'attention + synthetic'] [--rerank <transfer export>]
 """
 
 from __future__ import annotations
@@ -156,6 +159,52 @@ def fit(model: nn.Module, train: dict, epochs: int, positive_weight: float, seed
     model.eval()
 
 
+def sampled_pools(args, model, tokenizer) -> dict:
+    """The rerank suite's problems, N samples each from the export; prints greedy, pass@N and the baselines, and
+    returns a `report(name, scores)` for each head."""
+    from autocritic.evaluation.context import EvalContext
+    from autocritic.evaluation.metrics import best_of_n_curve, gap_closed, rate, within_problem_auroc
+    from autocritic.evaluation.rerank import Settings, pools_of, sample_answers
+    from autocritic.inference.generation import CriticGenerator
+
+    settings = Settings(n_problems=args.problems, n_samples=args.n, ns=(args.n,)).resolved()
+    ctx = EvalContext.for_generator(CriticGenerator.from_export(args.rerank, batch_size=64))
+    sampled = sample_answers(ctx, settings)
+    rows = [
+        {"prompt": prompt, "response": x.text, "label": 0}
+        for prompt, row in zip(sampled.prompts, sampled.samples, strict=True)
+        for x in row
+    ]
+    features = featurize(model, tokenizer, rows, args.window)
+    greedy = rate(sampled.greedy_right())
+    own = pools_of(sampled)
+    n = args.n
+
+    def best_of(pools, of: str = "best_of_n") -> float:
+        return best_of_n_curve(pools, (n,), settings.subsets, ctx.seed)[of][n]["accuracy"]
+
+    oracle = best_of(own, "pass_at_n")
+    print(
+        f"rerank: {len(own)} problems, {n} samples each at T={settings.temperature} by {args.rerank} "
+        f"(sample text {rows[0]['response']!r}); greedy {greedy:.3f}, pass@{n} {oracle:.3f}, "
+        f"majority {best_of(own, 'majority'):.3f}"
+    )
+
+    def report(name: str, scores: list[list[float]] | None, of: str = "best_of_n") -> None:
+        pools = own if scores is None else pools_of(sampled, scores)
+        chosen = best_of(pools, of)
+        auc = within_problem_auroc(pools, "likelihoods" if of == "likelihood" else "scores")[0]
+        print(
+            f"  best-of-{n} by {name}: {chosen:.3f} (gap closed {gap_closed(greedy, chosen, oracle):+.1%}), "
+            f"within-problem AUROC {auc:.3f}",
+            flush=True,
+        )
+
+    report("likelihood", None, "likelihood")
+    report("the export's critic", None)
+    return {"sampled": sampled, "features": features, "report": report}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--backbone", default="data/offline/backbone", help="the model that generated the critic data")
@@ -163,6 +212,13 @@ def main() -> None:
     parser.add_argument("--window", type=int, default=24)
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--rerank",
+        metavar="EXPORT",
+        help="also best-of-N on the rerank suite's problems, sampled by this export (one whose backbone is --backbone)",
+    )
+    parser.add_argument("--problems", type=int, default=200)
+    parser.add_argument("--n", type=int, default=8)
     parser.add_argument("--only", nargs="*", default=None, help="heads to train, e.g. --only 'attention + synthetic'")
     args = parser.parse_args()
     model = load_backbone(args.backbone).eval()
@@ -180,6 +236,7 @@ def main() -> None:
     )
     likelihood = test["confidence"][:, 0]
     print(f"{'likelihood':24s} within-problem AUROC {within_problem(likelihood, test):.3f}  all rows {auroc(likelihood.tolist(), test['label'].bool().tolist()):.3f}")
+    rerank = sampled_pools(args, model, tokenizer) if args.rerank else None
     hidden, vocab = train["states"].shape[-1], len(tokenizer)
     both = joined(train, extra)
     runs = [
@@ -201,6 +258,11 @@ def main() -> None:
             f"{args.epochs} epochs, {time.perf_counter() - started:.0f} s)",
             flush=True,
         )
+        if rerank:
+            with torch.no_grad():
+                sample_scores = head({k: v for k, v in rerank["features"].items() if k != "prompt"}).tolist()
+            n = args.n
+            rerank["report"](f"{name}", [sample_scores[k * n : (k + 1) * n] for k in range(len(rerank["sampled"].problems))])
 
 
 if __name__ == "__main__":
