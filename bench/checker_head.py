@@ -29,13 +29,12 @@ import json
 import math
 import re
 import time
-from collections import defaultdict
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from autocritic.evaluation.metrics import auroc
+from autocritic.evaluation.metrics import Pool, auroc, within_problem_auroc
 from autocritic.model.backbone import load_backbone, load_tokenizer
 from autocritic.offline.tasks import evaluate_expression, format_number
 
@@ -126,13 +125,13 @@ class Attention(nn.Module):
 
 
 def within_problem(scores: torch.Tensor, data: dict) -> float:
-    groups: dict[str, tuple[list, list]] = defaultdict(lambda: ([], []))
+    """The rerank suite's within-problem AUROC, with the rows of one prompt as one pool."""
+    pools: dict[str, Pool] = {}
     for score, label, prompt in zip(scores.tolist(), data["label"].tolist(), data["prompt"], strict=True):
-        groups[prompt][0].append(score)
-        groups[prompt][1].append(bool(label))
-    values = [auroc(s, y) for s, y in groups.values()]
-    values = [v for v in values if v is not None]
-    return sum(values) / len(values)
+        pool = pools.setdefault(prompt, Pool(truth="", answers=[], correct=[], scores=[]))
+        pool.correct.append(bool(label))
+        pool.scores.append(score)
+    return within_problem_auroc(list(pools.values()))[0]
 
 
 def joined(a: dict, b: dict) -> dict:
@@ -163,7 +162,7 @@ def sampled_pools(args, model, tokenizer) -> dict:
     """The rerank suite's problems, N samples each from the export; prints greedy, pass@N and the baselines, and
     returns a `report(name, scores)` for each head."""
     from autocritic.evaluation.context import EvalContext
-    from autocritic.evaluation.metrics import best_of_n_curve, gap_closed, rate, within_problem_auroc
+    from autocritic.evaluation.metrics import best_of_n_curve, gap_closed, rate
     from autocritic.evaluation.rerank import Settings, pools_of, sample_answers
     from autocritic.inference.generation import CriticGenerator
 
