@@ -36,6 +36,7 @@ from torch import nn
 
 from autocritic.evaluation.metrics import Pool, auroc, within_problem_auroc
 from autocritic.model.backbone import load_backbone, load_tokenizer
+from autocritic.model.critic import gather_logprobs
 from autocritic.offline.tasks import evaluate_expression, format_number
 
 QUESTION = re.compile(r"What is (.*)\?\nAnswer:$")
@@ -79,7 +80,7 @@ def featurize(model, tokenizer, rows: list[dict], window: int, batch_size: int =
             input_ids=x, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0), output_hidden_states=True
         )
         final = out.hidden_states[-1]
-        logprobs = out.logits[:, :-1].log_softmax(-1).gather(-1, x[:, 1:, None])[..., 0]
+        logprobs = gather_logprobs(out.logits[:, :-1], x[:, 1:])
         for j, seq in enumerate(ids):
             response = logprobs[j, width - 1 - (len(seq) - len(prompts[j])) :]
             confidence.append(torch.stack([response.mean(), response.min()]))
@@ -237,6 +238,7 @@ def main() -> None:
     print(f"{'likelihood':24s} within-problem AUROC {within_problem(likelihood, test):.3f}  all rows {auroc(likelihood.tolist(), test['label'].bool().tolist()):.3f}")
     rerank = sampled_pools(args, model, tokenizer) if args.rerank else None
     hidden, vocab = train["states"].shape[-1], len(tokenizer)
+    torch.manual_seed(args.seed)  # the heads' initial weights: loading the model left the global generator unseeded
     both = joined(train, extra)
     runs = [
         ("last state", LastState(hidden), train, 1.0),
