@@ -32,7 +32,14 @@ BAD = {
     ),
     "float batch": (["data.batch_size=2.5"], ConfigError, "data.batch_size=2.5 is not valid"),
     "bad dtype": (["model.dtype=float8"], ConfigError, "model.dtype='float8' is not valid"),
-    "bad head": (["head.kind=conv"], ConfigError, "head.kind='conv' is not valid: expected linear or mlp"),
+    "bad head": (["head.kind=conv"], ConfigError, "head.kind='conv' is not valid: expected linear, mlp or attention"),
+    "window on an mlp head": (["head.window=8"], ConfigError, "head.window=8 needs an attention head"),
+    "attention width vs heads": (
+        ["head=attention", "head.hidden_dim=30"],
+        ConfigError,
+        "must be a multiple of head.attention_heads=4",
+    ),
+    "bad schedule": (["phase.schedule=linear"], ConfigError, "phase.schedule='linear' is not valid: expected constant or cosine"),
     "objective vs schema": (
         ["objective=mse"],
         ConfigError,

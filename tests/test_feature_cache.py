@@ -11,7 +11,7 @@ from transformers import FalconConfig, FalconForCausalLM, LlamaConfig, LlamaForC
 
 from autocritic.data.datamodule import CriticDataModule, DataSettings
 from autocritic.model.backbone import load_backbone, load_tokenizer
-from autocritic.model.critic import CriticModel
+from autocritic.model.critic import CriticModel, feature_width
 from autocritic.model.head import HeadSettings
 from autocritic.training.feature_cache import compute_features, shared_prefix_features
 
@@ -94,3 +94,23 @@ def test_compute_features_keeps_item_order_and_pairs(schema, tiny_backbone, tmp_
     for k in range(features.shape[1]):
         expected = plain_features(critic, [(item["ids"][k], item["prompt_len"][k]) for item in items])
         assert (features[:, k] - expected).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("window", [2, 6, 20])  # reaching into the prompts; past their start (padding)
+@pytest.mark.parametrize("batch_rows", [1, 64])
+def test_window_features_score_as_the_plain_forward(window, batch_rows, tiny_backbone):
+    """A window head's cached features (the last `window` states and their mask) give the scores of one plain
+    forward per sequence, also when the window reaches back into a shared prompt."""
+    torch.manual_seed(0)
+    settings = HeadSettings(kind="attention", hidden_dim=16, attention_heads=2, window=window, confidence=True)
+    critic = CriticModel(load_backbone(str(tiny_backbone)).eval(), head_settings=settings).eval()
+    sequences = sequences_with_shared_prompts(critic.config.vocab_size)
+    with torch.no_grad():
+        features = shared_prefix_features(critic, sequences, torch.device("cpu"), batch_rows, pad_id=0)
+        cached = critic.score_features(features)
+        plain = torch.cat(
+            [critic(torch.tensor([ids]), torch.ones(1, len(ids), dtype=torch.long), torch.tensor([n])).score for ids, n in sequences]
+        )
+    assert features.shape == (len(sequences), feature_width(critic.config.hidden_size, window))
+    assert (cached - plain).abs().max() <= 1e-5
+    assert plain.std() > 1e-3  # the sequences are not scored alike

@@ -34,9 +34,15 @@ PROMPTS = ["Q: 1+2=? A:", "(1+2)*3=", "zz top"]
 TOL = 1e-4
 
 
-def tiny_generator(backbone_dir: Path, batch_size: int = 16, confidence: bool = False) -> CriticGenerator:
+# Longer than the shortest prompt (left padding inside the window), shorter than prompt + response.
+WINDOW_HEAD = HeadSettings(kind="attention", hidden_dim=16, attention_heads=2, window=8, confidence=True)
+
+
+def tiny_generator(
+    backbone_dir: Path, batch_size: int = 16, confidence: bool = False, head: HeadSettings | None = None
+) -> CriticGenerator:
     torch.manual_seed(0)
-    model = CriticModel(load_backbone(str(backbone_dir)), head_settings=HeadSettings(confidence=confidence))
+    model = CriticModel(load_backbone(str(backbone_dir)), head_settings=head or HeadSettings(confidence=confidence))
     tokenizer = load_tokenizer(str(backbone_dir))
     # The fixture's character tokenizer has no decoder and decodes "ab" as "a b": join tokens as they are.
     tokenizer.backend_tokenizer.decoder = decoders.Fuse()
@@ -87,10 +93,20 @@ def confident_generator(tiny_backbone) -> CriticGenerator:
     return generator
 
 
-@pytest.mark.parametrize("head", ["state", "confidence"])
+@pytest.fixture(scope="module")
+def window_generator(tiny_backbone) -> CriticGenerator:
+    return tiny_generator(tiny_backbone, head=WINDOW_HEAD)
+
+
+@pytest.fixture
+def generators(generator, confident_generator, window_generator) -> dict[str, CriticGenerator]:
+    return {"state": generator, "confidence": confident_generator, "window": window_generator}
+
+
+@pytest.mark.parametrize("head", ["state", "confidence", "window"])
 @pytest.mark.parametrize("do_sample", [False, True], ids=["greedy", "sampled"])
-def test_scores_from_generation_equal_critic_forward(generator, confident_generator, do_sample, head):
-    generator = confident_generator if head == "confidence" else generator
+def test_scores_from_generation_equal_critic_forward(generators, do_sample, head):
+    generator = generators[head]
     settings = GenerationSettings(
         max_new_tokens=10, do_sample=do_sample, temperature=1.5, n=2, return_values=True, return_logprobs=True
     )
@@ -158,9 +174,9 @@ def test_stream_stops_early_when_the_consumer_does(generator):
     assert generator.generate(PROMPTS[:1], max_new_tokens=2)[0][0].token_ids
 
 
-@pytest.mark.parametrize("head", ["state", "confidence"])
-def test_score_texts_matches_critic_forward(generator, confident_generator, head):
-    generator = confident_generator if head == "confidence" else generator
+@pytest.mark.parametrize("head", ["state", "confidence", "window"])
+def test_score_texts_matches_critic_forward(generators, head):
+    generator = generators[head]
     responses = [" 3", " five", ""]
     scores = generator.score_texts(PROMPTS, responses)
     for prompt, response, score in zip(PROMPTS, responses, scores, strict=True):

@@ -29,7 +29,9 @@ HEADS = {
     "mlp": HeadSettings(kind="mlp", hidden_dim=16),
 }
 CONFIDENCE = HeadSettings(kind="mlp", hidden_dim=16, confidence=True)
-WITH_CONFIDENCE = HEADS | {"confidence": CONFIDENCE}
+# Reads the last 6 final states: longer than "ab" (2 tokens), shorter than the longest text.
+WINDOW = HeadSettings(kind="attention", hidden_dim=16, attention_heads=2, window=6, confidence=True)
+WITH_CONFIDENCE = HEADS | {"confidence": CONFIDENCE, "window": WINDOW}
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +72,7 @@ def test_scores_do_not_depend_on_padding_or_batch(tiny_backbone, tokenizer, kind
     assert right.std() > 0  # the texts are not scored alike: the comparison means something
 
 
-@pytest.mark.parametrize("kind", ["mlp", "confidence"])
+@pytest.mark.parametrize("kind", ["mlp", "confidence", "window"])
 def test_values_per_token_and_their_last_real_token_is_the_score(tiny_backbone, tokenizer, kind):
     critic = make_critic(tiny_backbone, WITH_CONFIDENCE[kind])
     for side in ("right", "left"):
@@ -178,6 +180,24 @@ def test_head_shapes_and_kinds():
     assert len(CriticHead(64, HEADS["mlp"]).net) == 4
     with pytest.raises(ValueError, match="head.kind"):
         CriticHead(64, HeadSettings(kind="conv"))
+    with pytest.raises(ValueError, match="head.window"):
+        CriticHead(64, HeadSettings(kind="mlp", window=4))
+    with pytest.raises(ValueError, match="attention_heads"):
+        CriticHead(64, HeadSettings(kind="attention", hidden_dim=10, attention_heads=4, window=4))
+
+
+def test_a_window_head_scores_the_last_window_states_alone(tiny_backbone, tokenizer):
+    critic = make_critic(tiny_backbone, WINDOW)
+    ids = torch.tensor([tokenizer(max(TEXTS, key=len))["input_ids"]])
+    assert ids.shape[1] > WINDOW.window + 1
+    mask = torch.ones_like(ids)
+    with torch.no_grad():
+        out = critic(ids, mask, torch.tensor([PROMPT_TOKENS]))
+        window = critic.final_hidden(ids, mask)[:, -WINDOW.window :]
+        by_hand = critic.head(window, out.confidence, torch.ones(1, WINDOW.window, dtype=torch.bool))
+        fewer = critic.head(window, out.confidence, torch.arange(WINDOW.window)[None] > 0)
+    assert by_hand.item() == pytest.approx(out.score.item(), abs=TOL)
+    assert fewer.item() != pytest.approx(by_hand.item(), abs=1e-6)  # every slot of the window is read
 
 
 # ---- export round trips ----

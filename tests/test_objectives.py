@@ -33,6 +33,15 @@ def test_pointwise_bce_by_hand():
     assert critic_loss(ObjectiveSettings("bce"), scores, labels).item() == pytest.approx(expected, abs=1e-6)
 
 
+def test_positive_weight_scales_the_right_answers_term_by_hand():
+    scores, labels = torch.tensor([0.0, 2.0, -1.0]), torch.tensor([1.0, 0.0, 1.0])
+    expected = (3 * math.log(2) + softplus(2.0) + 3 * softplus(1.0)) / 3
+    settings = ObjectiveSettings("bce", positive_weight=3.0)
+    assert critic_loss(settings, scores, labels).item() == pytest.approx(expected, abs=1e-6)
+    with pytest.raises(ConfigError, match="positive_weight"):
+        ObjectiveSettings("bce", positive_weight=0.0)
+
+
 def test_pointwise_bce_accepts_soft_labels():
     # label 0.5 on score 0: -(0.5 log σ(0) + 0.5 log σ(0)) = log 2
     assert pointwise_bce(torch.tensor([0.0]), torch.tensor([0.5])).item() == pytest.approx(

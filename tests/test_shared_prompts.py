@@ -36,11 +36,17 @@ def datamodule_of(rows, schema, tiny_backbone, tmp_path, share: bool) -> CriticD
     return datamodule
 
 
-def critic_of(kind: str, tiny_backbone, lora: bool) -> torch.nn.Module:
+# No dropout: the two sides would draw different masks. The window (6 states) reaches back into the prompts.
+HEADS = {
+    "mlp": HeadSettings(kind="mlp", dropout=0.0, confidence=True),
+    "window": HeadSettings(kind="attention", hidden_dim=16, attention_heads=2, window=6, dropout=0.0, confidence=True),
+}
+
+
+def critic_of(kind: str, tiny_backbone, lora: bool, head: str = "mlp") -> torch.nn.Module:
     torch.manual_seed(0)
     backbone = load_backbone(str(tiny_backbone)) if kind == "tiny-falcon" else BACKBONES[kind]()
-    # No dropout: the two sides would draw different masks.
-    critic = CriticModel(backbone, head_settings=HeadSettings(kind="mlp", dropout=0.0, confidence=True))
+    critic = CriticModel(backbone, head_settings=HEADS[head])
     if lora:
         critic = apply_lora(critic, LoraSettings(dropout=0.0, target_modules=["query_key_value"] if kind == "tiny-falcon" else ["q_proj", "v_proj"]))
     return critic
@@ -56,16 +62,19 @@ def loss_and_grads(module: CriticModule, batch: dict) -> tuple[torch.Tensor, dic
 
 
 @pytest.mark.parametrize(
-    "kind,schema,objective",
+    "kind,schema,objective,head",
     [
-        ("tiny-falcon", "pointwise", ObjectiveSettings(kind="bce", lm_weight=1.0)),
-        ("tiny-falcon", "pointwise", ObjectiveSettings(kind="bce", value_weight=1.0)),
-        ("tiny-falcon", "pairwise", ObjectiveSettings(kind="pairwise", lm_weight=1.0)),
-        ("llama", "pointwise", ObjectiveSettings(kind="bce", lm_weight=1.0)),
+        ("tiny-falcon", "pointwise", ObjectiveSettings(kind="bce", lm_weight=1.0), "mlp"),
+        ("tiny-falcon", "pointwise", ObjectiveSettings(kind="bce", value_weight=1.0), "mlp"),
+        ("tiny-falcon", "pairwise", ObjectiveSettings(kind="pairwise", lm_weight=1.0), "mlp"),
+        ("llama", "pointwise", ObjectiveSettings(kind="bce", lm_weight=1.0), "mlp"),
+        ("tiny-falcon", "pointwise", ObjectiveSettings(kind="bce", value_weight=1.0), "window"),
     ],
 )
 @pytest.mark.parametrize("checkpointing", [None, "transformers", "torch"])
-def test_shared_batch_gives_the_losses_and_gradients_of_plain_rows(kind, schema, objective, checkpointing, tiny_backbone, tmp_path):
+def test_shared_batch_gives_the_losses_and_gradients_of_plain_rows(
+    kind, schema, objective, head, checkpointing, tiny_backbone, tmp_path
+):
     rows = rows_with_shared_prompts(schema)
     plain = datamodule_of(rows, schema, tiny_backbone, tmp_path, share=False)
     shared = datamodule_of(rows, schema, tiny_backbone, tmp_path, share=True)
@@ -73,7 +82,7 @@ def test_shared_batch_gives_the_losses_and_gradients_of_plain_rows(kind, schema,
     plain_batch, shared_batch = plain.collate_tokens(items), shared.collate_shared(items)
     assert shared_batch["prefix_ids"].shape[0] == 7  # one row per distinct prompt
     assert shared_batch["answer_ids"].shape[0] == plain_batch["input_ids"].shape[0]
-    module = CriticModule(critic_of(kind, tiny_backbone, lora=True), objective, OptimSettings(), backbone_frozen=False)
+    module = CriticModule(critic_of(kind, tiny_backbone, lora=True, head=head), objective, OptimSettings(), backbone_frozen=False)
     module.train()
     plain_loss, plain_grads = loss_and_grads(module, plain_batch)
     # Checkpointing runs each layer again in the backward pass: the prompt's keys must not be cached twice.

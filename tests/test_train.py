@@ -17,6 +17,7 @@ from helpers import CONF_DIR, TEXTS, compose_train, scores, snapshot, tiny_overr
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
+from autocritic.inference.generation import CriticGenerator
 from autocritic.model.backbone import load_tokenizer, unwrap
 from autocritic.model.export import HEAD_NAME, head_state, load_critic, read_critic_config
 from autocritic.training import feature_cache, module, run
@@ -198,19 +199,30 @@ def test_feature_cache_does_not_change_the_result(tiny_backbone, tiny_data, tmp_
     assert all(torch.equal(heads[0][k], heads[1][k]) for k in heads[0])
 
 
-def test_transfer_without_the_feature_cache_trains_the_same_head(tiny_backbone, tiny_data, tmp_path, capture):
+@pytest.mark.parametrize("head", [(), ("head=attention", "head.window=6", "head.hidden_dim=16")], ids=["mlp", "window"])
+def test_transfer_without_the_feature_cache_trains_the_same_head(tiny_backbone, tiny_data, tmp_path, capture, head):
     """phase.cache_features=false (for a model too big to hold whole on one device: the frozen forward runs every
     step instead) trains the head the cached run trains, given the same row order (cached batches are never
-    grouped by length, so grouping is off on both sides)."""
-    heads, cached_files = [], []
-    same_order = ("data.share_prompts=false", "data.group_by_length=false")
+    grouped by length, so grouping is off on both sides). A window head's cache holds its last states and mask.
+    Its attention's key biases get no gradient but rounding noise, which Adam scales up to steps of the learning
+    rate: for it the two runs are compared by their scores, not their weights."""
+    heads, cached_files, scores = [], [], []
+    same_order = ("data.share_prompts=false", "data.group_by_length=false", *head)
+    rows = [json.loads(line) for line in tiny_data["val"].read_text().splitlines()]
     for name, cache in (("cached", "true"), ("live", "false")):
-        train(tiny_backbone, tiny_data, tmp_path, name, "phase.max_epochs=1", f"phase.cache_features={cache}", *same_order)
+        run_dir = train(
+            tiny_backbone, tiny_data, tmp_path, name, "phase.max_epochs=1", f"phase.cache_features={cache}", *same_order
+        )
         heads.append(head_state(capture["trained"]))
         cached_files.append(len(list((tmp_path / "cache").glob("*.safetensors"))))
+        generator = CriticGenerator.from_export(run_dir / "export")
+        scores.append(torch.tensor(generator.score_texts([r["prompt"] for r in rows], [r["response"] for r in rows])))
     assert cached_files[0] > 0 and cached_files[1] == cached_files[0]  # the live run wrote no features
-    for k in heads[0]:
-        assert (heads[0][k] - heads[1][k]).abs().max() <= TOL, k
+    assert (scores[0] - scores[1]).abs().max() <= 1e-4
+    assert scores[0].std() > 1e-2  # the rows are not scored alike: the comparison means something
+    if not head:
+        for k in heads[0]:
+            assert (heads[0][k] - heads[1][k]).abs().max() <= TOL, k
 
 
 # ---- extra loss terms ----
@@ -388,3 +400,26 @@ def test_trainable_parameters_are_all_in_the_optimizer(
     in_optimizer = {id(p) for group in seen["optimizer"].param_groups for p in group["params"]}
     trainable = {id(p) for p in unwrap(seen["critic"]).parameters() if p.requires_grad}
     assert in_optimizer == trainable and len(trainable) == 2  # the linear head's weight and bias
+
+
+@pytest.mark.parametrize(
+    "schedule, expected",
+    [("constant", [0.5, 1.0, 1.0, 1.0, 1.0, 1.0]), ("cosine", [0.5, 1.0, 1.0, 0.8536, 0.5, 0.1464])],
+)
+def test_learning_rate_schedule_by_hand(schedule, expected):
+    """phase.warmup_steps then phase.schedule: 2 warmup steps of 6, cosine to 0 at the end."""
+    from types import SimpleNamespace
+
+    from autocritic.training.objectives import ObjectiveSettings
+
+    settings = module.OptimSettings(lr=1.0, warmup_steps=2, schedule=schedule)
+    critic_module = module.CriticModule(torch.nn.Linear(2, 1), ObjectiveSettings(), settings, backbone_frozen=False)
+    critic_module._trainer = SimpleNamespace(estimated_stepping_batches=6)
+    configured = critic_module.configure_optimizers()
+    optimizer, scheduler = configured["optimizer"], configured["lr_scheduler"]["scheduler"]
+    rates = []
+    for _ in range(6):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert rates == pytest.approx(expected, abs=1e-4)

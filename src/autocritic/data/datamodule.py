@@ -145,6 +145,11 @@ def padded(rows: list[list[int]] | list[tuple[int, ...]], pad_id: int, left: boo
     return ids, mask
 
 
+def group_ids(batch: list[dict]) -> torch.Tensor:
+    """(B,) the prompt number of each item (-1 where unknown)."""
+    return torch.tensor([item.get("group", -1) for item in batch], dtype=torch.long)
+
+
 def as_list(files) -> list[str]:
     if files is None:
         return []
@@ -259,7 +264,10 @@ class CriticDataModule(L.LightningDataModule):
         return out
 
     def encode_rows(self, rows: list[dict], split: str) -> list[dict]:
+        """Items {"ids", "prompt_len", "target", "group"}: `group` numbers the split's distinct prompts, for the
+        metrics over the answers to one prompt (within-problem AUROC)."""
         items, truncated = [], 0
+        groups: dict[str, int] = {}
         if self.pairwise:
             encoded = self.encode_texts([(r["prompt"], r[k]) for r in rows for k in ("chosen", "rejected")])
             for (chosen, chosen_len, cut_c), (rejected, rejected_len, cut_r) in zip(
@@ -267,11 +275,14 @@ class CriticDataModule(L.LightningDataModule):
             ):
                 items.append({"ids": [chosen, rejected], "prompt_len": [chosen_len, rejected_len], "target": 1.0})
                 truncated += cut_c or cut_r
+            for item, row in zip(items, rows, strict=True):
+                item["group"] = groups.setdefault(row["prompt"], len(groups))
         else:
             key = "label" if self.settings.schema == "pointwise" else "score"
             encoded = self.encode_texts([(r["prompt"], r["response"]) for r in rows])
             for row, (ids, prompt_len, cut) in zip(rows, encoded, strict=True):
-                items.append({"ids": [ids], "prompt_len": [prompt_len], "target": row[key]})
+                group = groups.setdefault(row["prompt"], len(groups))
+                items.append({"ids": [ids], "prompt_len": [prompt_len], "target": row[key], "group": group})
                 truncated += cut
         self.stats[f"data/{split}_examples"] = len(items)
         self.stats[f"data/{split}_truncated"] = truncated
@@ -297,6 +308,7 @@ class CriticDataModule(L.LightningDataModule):
             "prompt_lengths": torch.tensor([prompt_len for _, prompt_len, _ in seqs], dtype=torch.long),
             "lm_labels": lm_labels,
             "target": torch.tensor([item["target"] for item in batch], dtype=torch.float32),
+            "group": group_ids(batch),
         }
 
     def collate_shared(self, batch: list[dict]) -> dict[str, torch.Tensor]:
@@ -327,6 +339,7 @@ class CriticDataModule(L.LightningDataModule):
             "response": response,
             "answer_labels": torch.where(response & good[:, None], answer_ids, -100),
             "target": torch.tensor([item["target"] for item in batch], dtype=torch.float32),
+            "group": group_ids(batch),
         }
 
     @staticmethod
@@ -335,6 +348,7 @@ class CriticDataModule(L.LightningDataModule):
         return {
             "features": features.transpose(0, 1).reshape(-1, features.shape[-1]),  # (S*B, F)
             "target": torch.tensor([item["target"] for item in batch], dtype=torch.float32),
+            "group": group_ids(batch),
         }
 
     def use_features(self, features: dict[str, torch.Tensor]) -> None:
@@ -369,7 +383,10 @@ class CriticDataModule(L.LightningDataModule):
             sampler = [i for group in groups for i in group]  # evaluation metrics do not depend on the order
         sampler = self.sharded(sampler if sampler is not None else range(len(items)), batch_size, even=shuffle)
         if not tokens:
-            items = [{"features": f, "target": it["target"]} for f, it in zip(self.features[split], self.encoded[split], strict=True)]
+            items = [
+                {"features": f, "target": it["target"], "group": it.get("group", -1)}
+                for f, it in zip(self.features[split], self.encoded[split], strict=True)
+            ]
             return DataLoader(ListDataset(items), batch_size=batch_size, sampler=sampler, collate_fn=self.collate_features)
         return DataLoader(
             ListDataset(self.encoded[split]),

@@ -10,7 +10,8 @@ cutting the stop string and eos, the score is the head applied to the state of t
 exactly `CriticModel(prompt ids + kept response ids).score`, with no second pass over the text. Only when that
 token was never fed (the last generated token: max_new_tokens reached, or the cut ends on it) one extra cached
 forward of one token runs. A head that reads the model's confidence gets the log-probabilities of the kept tokens
-from the raw logits `generate` computed anyway (`output_logits`), before temperature or top-k touch them.
+from the raw logits `generate` computed anyway (`output_logits`), before temperature or top-k touch them. A head
+that reads a window of states (`head.kind=attention`) also gets the prompt's last states from step 0.
 """
 
 from __future__ import annotations
@@ -109,14 +110,16 @@ def held_back(text: str, stop: Sequence[str]) -> int:
 
 
 class _Recorder:
-    """Forward hook on the decoder: keeps the final state of the last position of every call, (B, H) each."""
+    """Forward hook on the decoder: keeps the final states of the last `prompt_tail` positions of the first call
+    (the prompt) and of the last position of every later call (the fed token), (B, positions, H) each."""
 
-    def __init__(self, decoder: torch.nn.Module):
+    def __init__(self, decoder: torch.nn.Module, prompt_tail: int = 1):
         self.states: list[torch.Tensor] = []
+        self.prompt_tail = prompt_tail
         self.handle = decoder.register_forward_hook(self._hook)
 
     def _hook(self, module, args, output) -> None:
-        self.states.append(output.last_hidden_state[:, -1])  # step 0: last prompt token; later: the fed token
+        self.states.append(output.last_hidden_state[:, -(self.prompt_tail if not self.states else 1) :])
 
     def close(self) -> None:
         self.handle.remove()
@@ -316,8 +319,10 @@ class CriticGenerator:
         if cancel is not None:
             criteria.append(_Cancel(cancel))
         want_logprobs = settings.return_logprobs or self.model.reads_confidence
+        # A window head also reads the prompt's last states; the others the state of the last kept token only.
+        prompt_tail = min(self.model.window, input_ids.shape[1])
         with self._lock, _seeded(settings.seed, self.device):
-            recorder = _Recorder(decoder_of(self.model.backbone))
+            recorder = _Recorder(decoder_of(self.model.backbone), prompt_tail)
             try:
                 out = self.model.backbone.generate(
                     input_ids=input_ids,
@@ -343,27 +348,33 @@ class CriticGenerator:
                     self._feed_last(out, attention_mask.repeat_interleave(n, dim=0))
             finally:
                 recorder.close()
-            # states[:, 0]: last prompt token; states[:, j]: generated token j-1.
-            states = torch.stack(recorder.states, dim=1)  # (R, L or L+1, H)
+            # Columns: the prompt's last `prompt_tail` tokens, then generated token 0, 1, ... (as fed); the state
+            # after j kept tokens is column `prompt_tail - 1 + j`.
+            states = torch.cat(recorder.states, dim=1)  # (R, prompt_tail + L - 1 or + L, H)
+            mask = torch.ones(states.shape[:2], dtype=torch.long, device=states.device)
+            mask[:, :prompt_tail] = attention_mask.repeat_interleave(n, dim=0)[:, -prompt_tail:]
             rows = torch.arange(states.shape[0], device=states.device)
             last = torch.tensor([length for _, length, _ in kept], device=states.device)
             logprobs = confidence = None
             if want_logprobs:
                 logprobs = _logprobs_of(out.logits, generated)  # (R, L)
                 kept_mask = torch.arange(generated.shape[1], device=states.device)[None, :] < last[:, None]
-                # confidence[:, j]: after j kept tokens, aligned with states[:, j]
+                # confidence[:, j]: after j kept tokens
                 confidence = torch.cat(
                     [logprobs.new_zeros(len(rows), 1, 2), running_confidence(logprobs, kept_mask)], dim=1
                 )
-            scores = self.model.head(states[rows, last], _at(confidence, (rows, last))).tolist()  # (R,)
+            offset = prompt_tail - 1
+            ends = (last + offset)[:, None]
+            scores = self.model.score_at(states, mask, ends, _at(confidence, (rows[:, None], last[:, None])))[:, 0].tolist()
             samples = []
             for row, ((text, length, reason), score) in enumerate(zip(kept, scores, strict=True)):
                 token_ids = generated[row, :length].tolist()
-                values = (
-                    self.model.head(states[row, 1 : length + 1], _at(confidence, (row, slice(1, length + 1)))).tolist()
-                    if settings.return_values
-                    else None
-                )
+                values = [] if settings.return_values and not length else None
+                if settings.return_values and length:
+                    steps = torch.arange(1, length + 1, device=states.device)
+                    values = self.model.score_at(
+                        states[row : row + 1], mask[row : row + 1], (steps + offset)[None], _at(confidence, (slice(row, row + 1), steps))
+                    )[0].tolist()
                 kept_logprobs = logprobs[row, :length].tolist() if logprobs is not None else None
                 samples.append(Sample(text, score, token_ids, reason, values, kept_logprobs))
         return samples

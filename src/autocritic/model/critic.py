@@ -44,6 +44,18 @@ def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
     return torch.where(attention_mask.bool(), positions, -1).max(dim=-1).values
 
 
+def gather_windows(
+    hidden: torch.Tensor, attention_mask: torch.Tensor, ends: torch.Tensor, window: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The states of the `window` positions ending at each of `ends`: hidden (B, T, H), mask (B, T), ends (B, K)
+    -> states (B, K, W, H) and mask (B, K, W), False where a slot falls before the sequence or on padding."""
+    index = ends[..., None] - (window - 1) + torch.arange(window, device=ends.device)  # (B, K, W)
+    inside = index >= 0
+    index = index.clamp(min=0)
+    rows = torch.arange(hidden.shape[0], device=hidden.device)[:, None, None]
+    return hidden[rows, index], inside & attention_mask.bool()[rows, index]
+
+
 def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
@@ -105,6 +117,7 @@ class CriticModel(nn.Module):
         self.backbone = backbone
         self.head = head if head is not None else CriticHead(backbone.config.hidden_size, head_settings)
         self.reads_confidence = self.head.settings.confidence  # kept here: peft may wrap the head
+        self.window = self.head.settings.window  # final states the head reads, ending at the scored token
 
     @property
     def config(self):  # peft and Lightning look for a `config` on the wrapped model
@@ -150,21 +163,47 @@ class CriticModel(nn.Module):
         response: torch.Tensor | None,
         return_values: bool,
         logits_from: torch.Tensor | None,
+        context: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> CriticOutput:
         """Score at the last real token (with the confidence features of `before` and `response` when the head reads
-        them), and on request per-token values and the LM logits of `logits_from`."""
+        them), and on request per-token values and the LM logits of `logits_from`. `context`: the states and mask
+        of the tokens just before `hidden`'s first column (a shared prompt's end), for a head reading a window."""
         rows = torch.arange(hidden.shape[0], device=hidden.device)
         last = last_token_index(attention_mask)
         confidence = None
         if self.reads_confidence:
             confidence = confidence_features(self.backbone.get_output_embeddings(), before, tokens, response)
+        values = None
+        if return_values:
+            every = torch.arange(hidden.shape[1], device=hidden.device).expand(hidden.shape[0], -1)
+            values = self.score_at(hidden, attention_mask, every, confidence, context)
         return CriticOutput(
-            score=self.head(hidden[rows, last], None if confidence is None else confidence[rows, last]),
+            score=self.score_at(hidden, attention_mask, last[:, None], _at_last(confidence, rows, last), context)[:, 0],
             hidden=hidden[rows, last],
-            values=self.head(hidden, confidence) if return_values else None,
+            values=values,
             logits=None if logits_from is None else self.backbone.get_output_embeddings()(logits_from),
             confidence=None if confidence is None else confidence[rows, last],
         )
+
+    def score_at(
+        self,
+        hidden: torch.Tensor,
+        attention_mask: torch.Tensor,
+        ends: torch.Tensor,
+        confidence: torch.Tensor | None,
+        context: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """Head scores (B, K) at positions `ends` (B, K) of hidden (B, T, H); `confidence` (B, K, 2) at those
+        positions. A window head reads the states ending there, `context` (states, mask) extending them leftwards."""
+        if self.window == 1:
+            rows = torch.arange(hidden.shape[0], device=hidden.device)[:, None]
+            return self.head(hidden[rows, ends], confidence)
+        if context is not None:
+            hidden = torch.cat([context[0], hidden], dim=1)
+            attention_mask = torch.cat([context[1].to(attention_mask.dtype), attention_mask], dim=1)
+            ends = ends + context[0].shape[1]
+        states, mask = gather_windows(hidden, attention_mask, ends, self.window)
+        return self.head(states, confidence, mask)
 
     def hidden_after_prefixes(
         self,
@@ -173,13 +212,15 @@ class CriticModel(nn.Module):
         answer_ids: torch.Tensor,
         answer_mask: torch.Tensor,
         repeat: torch.Tensor,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
         """Final states of answers that follow shared prompts: each prompt runs once with the KV cache on, and the
         answers attend to their prompt's cached keys. Prompts (G, P) are left-padded, answers (B, A) right-padded;
         answer b follows prompt `repeat[b]`. Returns the answers' states (B, A, H) and `before` (B, A, H), the state
         that predicted each answer token (the prompt's last state for the first one). Same numbers as one forward
         per prompt + answer (tests/test_feature_cache.py, tests/test_shared_prompts.py); gradients flow through
-        the prompt once per prompt, with or without gradient checkpointing (`SharedPromptCache`)."""
+        the prompt once per prompt, with or without gradient checkpointing (`SharedPromptCache`). The third item is
+        the `context` a window head reads before the answers: the prompt's last states and mask (B, W - 1, ...),
+        None for a head reading one state."""
         decoder = decoder_of(self.backbone)
         parameters = inspect.signature(decoder.forward).parameters
         cache_argument = next((name for name in ("cache", "past_key_values") if name in parameters), None)
@@ -211,7 +252,11 @@ class CriticModel(nn.Module):
                 **{cache_argument: cache.answers_view(repeat)},
             ).last_hidden_state
         before = torch.cat([output.last_hidden_state[repeat, -1:], hidden[:, :-1]], dim=1)
-        return hidden, before
+        context = None
+        if self.window > 1:
+            tail = min(self.window - 1, prefix_ids.shape[1])
+            context = (output.last_hidden_state[repeat, -tail:], prefix_mask[repeat, -tail:])
+        return hidden, before, context
 
     def forward_shared(
         self,
@@ -227,10 +272,44 @@ class CriticModel(nn.Module):
         """`forward` for rows that share prompts (see `hidden_after_prefixes`): `response` (B, A) marks each
         answer's response tokens. `values` and `logits` cover the answer columns only; `logits[:, t]` predicts
         `answer_ids[:, t]` (already shifted, unlike `forward`'s)."""
-        hidden, before = self.hidden_after_prefixes(prefix_ids, prefix_mask, answer_ids, answer_mask, repeat)
-        return self._output(hidden, before, answer_ids, answer_mask, response, return_values, before if return_logits else None)
+        hidden, before, context = self.hidden_after_prefixes(prefix_ids, prefix_mask, answer_ids, answer_mask, repeat)
+        logits_from = before if return_logits else None
+        return self._output(hidden, before, answer_ids, answer_mask, response, return_values, logits_from, context)
 
     def score_features(self, features: torch.Tensor) -> torch.Tensor:
-        """Score cached features (the frozen phase): the final state, then the confidence features (H + 2)."""
-        hidden = features[..., : -CONFIDENCE_FEATURES]
-        return self.head(hidden, features[..., -CONFIDENCE_FEATURES:] if self.reads_confidence else None)
+        """Score cached features (the frozen phase), laid out as `feature_layout` says."""
+        states, mask, confidence = split_features(features, self.backbone.config.hidden_size, self.window)
+        return self.head(states, confidence if self.reads_confidence else None, mask)
+
+
+def feature_width(hidden_size: int, window: int) -> int:
+    """Cached features per sequence: the final state(s), a window's mask, the confidence features."""
+    return window * hidden_size + (window if window > 1 else 0) + CONFIDENCE_FEATURES
+
+
+def join_features(states: torch.Tensor, mask: torch.Tensor | None, confidence: torch.Tensor) -> torch.Tensor:
+    """(N, H) or a window (N, W, H) with its mask (N, W), and the confidence (N, 2) -> (N, feature_width)."""
+    parts = [states.flatten(1).float()] + ([] if mask is None else [mask.float()]) + [confidence.float()]
+    return torch.cat(parts, dim=-1)
+
+
+def split_features(
+    features: torch.Tensor, hidden_size: int, window: int
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """The inverse of `join_features`, over any leading dimensions."""
+    if features.shape[-1] != feature_width(hidden_size, window):
+        raise ValueError(
+            f"cached features of width {features.shape[-1]} do not fit a head reading {window} state(s) of "
+            f"size {hidden_size} ({feature_width(hidden_size, window)})"
+        )
+    lead = features.shape[:-1]
+    confidence = features[..., -CONFIDENCE_FEATURES:]
+    if window == 1:
+        return features[..., :hidden_size], None, confidence
+    states = features[..., : window * hidden_size].reshape(*lead, window, hidden_size)
+    mask = features[..., window * hidden_size : window * hidden_size + window] > 0.5
+    return states, mask, confidence
+
+
+def _at_last(confidence: torch.Tensor | None, rows: torch.Tensor, last: torch.Tensor) -> torch.Tensor | None:
+    return None if confidence is None else confidence[rows, last][:, None]

@@ -1,5 +1,10 @@
 """The critic head: a small network reading the final decoder state (what `lm_head` reads) and, with
-`confidence`, the model's mean and min log-probability of the response tokens so far."""
+`confidence`, the model's mean and min log-probability of the response tokens so far.
+
+`linear` and `mlp` read the state at the last token. `attention` reads the final states of the last `window`
+tokens (the end of the question and the answer) through a few transformer layers and answers at the last one:
+it can compare positions, e.g. an answer's last digit with the operands' (bench/checker_head.py).
+"""
 
 from __future__ import annotations
 
@@ -9,29 +14,66 @@ import torch
 from torch import nn
 
 CONFIDENCE_FEATURES = 2  # mean and min log-probability of the response tokens
+KINDS = ("linear", "mlp", "attention")
 
 
 @dataclass
 class HeadSettings:
-    kind: str = "linear"  # "linear" | "mlp"
-    hidden_dim: int = 256  # mlp only
+    kind: str = "linear"  # "linear" | "mlp" | "attention"
+    hidden_dim: int = 256  # mlp: hidden units; attention: the layers' width
     dropout: float = 0.1
-    init_std: float | None = None  # None: 1/sqrt(hidden+1), as OpenRLHF
+    init_std: float | None = None  # None: 1/sqrt(hidden+1), as OpenRLHF (linear and mlp)
     confidence: bool = False  # also read the response's mean and min token log-probability (CriticModel)
+    window: int = 1  # attention: how many final states it reads, ending at the last token
+    layers: int = 2  # attention: transformer layers
+    attention_heads: int = 4  # attention: heads per layer (hidden_dim must be a multiple)
+
+
+def check_head_settings(settings: HeadSettings) -> None:
+    if settings.kind not in KINDS:
+        raise ValueError(f"head.kind must be one of {', '.join(KINDS)}; got {settings.kind!r}")
+    if settings.window < 1:
+        raise ValueError(f"head.window must be ≥ 1 (tokens the head reads), got {settings.window}")
+    if settings.kind != "attention" and settings.window != 1:
+        raise ValueError(
+            f"head.window={settings.window} needs head.kind=attention: a {settings.kind} head reads the last state only"
+        )
+    if settings.kind == "attention" and (
+        settings.hidden_dim < 1 or settings.layers < 1 or settings.attention_heads < 1
+        or settings.hidden_dim % settings.attention_heads
+    ):
+        raise ValueError(
+            "an attention head needs head.hidden_dim ≥ 1, head.layers ≥ 1 and head.attention_heads ≥ 1 dividing "
+            f"head.hidden_dim; got {settings.hidden_dim}, {settings.layers}, {settings.attention_heads}"
+        )
 
 
 class CriticHead(nn.Module):
-    """Maps a hidden state (..., H), and with `confidence` the features (..., 2), to a score (...). Always
-    computed in fp32, whatever the backbone dtype."""
+    """Maps a hidden state (..., H), or for `attention` the states of a window (..., W, H) with its mask
+    (..., W) (True on real tokens; the last slot is the token scored), and with `confidence` the features
+    (..., 2), to a score (...). Always computed in fp32, whatever the backbone dtype."""
 
     def __init__(self, hidden_size: int, settings: HeadSettings | None = None):
         super().__init__()
         settings = settings or HeadSettings()
-        if settings.kind not in ("linear", "mlp"):
-            raise ValueError(f"head.kind must be 'linear' or 'mlp', got {settings.kind!r}")
+        check_head_settings(settings)
         self.settings = settings
+        self.window = settings.window
+        extra = CONFIDENCE_FEATURES if settings.confidence else 0
+        if settings.kind == "attention":
+            width = settings.hidden_dim
+            self.dropout = nn.Identity()  # the layers drop their own activations
+            self.project = nn.Linear(hidden_size, width)
+            self.position = nn.Parameter(torch.randn(settings.window, width) * 0.02)  # slot W-1: the scored token
+            layer = nn.TransformerEncoderLayer(
+                width, settings.attention_heads, 4 * width, settings.dropout, batch_first=True, norm_first=True
+            )
+            self.layers = nn.TransformerEncoder(layer, settings.layers, enable_nested_tensor=False)
+            self.net = nn.Sequential(nn.LayerNorm(width + extra), nn.Linear(width + extra, 1))
+            self.float()
+            return
         self.dropout = nn.Dropout(settings.dropout)
-        inputs = hidden_size + (CONFIDENCE_FEATURES if settings.confidence else 0)
+        inputs = hidden_size + extra
         if settings.kind == "linear":
             self.net = nn.Linear(inputs, 1)
         else:
@@ -48,12 +90,25 @@ class CriticHead(nn.Module):
                 nn.init.zeros_(module.bias)
         self.float()
 
-    def forward(self, hidden: torch.Tensor, confidence: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, hidden: torch.Tensor, confidence: torch.Tensor | None = None, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         # fp32 unless a strategy cast the whole model (DeepSpeed's bf16 does); scores always come out fp32
         dtype = next(self.net.parameters()).dtype
         x = self.dropout(hidden.to(dtype))
+        if self.settings.kind == "attention":
+            x = self._read_window(x, mask)
         if self.settings.confidence:
             if confidence is None:
                 raise ValueError("this head reads confidence features (head.confidence=true): none were given")
             x = torch.cat([x, confidence.to(dtype)], dim=-1)  # never dropped: two numbers, not redundant units
         return self.net(x).squeeze(-1).float()
+
+    def _read_window(self, states: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """(..., W, H) states and (..., W) mask -> (..., width): the layers' output at the last slot."""
+        if states.shape[-2] != self.window:
+            raise ValueError(f"this head reads windows of {self.window} states, got {states.shape[-2]}")
+        lead = states.shape[:-2]
+        x = self.project(states.reshape(-1, self.window, states.shape[-1])) + self.position
+        padding = None if mask is None else ~mask.reshape(-1, self.window).bool()
+        return self.layers(x, src_key_padding_mask=padding)[:, -1].reshape(*lead, -1)

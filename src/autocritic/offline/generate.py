@@ -3,8 +3,9 @@
     problems --few-shot prompt--> backbone samples K continuations --label_fn--> pointwise rows + pairs
 
 Output in `out_dir`: {train,val,test}.jsonl with {"prompt", "response", "label"} where `prompt + response` is
-exactly the sampled sequence; pairs_{train,val,test}.jsonl with {"prompt", "chosen", "rejected"}; card.json
-with counts per split. Skipped when card.json records the same settings, problems and backbone.
+exactly the sampled sequence; pairs_{train,val,test}.jsonl with {"prompt", "chosen", "rejected"};
+perturbed_train.jsonl, the right answer and near misses of each train problem (`perturbed.py`; read by
+`data=offline-checker`); card.json with counts per split. Skipped when card.json records the same settings, problems and backbone.
 """
 
 from __future__ import annotations
@@ -23,10 +24,12 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from autocritic.offline.complete import complete
 from autocritic.offline.labelling import LabelFn, label_offline
+from autocritic.offline.perturbed import perturbed_rows
 from autocritic.offline.pretrain import BUILD_INFO
 from autocritic.offline.tasks import ARITHMETIC_STOP, SPLITS, Problem, few_shot_prompts, make_splits
 
 CARD = "card.json"
+PERTURBED = "perturbed_train.jsonl"
 
 
 @dataclass(frozen=True)
@@ -47,7 +50,7 @@ class GenerateSettings:
 
 
 def output_files(out_dir: Path) -> list[Path]:
-    names = [f"{split}.jsonl" for split in SPLITS] + [f"pairs_{split}.jsonl" for split in SPLITS] + [CARD]
+    names = [f"{split}.jsonl" for split in SPLITS] + [f"pairs_{split}.jsonl" for split in SPLITS] + [PERTURBED, CARD]
     return [Path(out_dir) / name for name in names]
 
 
@@ -229,6 +232,10 @@ def build_critic_data(
         card["splits"][split] = counts
         _write_jsonl(out_dir / f"{split}.jsonl", rows)
         _write_jsonl(out_dir / f"pairs_{split}.jsonl", pairs)
+        if split == "train":
+            perturbed = perturbed_rows(split_problems, prompts)
+            card["perturbed_train_rows"] = len(perturbed)
+            _write_jsonl(out_dir / PERTURBED, perturbed)
     card["seconds"] = round(time.perf_counter() - started, 1)
     (out_dir / CARD).write_text(json.dumps(card, indent=2) + "\n")
     return out_dir

@@ -27,6 +27,7 @@ RULES: dict[str, tuple[tuple[type, ...], Callable | None, str]] = {
     "phase.max_epochs": ((int,), positive, "a positive integer"),
     "phase.weight_decay": ((float, int), lambda x: x >= 0, "a number ≥ 0"),
     "phase.warmup_steps": ((int,), lambda x: x >= 0, "an integer ≥ 0"),
+    "phase.schedule": ((str,), lambda x: x in ("constant", "cosine"), "constant or cosine"),
     "phase.freeze_backbone": ((bool,), None, "true or false"),
     "phase.cache_features": ((bool,), None, "true or false"),
     "phase.optimizer": ((str,), lambda x: x in ("adamw", "adamw8bit"), "adamw or adamw8bit"),
@@ -37,7 +38,10 @@ RULES: dict[str, tuple[tuple[type, ...], Callable | None, str]] = {
     "data.group_by_length": ((bool,), None, "true or false"),
     "data.share_prompts": ((bool,), None, "true or false"),
     "data.template": ((str,), None, "a string with {prompt} and a final {response}"),
-    "head.kind": ((str,), lambda x: x in ("linear", "mlp"), "linear or mlp"),
+    "head.kind": ((str,), lambda x: x in ("linear", "mlp", "attention"), "linear, mlp or attention"),
+    "head.window": ((int,), positive, "a positive integer (final states an attention head reads)"),
+    "head.layers": ((int,), positive, "a positive integer"),
+    "head.attention_heads": ((int,), positive, "a positive integer"),
     "head.dropout": ((float, int), fraction, "a number in [0, 1)"),
     "head.hidden_dim": ((int,), lambda x: x >= 0, "an integer ≥ 0"),
     "head.confidence": ((bool,), None, "true or false"),
@@ -74,6 +78,17 @@ def check_config(cfg: DictConfig) -> None:
         check_value(cfg, key)
     if phase in ("pretrain", "generate"):
         return
+    head_kind, window = OmegaConf.select(cfg, "head.kind"), OmegaConf.select(cfg, "head.window", default=1)
+    if head_kind != "attention" and window != 1:
+        raise ConfigError(
+            f"head.window={window} needs an attention head: a {head_kind} head reads the last state only. Use "
+            "head=attention, or head.window=1."
+        )
+    if head_kind == "attention" and cfg.head.hidden_dim % OmegaConf.select(cfg, "head.attention_heads", default=4):
+        raise ConfigError(
+            f"head.hidden_dim={cfg.head.hidden_dim} (the attention head's width) must be a multiple of "
+            f"head.attention_heads={cfg.head.attention_heads}."
+        )
     schema, kind = cfg.data.schema, cfg.objective.kind
     if SCHEMA_OF[kind] != schema:
         raise ConfigError(

@@ -1,5 +1,6 @@
-"""Feature cache of the frozen phase: each example's final decoder state and the model's confidence in its
-response (mean and min token log-probability), computed once, reused every epoch.
+"""Feature cache of the frozen phase: each example's final decoder state (the last `head.window` states, with
+their mask, for a window head) and the model's confidence in its response (mean and min token log-probability),
+computed once, reused every epoch.
 
 The key hashes everything the features depend on (backbone weights and config, tokenizer, data files, template,
 max length, dtype); any change gives a new key, so a stale cache is never read.
@@ -21,10 +22,12 @@ from safetensors.torch import load_file, save_file
 
 from autocritic.data.datamodule import SPLITS, CriticDataModule, padded, prompt_prefix
 from autocritic.model.critic import (
-    CONFIDENCE_FEATURES,
     CriticModel,
     confidence_features,
     decoder_of,
+    feature_width,
+    gather_windows,
+    join_features,
     last_token_index,
     positions_from_mask,
 )
@@ -70,7 +73,7 @@ class Ranks:
 def compute_features(
     critic: CriticModel, datamodule: CriticDataModule, split: str, device: torch.device, ranks: Ranks | None = None
 ) -> torch.Tensor:
-    """(N, S, H + 2) fp32 features at the last real token; S = 2 for pairwise (chosen, rejected). The two
+    """(N, S, F) fp32 features at the last real token (`feature_width`); S = 2 for pairwise (chosen, rejected). The two
     confidence features are stored for every head: a head with `confidence=false` ignores them, and one cache
     serves both kinds of head. With `ranks`, each process computes a contiguous share of the sequences (the
     answers to one prompt are neighbours, so shares keep their shared prompts) and the shares are exchanged."""
@@ -104,8 +107,9 @@ def shared_prefix_features(
     pad_id: int,
     split: str = "",
 ) -> torch.Tensor:
-    """(N, H + 2) final state at the last token of each (ids, prompt_len) and the confidence features of its
-    response tokens (positions >= prompt_len), computing each distinct prompt once.
+    """(N, F) final state at the last token of each (ids, prompt_len) (the window ending there, for a window head)
+    and the confidence features of its response tokens (positions >= prompt_len), computing each distinct prompt
+    once.
 
     Self-generated critic data holds K answers per prompt, and the prompt (few-shot) is most of the tokens: the
     prompt runs once with the KV cache on, and only the answers run per row, attending to the cached prompt.
@@ -126,7 +130,7 @@ def shared_prefix_features(
         rows += len(group[1])
     if batch:
         batches.append(batch)
-    out = torch.empty(len(sequences), critic.backbone.config.hidden_size + CONFIDENCE_FEATURES)
+    out = torch.empty(len(sequences), feature_width(critic.backbone.config.hidden_size, critic.window))
     for batch in track(batches, description=f"Caching {split} features", transient=True):
         members = [index for _, indices in batch for index in indices]
         answers = [sequences[index][0][len(prefix) :] for prefix, indices in batch for index in indices]
@@ -148,10 +152,11 @@ def _features_after_prefixes(prefixes, answers, skips, repeat, critic, device, p
             input_ids=answer_ids, attention_mask=answer_mask, position_ids=positions_from_mask(answer_mask), use_cache=False
         ).last_hidden_state
         before = torch.cat([hidden[:, :1], hidden[:, :-1]], dim=1)
+        context = None
         first_counts = False  # the first token has nothing before it
     else:
         prefix_ids, prefix_mask = (t.to(device) for t in padded(prefixes, pad_id, left=True))
-        hidden, before = critic.hidden_after_prefixes(prefix_ids, prefix_mask, answer_ids, answer_mask, repeat)
+        hidden, before, context = critic.hidden_after_prefixes(prefix_ids, prefix_mask, answer_ids, answer_mask, repeat)
         first_counts = True
     columns = torch.arange(answer_ids.shape[1], device=device)
     skip = torch.tensor(skips, device=device)[:, None]
@@ -159,7 +164,13 @@ def _features_after_prefixes(prefixes, answers, skips, repeat, critic, device, p
     confidence = confidence_features(critic.backbone.get_output_embeddings(), before, answer_ids, response)
     rows = torch.arange(hidden.shape[0], device=device)
     last = last_token_index(answer_mask)
-    return torch.cat([hidden[rows, last].float(), confidence[rows, last]], dim=-1).cpu()
+    if critic.window == 1:
+        return join_features(hidden[rows, last], None, confidence[rows, last]).cpu()
+    if context is not None:
+        hidden = torch.cat([context[0], hidden], dim=1)
+        answer_mask = torch.cat([context[1].to(answer_mask.dtype), answer_mask], dim=1)
+    states, mask = gather_windows(hidden, answer_mask, (last + hidden.shape[1] - answer_ids.shape[1])[:, None], critic.window)
+    return join_features(states[:, 0], mask[:, 0], confidence[rows, last]).cpu()
 
 
 def load_or_compute(

@@ -1,4 +1,5 @@
-"""Per-split critic metrics (torchmetrics): AUROC, accuracy, ECE, Brier / MSE, pairwise accuracy.
+"""Per-split critic metrics (torchmetrics): AUROC, accuracy, ECE, Brier, within-problem AUROC (validation and test)
+/ MSE, pairwise accuracy.
 
 The training split keeps fixed-size states only (binned AUROC, per-bin sums for ECE). A metric that appends each
 step's scores leaves a small long-lived tensor between the step's large freed buffers, and the heap the allocator
@@ -43,29 +44,67 @@ class BinnedCalibrationError(Metric):
         return (gap * self.count / self.count.sum()).sum().float()
 
 
+class WithinGroupAUROC(Metric):
+    """Mean AUROC over the groups (the answers to one prompt) that hold both labels: how well the scores rank the
+    answers to one question, what best-of-N relies on. Ties count half. Validation and test only (it keeps every
+    score); rows of group -1 (unknown) are left out."""
+
+    full_state_update = False
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        for name in ("scores", "labels", "groups"):
+            self.add_state(name, default=[], dist_reduce_fx="cat")
+
+    def update(self, scores: torch.Tensor, labels: torch.Tensor, groups: torch.Tensor) -> None:
+        self.scores.append(scores.detach().reshape(-1).float())
+        self.labels.append(labels.reshape(-1).bool())
+        self.groups.append(groups.reshape(-1).long())
+
+    def compute(self) -> torch.Tensor:
+        values = []
+        # A list of tensors per update, or one tensor once synced across ranks; a loop over groups is cheaper on
+        # the CPU than kernel by kernel on a GPU.
+        states = [torch.cat(x) if isinstance(x, list) else x for x in (self.scores, self.labels, self.groups) if len(x)]
+        if len(states) == 3:
+            scores, labels, groups = (x.cpu() for x in states)
+            for group in groups[groups >= 0].unique():
+                member = groups == group
+                right, wrong = scores[member & labels], scores[member & ~labels]
+                if len(right) and len(wrong):
+                    above = (right[:, None] > wrong[None]).float() + 0.5 * (right[:, None] == wrong[None]).float()
+                    values.append(above.mean())
+        return torch.stack(values).mean() if values else torch.tensor(float("nan"))
+
+
 def make_metrics(kind: str, split: str = "val") -> nn.Module:
     auroc = BinaryAUROC(thresholds=TRAIN_AUROC_THRESHOLDS) if split == "train" else BinaryAUROC()
     if kind == "bce":
-        return MetricCollection(
-            {
-                "auroc": auroc,
-                "accuracy": BinaryAccuracy(),
-                "ece": BinnedCalibrationError(n_bins=10),
-                "brier": Brier(),
-            }
-        )
+        metrics = {
+            "auroc": auroc,
+            "accuracy": BinaryAccuracy(),
+            "ece": BinnedCalibrationError(n_bins=10),
+            "brier": Brier(),
+        }
+        if split != "train":
+            metrics["within_auroc"] = WithinGroupAUROC()
+        return MetricCollection(metrics)
     if kind == "mse":
         return MetricCollection({"mse": MeanSquaredError(), "pearson": PearsonCorrCoef()})
     return MetricCollection({"pairwise_accuracy": MeanMetric(), "auroc": auroc})
 
 
-def update_metrics(metrics: MetricCollection, kind: str, scores: torch.Tensor, target: torch.Tensor) -> None:
+def update_metrics(
+    metrics: MetricCollection, kind: str, scores: torch.Tensor, target: torch.Tensor, groups: torch.Tensor | None = None
+) -> None:
     scores = scores.detach().float()
     if kind == "bce":
         probs, labels = torch.sigmoid(scores), (target >= 0.5).long()
         for name in ("auroc", "accuracy", "ece"):
             metrics[name].update(probs, labels)
         metrics["brier"].update(probs, labels.float())
+        if "within_auroc" in metrics:
+            metrics["within_auroc"].update(scores, labels, groups if groups is not None else torch.full_like(labels, -1))
     elif kind == "mse":
         metrics["mse"].update(scores, target)
         metrics["pearson"].update(scores, target)

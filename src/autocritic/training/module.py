@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import lightning as L
@@ -32,6 +33,7 @@ class OptimSettings:
     weight_decay: float = 0.0
     warmup_steps: int = 0
     optimizer: str = "adamw"  # "adamw" | "adamw8bit" (bitsandbytes)
+    schedule: str = "constant"  # after the warmup: "constant" | "cosine" (to 0 at the last step)
 
 
 class CriticModule(L.LightningModule):
@@ -107,7 +109,7 @@ class CriticModule(L.LightningModule):
                 "clipping (trainer.gradient_clip_val), or use precision=32."
             )
         metrics = self.metrics[f"{split}_"]
-        update_metrics(metrics, self.objective.kind, scores, target)
+        update_metrics(metrics, self.objective.kind, scores, target, batch.get("group"))
         self.log(f"{split}/loss", loss, prog_bar=split != "test", batch_size=batch_size, sync_dist=split != "train")
         if split != "train":
             self.log(f"{split}/score_mean", scores.detach().mean(), batch_size=batch_size, sync_dist=True)
@@ -117,7 +119,11 @@ class CriticModule(L.LightningModule):
         # Computed once per epoch: logging metric objects at every step costs more than a head step on features.
         metrics = self.metrics[f"{split}_"]
         if metrics[next(iter(metrics.keys()))].update_count:
-            self.log_dict({f"{split}/{k}": v for k, v in metrics.compute().items()}, sync_dist=True)
+            values = metrics.compute()
+            # Undefined when no prompt has both a right and a wrong answer: not logged rather than NaN.
+            if "within_auroc" in values and torch.isnan(values["within_auroc"]):
+                del values["within_auroc"]
+            self.log_dict({f"{split}/{k}": v for k, v in values.items()}, sync_dist=True)
         metrics.reset()
 
     def on_train_epoch_end(self) -> None:
@@ -172,10 +178,19 @@ class CriticModule(L.LightningModule):
             optimizer = bnb.optim.AdamW8bit(groups, lr=self.optim.lr)
         else:
             optimizer = torch.optim.AdamW(groups, lr=self.optim.lr)
-        if not self.optim.warmup_steps:
+        if not self.optim.warmup_steps and self.optim.schedule == "constant":
             return optimizer
-        warmup = self.optim.warmup_steps
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
+        warmup, total = self.optim.warmup_steps, self.trainer.estimated_stepping_batches
+        cosine = self.optim.schedule == "cosine"
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            if not cosine:
+                return 1.0
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:

@@ -22,6 +22,7 @@ class ObjectiveSettings:
     replay_weight: float = 0.0  # weight of the LM loss on replay documents (data.replay_files), finetune only
     value_weight: float = 0.0  # token-level values (Cobbe et al.): BCE of every response token's value, bce only
     group_weight: float = 0.0  # listwise loss over the answers to one prompt (shared-prompt batches), bce only
+    positive_weight: float = 1.0  # bce: weight of the right answers' term (>1 when near misses outnumber them)
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -36,10 +37,13 @@ class ObjectiveSettings:
                 f"objective.group_weight ranks the right answers to a prompt above its wrong ones by their 0/1 "
                 f"labels: it needs objective=bce, not {self.kind}. Set objective.group_weight=0."
             )
+        if not self.positive_weight > 0:
+            raise ConfigError(f"objective.positive_weight must be a positive number, got {self.positive_weight}.")
 
 
-def pointwise_bce(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    return F.binary_cross_entropy_with_logits(scores, labels)
+def pointwise_bce(scores: torch.Tensor, labels: torch.Tensor, positive_weight: float = 1.0) -> torch.Tensor:
+    weight = None if positive_weight == 1.0 else torch.tensor(positive_weight, device=scores.device)
+    return F.binary_cross_entropy_with_logits(scores, labels, pos_weight=weight)
 
 
 def scalar_mse(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -81,7 +85,7 @@ def group_listwise_loss(scores: torch.Tensor, labels: torch.Tensor, groups: torc
 def critic_loss(settings: ObjectiveSettings, scores: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """scores: (B,) or, for pairwise, (2B,) with chosen rows first."""
     if settings.kind == "bce":
-        return pointwise_bce(scores, target)
+        return pointwise_bce(scores, target, settings.positive_weight)
     if settings.kind == "mse":
         return scalar_mse(scores, target)
     chosen, rejected = scores.chunk(2)

@@ -125,13 +125,14 @@ class FeatureCache(L.Callback):
 
     def __init__(self, cfg: DictConfig, critic: CriticModel):
         files = as_list(cfg.data.train_files) + as_list(cfg.data.val_files) + as_list(cfg.data.test_files)
+        layout = FEATURES if critic.window == 1 else f"{FEATURES}, window {critic.window}"
         self.key = cache_key(
             cfg.model.name_or_path,
             files,
             cfg.data.template,
             cfg.data.max_length,
             {"dtype": cfg.model.dtype, "schema": cfg.data.schema, "hub": cfg.data.hub_id, "columns": dict(cfg.data.columns),
-             "quantization": OmegaConf.to_container(cfg.quantization), "seed": cfg.seed, "features": FEATURES},
+             "quantization": OmegaConf.to_container(cfg.quantization), "seed": cfg.seed, "features": layout},
         )
         self.cache_dir, self.critic = cfg.paths.cache, critic
 
@@ -268,7 +269,13 @@ def train(cfg: DictConfig) -> float | None:
     module = CriticModule(
         critic,
         objective,
-        OptimSettings(lr=cfg.phase.lr, weight_decay=cfg.phase.weight_decay, warmup_steps=cfg.phase.warmup_steps, optimizer=cfg.phase.optimizer),
+        OptimSettings(
+            lr=cfg.phase.lr,
+            weight_decay=cfg.phase.weight_decay,
+            warmup_steps=cfg.phase.warmup_steps,
+            optimizer=cfg.phase.optimizer,
+            schedule=cfg.phase.get("schedule", "constant"),
+        ),
         backbone_frozen=cfg.phase.freeze_backbone,
     )
     trainer, checkpoint = build_trainer(cfg, run_dir, [FeatureCache(cfg, critic)] if cached else None)
