@@ -9,6 +9,9 @@ log-probability of the response tokens (`lm_head` at the response positions only
 answers to one question worse than the model's likelihood does (offline default: within-problem AUROC 0.56 vs
 0.71): it learns which questions are hard, not which answer is right.
 
+A window head (`head.kind=attention`) reads the final states of the last `head.window` real tokens instead of the
+last one alone; `score_at` gathers them wherever a score is read (the forward, shared-prompt batches, generation).
+
 The score is read at the last position whose attention mask is 1 and positions are derived from the mask,
 so a sequence scores the same under left padding, right padding or alone (Falcon has no pad token, and
 pad = eos makes "last non-pad token" pooling pick the wrong token).
@@ -277,7 +280,7 @@ class CriticModel(nn.Module):
         return self._output(hidden, before, answer_ids, answer_mask, response, return_values, logits_from, context)
 
     def score_features(self, features: torch.Tensor) -> torch.Tensor:
-        """Score cached features (the frozen phase), laid out as `feature_layout` says."""
+        """Score cached features (the frozen phase), laid out as `join_features` writes them."""
         states, mask, confidence = split_features(features, self.backbone.config.hidden_size, self.window)
         return self.head(states, confidence if self.reads_confidence else None, mask)
 
