@@ -264,8 +264,8 @@ class CriticDataModule(L.LightningDataModule):
         return out
 
     def encode_rows(self, rows: list[dict], split: str) -> list[dict]:
-        """Items {"ids", "prompt_len", "target", "group"}: `group` numbers the split's distinct prompts, for the
-        metrics over the answers to one prompt (within-problem AUROC)."""
+        """Items {"ids", "prompt_len", "target"}, and for pointwise and scalar rows "group": the number of the row's
+        prompt in the split, for the metrics over the answers to one prompt (within-problem AUROC)."""
         items, truncated = [], 0
         groups: dict[str, int] = {}
         if self.pairwise:
@@ -275,8 +275,6 @@ class CriticDataModule(L.LightningDataModule):
             ):
                 items.append({"ids": [chosen, rejected], "prompt_len": [chosen_len, rejected_len], "target": 1.0})
                 truncated += cut_c or cut_r
-            for item, row in zip(items, rows, strict=True):
-                item["group"] = groups.setdefault(row["prompt"], len(groups))
         else:
             key = "label" if self.settings.schema == "pointwise" else "score"
             encoded = self.encode_texts([(r["prompt"], r["response"]) for r in rows])

@@ -201,12 +201,23 @@ class CriticModel(nn.Module):
         if self.window == 1:
             rows = torch.arange(hidden.shape[0], device=hidden.device)[:, None]
             return self.head(hidden[rows, ends], confidence)
+        states, mask = self.windows_at(hidden, attention_mask, ends, context)
+        return self.head(states, confidence, mask)
+
+    def windows_at(
+        self,
+        hidden: torch.Tensor,
+        attention_mask: torch.Tensor,
+        ends: torch.Tensor,
+        context: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """What a window head reads at positions `ends` (B, K): states (B, K, W, H) and mask (B, K, W), `context`
+        (states, mask) extending `hidden` leftwards."""
         if context is not None:
             hidden = torch.cat([context[0], hidden], dim=1)
             attention_mask = torch.cat([context[1].to(attention_mask.dtype), attention_mask], dim=1)
             ends = ends + context[0].shape[1]
-        states, mask = gather_windows(hidden, attention_mask, ends, self.window)
-        return self.head(states, confidence, mask)
+        return gather_windows(hidden, attention_mask, ends, self.window)
 
     def hidden_after_prefixes(
         self,

@@ -26,7 +26,6 @@ from autocritic.model.critic import (
     confidence_features,
     decoder_of,
     feature_width,
-    gather_windows,
     join_features,
     last_token_index,
     positions_from_mask,
@@ -166,10 +165,7 @@ def _features_after_prefixes(prefixes, answers, skips, repeat, critic, device, p
     last = last_token_index(answer_mask)
     if critic.window == 1:
         return join_features(hidden[rows, last], None, confidence[rows, last]).cpu()
-    if context is not None:
-        hidden = torch.cat([context[0], hidden], dim=1)
-        answer_mask = torch.cat([context[1].to(answer_mask.dtype), answer_mask], dim=1)
-    states, mask = gather_windows(hidden, answer_mask, (last + hidden.shape[1] - answer_ids.shape[1])[:, None], critic.window)
+    states, mask = critic.windows_at(hidden, answer_mask, last[:, None], context)
     return join_features(states[:, 0], mask[:, 0], confidence[rows, last]).cpu()
 
 

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 from torchmetrics import MeanMetric, MeanSquaredError, Metric, MetricCollection, PearsonCorrCoef
 from torchmetrics.classification import BinaryAccuracy, BinaryAUROC
+from torchmetrics.functional.classification import binary_auroc
 
 TRAIN_AUROC_THRESHOLDS = 201  # binned AUROC, steps of 0.005 in probability
 
@@ -46,8 +47,8 @@ class BinnedCalibrationError(Metric):
 
 class WithinGroupAUROC(Metric):
     """Mean AUROC over the groups (the answers to one prompt) that hold both labels: how well the scores rank the
-    answers to one question, what best-of-N relies on. Ties count half. Validation and test only (it keeps every
-    score); rows of group -1 (unknown) are left out."""
+    answers to one question, what best-of-N relies on. Validation and test only (it keeps every score); rows of
+    group -1 (unknown) are left out."""
 
     full_state_update = False
 
@@ -70,10 +71,8 @@ class WithinGroupAUROC(Metric):
             scores, labels, groups = (x.cpu() for x in states)
             for group in groups[groups >= 0].unique():
                 member = groups == group
-                right, wrong = scores[member & labels], scores[member & ~labels]
-                if len(right) and len(wrong):
-                    above = (right[:, None] > wrong[None]).float() + 0.5 * (right[:, None] == wrong[None]).float()
-                    values.append(above.mean())
+                if labels[member].any() and not labels[member].all():  # as the rerank suite's `auroc`
+                    values.append(binary_auroc(scores[member].double(), labels[member].long()).float())
         return torch.stack(values).mean() if values else torch.tensor(float("nan"))
 
 
