@@ -34,6 +34,8 @@ BAD = {
     "bad dtype": (["model.dtype=float8"], ConfigError, "model.dtype='float8' is not valid"),
     "bad head": (["head.kind=conv"], ConfigError, "head.kind='conv' is not valid: expected linear, mlp or attention"),
     "window on an mlp head": (["head.window=8"], ConfigError, "head.window=8 needs an attention head"),
+    "token ids on an mlp head": (["head.tokens=true"], ConfigError, "head.tokens=true needs an attention head"),
+    "token ids not a bool": (["head=attention", "head.tokens=3"], ConfigError, "head.tokens"),
     "attention width vs heads": (
         ["head=attention", "head.hidden_dim=30"],
         ConfigError,

@@ -98,11 +98,15 @@ def test_compute_features_keeps_item_order_and_pairs(schema, tiny_backbone, tmp_
 
 @pytest.mark.parametrize("window", [2, 6, 20])  # reaching into the prompts; past their start (padding)
 @pytest.mark.parametrize("batch_rows", [1, 64])
-def test_window_features_score_as_the_plain_forward(window, batch_rows, tiny_backbone):
-    """A window head's cached features (the last `window` states and their mask) give the scores of one plain
-    forward per sequence, also when the window reaches back into a shared prompt."""
+@pytest.mark.parametrize("tokens", [False, True], ids=["states", "tokens"])
+def test_window_features_score_as_the_plain_forward(window, batch_rows, tokens, tiny_backbone):
+    """A window head's cached features (the last `window` states, their mask and, for a head reading them, their
+    token ids) give the scores of one plain forward per sequence, also when the window reaches back into a shared
+    prompt."""
     torch.manual_seed(0)
-    settings = HeadSettings(kind="attention", hidden_dim=16, attention_heads=2, window=window, confidence=True)
+    settings = HeadSettings(
+        kind="attention", hidden_dim=16, attention_heads=2, window=window, confidence=True, tokens=tokens
+    )
     critic = CriticModel(load_backbone(str(tiny_backbone)).eval(), head_settings=settings).eval()
     sequences = sequences_with_shared_prompts(critic.config.vocab_size)
     with torch.no_grad():
@@ -111,6 +115,6 @@ def test_window_features_score_as_the_plain_forward(window, batch_rows, tiny_bac
         plain = torch.cat(
             [critic(torch.tensor([ids]), torch.ones(1, len(ids), dtype=torch.long), torch.tensor([n])).score for ids, n in sequences]
         )
-    assert features.shape == (len(sequences), feature_width(critic.config.hidden_size, window))
+    assert features.shape == (len(sequences), feature_width(critic.config.hidden_size, window, tokens))
     assert (cached - plain).abs().max() <= 1e-5
     assert plain.std() > 1e-3  # the sequences are not scored alike

@@ -6,6 +6,7 @@ plain CriticModel forward, batching, streaming), never quality.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -36,6 +37,7 @@ TOL = 1e-4
 
 # Longer than the shortest prompt (left padding inside the window), shorter than prompt + response.
 WINDOW_HEAD = HeadSettings(kind="attention", hidden_dim=16, attention_heads=2, window=8, confidence=True)
+TOKENS_HEAD = dataclasses.replace(WINDOW_HEAD, tokens=True)  # also reads the ids of the window's tokens
 
 
 def tiny_generator(
@@ -98,12 +100,17 @@ def window_generator(tiny_backbone) -> CriticGenerator:
     return tiny_generator(tiny_backbone, head=WINDOW_HEAD)
 
 
+@pytest.fixture(scope="module")
+def tokens_generator(tiny_backbone) -> CriticGenerator:
+    return tiny_generator(tiny_backbone, head=TOKENS_HEAD)
+
+
 @pytest.fixture
-def generators(generator, confident_generator, window_generator) -> dict[str, CriticGenerator]:
-    return {"state": generator, "confidence": confident_generator, "window": window_generator}
+def generators(generator, confident_generator, window_generator, tokens_generator) -> dict[str, CriticGenerator]:
+    return {"state": generator, "confidence": confident_generator, "window": window_generator, "tokens": tokens_generator}
 
 
-@pytest.mark.parametrize("head", ["state", "confidence", "window"])
+@pytest.mark.parametrize("head", ["state", "confidence", "window", "tokens"])
 @pytest.mark.parametrize("do_sample", [False, True], ids=["greedy", "sampled"])
 def test_scores_from_generation_equal_critic_forward(generators, do_sample, head):
     generator = generators[head]
@@ -174,7 +181,7 @@ def test_stream_stops_early_when_the_consumer_does(generator):
     assert generator.generate(PROMPTS[:1], max_new_tokens=2)[0][0].token_ids
 
 
-@pytest.mark.parametrize("head", ["state", "confidence", "window"])
+@pytest.mark.parametrize("head", ["state", "confidence", "window", "tokens"])
 def test_score_texts_matches_critic_forward(generators, head):
     generator = generators[head]
     responses = [" 3", " five", ""]

@@ -31,7 +31,9 @@ HEADS = {
 CONFIDENCE = HeadSettings(kind="mlp", hidden_dim=16, confidence=True)
 # Reads the last 6 final states: longer than "ab" (2 tokens), shorter than the longest text.
 WINDOW = HeadSettings(kind="attention", hidden_dim=16, attention_heads=2, window=6, confidence=True)
-WITH_CONFIDENCE = HEADS | {"confidence": CONFIDENCE, "window": WINDOW}
+# The same, also reading the window's token ids.
+TOKENS = dataclasses.replace(WINDOW, tokens=True)
+WITH_CONFIDENCE = HEADS | {"confidence": CONFIDENCE, "window": WINDOW, "tokens": TOKENS}
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +74,7 @@ def test_scores_do_not_depend_on_padding_or_batch(tiny_backbone, tokenizer, kind
     assert right.std() > 0  # the texts are not scored alike: the comparison means something
 
 
-@pytest.mark.parametrize("kind", ["mlp", "confidence", "window"])
+@pytest.mark.parametrize("kind", ["mlp", "confidence", "window", "tokens"])
 def test_values_per_token_and_their_last_real_token_is_the_score(tiny_backbone, tokenizer, kind):
     critic = make_critic(tiny_backbone, WITH_CONFIDENCE[kind])
     for side in ("right", "left"):
@@ -184,6 +186,12 @@ def test_head_shapes_and_kinds():
         CriticHead(64, HeadSettings(kind="mlp", window=4))
     with pytest.raises(ValueError, match="attention_heads"):
         CriticHead(64, HeadSettings(kind="attention", hidden_dim=10, attention_heads=4, window=4))
+    with pytest.raises(ValueError, match="head.tokens"):
+        CriticHead(64, HeadSettings(kind="mlp", tokens=True), vocab_size=10)
+    with pytest.raises(ValueError, match="vocabulary"):
+        CriticHead(64, TOKENS)
+    with pytest.raises(ValueError, match="token ids"):
+        CriticHead(64, TOKENS, vocab_size=10)(torch.randn(2, 6, 64), torch.randn(2, 2), torch.ones(2, 6))
 
 
 def test_a_window_head_scores_the_last_window_states_alone(tiny_backbone, tokenizer):
@@ -198,6 +206,24 @@ def test_a_window_head_scores_the_last_window_states_alone(tiny_backbone, tokeni
         fewer = critic.head(window, out.confidence, torch.arange(WINDOW.window)[None] > 0)
     assert by_hand.item() == pytest.approx(out.score.item(), abs=TOL)
     assert fewer.item() != pytest.approx(by_hand.item(), abs=1e-6)  # every slot of the window is read
+
+
+def test_a_tokens_head_reads_the_ids_of_its_window(tiny_backbone, tokenizer):
+    critic = make_critic(tiny_backbone, TOKENS)
+    ids = torch.tensor([tokenizer(max(TEXTS, key=len))["input_ids"]])
+    mask = torch.ones_like(ids)
+    every = torch.ones(1, TOKENS.window, dtype=torch.bool)
+    with torch.no_grad():
+        out = critic(ids, mask, torch.tensor([PROMPT_TOKENS]))
+        window = critic.final_hidden(ids, mask)[:, -TOKENS.window :]
+        by_hand = critic.head(window, out.confidence, every, ids[:, -TOKENS.window :])
+        other = ids[:, -TOKENS.window :].clone()
+        other[0, 0] = (other[0, 0] + 1) % critic.head.embed.num_embeddings  # the window's first token, as read
+        changed = critic.head(window, out.confidence, every, other)
+    assert by_hand.item() == pytest.approx(out.score.item(), abs=TOL)
+    assert changed.item() != pytest.approx(by_hand.item(), abs=1e-6)
+    with pytest.raises(ValueError, match="pass tokens"):
+        critic.score_at(window, mask[:, -TOKENS.window :], torch.tensor([[TOKENS.window - 1]]), out.confidence[:, None])
 
 
 # ---- export round trips ----

@@ -40,6 +40,9 @@ def datamodule_of(rows, schema, tiny_backbone, tmp_path, share: bool) -> CriticD
 HEADS = {
     "mlp": HeadSettings(kind="mlp", dropout=0.0, confidence=True),
     "window": HeadSettings(kind="attention", hidden_dim=16, attention_heads=2, window=6, dropout=0.0, confidence=True),
+    "tokens": HeadSettings(
+        kind="attention", hidden_dim=16, attention_heads=2, window=6, dropout=0.0, confidence=True, tokens=True
+    ),
 }
 
 
@@ -69,6 +72,7 @@ def loss_and_grads(module: CriticModule, batch: dict) -> tuple[torch.Tensor, dic
         ("tiny-falcon", "pairwise", ObjectiveSettings(kind="pairwise", lm_weight=1.0), "mlp"),
         ("llama", "pointwise", ObjectiveSettings(kind="bce", lm_weight=1.0), "mlp"),
         ("tiny-falcon", "pointwise", ObjectiveSettings(kind="bce", value_weight=1.0), "window"),
+        ("tiny-falcon", "pointwise", ObjectiveSettings(kind="bce", value_weight=1.0), "tokens"),
     ],
 )
 @pytest.mark.parametrize("checkpointing", [None, "transformers", "torch"])

@@ -199,11 +199,15 @@ def test_feature_cache_does_not_change_the_result(tiny_backbone, tiny_data, tmp_
     assert all(torch.equal(heads[0][k], heads[1][k]) for k in heads[0])
 
 
-@pytest.mark.parametrize("head", [(), ("head=attention", "head.window=6", "head.hidden_dim=16")], ids=["mlp", "window"])
+WINDOW = ("head=attention", "head.window=6", "head.hidden_dim=16")  # conf/head/attention.yaml reads token ids
+
+
+@pytest.mark.parametrize("head", [(), (*WINDOW, "head.tokens=false"), WINDOW], ids=["mlp", "window", "tokens"])
 def test_transfer_without_the_feature_cache_trains_the_same_head(tiny_backbone, tiny_data, tmp_path, capture, head):
     """phase.cache_features=false (for a model too big to hold whole on one device: the frozen forward runs every
     step instead) trains the head the cached run trains, given the same row order (cached batches are never
-    grouped by length, so grouping is off on both sides). A window head's cache holds its last states and mask.
+    grouped by length, so grouping is off on both sides). A window head's cache holds its last states and mask (and
+    their token ids).
     Its attention's key biases get no gradient but rounding noise, which Adam scales up to steps of the learning
     rate: for it the two runs are compared by their scores, not their weights."""
     heads, cached_files, scores = [], [], []

@@ -353,6 +353,8 @@ class CriticGenerator:
             states = torch.cat(recorder.states, dim=1)  # (R, prompt_tail + L - 1 or + L, H)
             mask = torch.ones(states.shape[:2], dtype=torch.long, device=states.device)
             mask[:, :prompt_tail] = attention_mask.repeat_interleave(n, dim=0)[:, -prompt_tail:]
+            first = input_ids.shape[1] - prompt_tail
+            tokens = out.sequences[:, first : first + states.shape[1]]  # the token of each column, as fed
             rows = torch.arange(states.shape[0], device=states.device)
             last = torch.tensor([length for _, length, _ in kept], device=states.device)
             logprobs = confidence = None
@@ -365,7 +367,9 @@ class CriticGenerator:
                 )
             offset = prompt_tail - 1
             ends = (last + offset)[:, None]
-            scores = self.model.score_at(states, mask, ends, _at(confidence, (rows[:, None], last[:, None])))[:, 0].tolist()
+            scores = self.model.score_at(
+                states, mask, ends, _at(confidence, (rows[:, None], last[:, None])), tokens=tokens
+            )[:, 0].tolist()
             samples = []
             for row, ((text, length, reason), score) in enumerate(zip(kept, scores, strict=True)):
                 token_ids = generated[row, :length].tolist()
@@ -373,7 +377,11 @@ class CriticGenerator:
                 if settings.return_values and length:
                     steps = torch.arange(1, length + 1, device=states.device)
                     values = self.model.score_at(
-                        states[row : row + 1], mask[row : row + 1], (steps + offset)[None], _at(confidence, (slice(row, row + 1), steps))
+                        states[row : row + 1],
+                        mask[row : row + 1],
+                        (steps + offset)[None],
+                        _at(confidence, (slice(row, row + 1), steps)),
+                        tokens=tokens[row : row + 1],
                     )[0].tolist()
                 kept_logprobs = logprobs[row, :length].tolist() if logprobs is not None else None
                 samples.append(Sample(text, score, token_ids, reason, values, kept_logprobs))

@@ -10,7 +10,8 @@ answers to one question worse than the model's likelihood does (offline default:
 0.71): it learns which questions are hard, not which answer is right.
 
 A window head (`head.kind=attention`) reads the final states of the last `head.window` real tokens instead of the
-last one alone; `score_at` gathers them wherever a score is read (the forward, shared-prompt batches, generation).
+last one alone; `score_at` gathers them wherever a score is read (the forward, shared-prompt batches, generation),
+and with `head.tokens` the ids of the tokens they sit on.
 
 The score is read at the last position whose attention mask is 1 and positions are derived from the mask,
 so a sequence scores the same under left padding, right padding or alone (Falcon has no pad token, and
@@ -30,6 +31,10 @@ from autocritic.errors import ConfigError
 from autocritic.model.head import CONFIDENCE_FEATURES, CriticHead, HeadSettings
 from autocritic.model.prompt_cache import SharedPromptCache, cache_through_checkpointing
 
+# What a window head reads before a tensor's first column (a shared prompt's end): states (B, C, H), mask (B, C)
+# and token ids (B, C).
+Context = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
 
 @dataclass
 class CriticOutput:
@@ -48,15 +53,21 @@ def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
 
 
 def gather_windows(
-    hidden: torch.Tensor, attention_mask: torch.Tensor, ends: torch.Tensor, window: int
-) -> tuple[torch.Tensor, torch.Tensor]:
+    hidden: torch.Tensor,
+    attention_mask: torch.Tensor,
+    ends: torch.Tensor,
+    window: int,
+    tokens: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """The states of the `window` positions ending at each of `ends`: hidden (B, T, H), mask (B, T), ends (B, K)
-    -> states (B, K, W, H) and mask (B, K, W), False where a slot falls before the sequence or on padding."""
+    -> states (B, K, W, H) and mask (B, K, W), False where a slot falls before the sequence or on padding, and the
+    ids (B, K, W) of `tokens` (B, T) at those slots when given."""
     index = ends[..., None] - (window - 1) + torch.arange(window, device=ends.device)  # (B, K, W)
     inside = index >= 0
     index = index.clamp(min=0)
     rows = torch.arange(hidden.shape[0], device=hidden.device)[:, None, None]
-    return hidden[rows, index], inside & attention_mask.bool()[rows, index]
+    ids = None if tokens is None else tokens[rows, index]
+    return hidden[rows, index], inside & attention_mask.bool()[rows, index], ids
 
 
 def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -118,9 +129,13 @@ class CriticModel(nn.Module):
     def __init__(self, backbone: PreTrainedModel, head: CriticHead | None = None, head_settings: HeadSettings | None = None):
         super().__init__()
         self.backbone = backbone
-        self.head = head if head is not None else CriticHead(backbone.config.hidden_size, head_settings)
+        if head is None:
+            vocab_size = backbone.get_input_embeddings().num_embeddings
+            head = CriticHead(backbone.config.hidden_size, head_settings, vocab_size)
+        self.head = head
         self.reads_confidence = self.head.settings.confidence  # kept here: peft may wrap the head
         self.window = self.head.settings.window  # final states the head reads, ending at the scored token
+        self.reads_tokens = self.head.settings.tokens  # and the ids of the tokens they sit on
 
     @property
     def config(self):  # peft and Lightning look for a `config` on the wrapped model
@@ -166,11 +181,11 @@ class CriticModel(nn.Module):
         response: torch.Tensor | None,
         return_values: bool,
         logits_from: torch.Tensor | None,
-        context: tuple[torch.Tensor, torch.Tensor] | None = None,
+        context: Context | None = None,
     ) -> CriticOutput:
         """Score at the last real token (with the confidence features of `before` and `response` when the head reads
-        them), and on request per-token values and the LM logits of `logits_from`. `context`: the states and mask
-        of the tokens just before `hidden`'s first column (a shared prompt's end), for a head reading a window."""
+        them), and on request per-token values and the LM logits of `logits_from`. `context`: the states, mask and
+        ids of the tokens just before `hidden`'s first column (a shared prompt's end), for a head reading a window."""
         rows = torch.arange(hidden.shape[0], device=hidden.device)
         last = last_token_index(attention_mask)
         confidence = None
@@ -179,9 +194,11 @@ class CriticModel(nn.Module):
         values = None
         if return_values:
             every = torch.arange(hidden.shape[1], device=hidden.device).expand(hidden.shape[0], -1)
-            values = self.score_at(hidden, attention_mask, every, confidence, context)
+            values = self.score_at(hidden, attention_mask, every, confidence, context, tokens)
         return CriticOutput(
-            score=self.score_at(hidden, attention_mask, last[:, None], _at_last(confidence, rows, last), context)[:, 0],
+            score=self.score_at(
+                hidden, attention_mask, last[:, None], _at_last(confidence, rows, last), context, tokens
+            )[:, 0],
             hidden=hidden[rows, last],
             values=values,
             logits=None if logits_from is None else self.backbone.get_output_embeddings()(logits_from),
@@ -194,30 +211,39 @@ class CriticModel(nn.Module):
         attention_mask: torch.Tensor,
         ends: torch.Tensor,
         confidence: torch.Tensor | None,
-        context: tuple[torch.Tensor, torch.Tensor] | None = None,
+        context: Context | None = None,
+        tokens: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Head scores (B, K) at positions `ends` (B, K) of hidden (B, T, H); `confidence` (B, K, 2) at those
-        positions. A window head reads the states ending there, `context` (states, mask) extending them leftwards."""
+        positions. A window head reads the states ending there, `context` (states, mask, ids) extending them
+        leftwards; a head reading tokens also their ids, `tokens` (B, T)."""
         if self.window == 1:
             rows = torch.arange(hidden.shape[0], device=hidden.device)[:, None]
             return self.head(hidden[rows, ends], confidence)
-        states, mask = self.windows_at(hidden, attention_mask, ends, context)
-        return self.head(states, confidence, mask)
+        states, mask, ids = self.windows_at(hidden, attention_mask, ends, context, tokens)
+        return self.head(states, confidence, mask, ids)
 
     def windows_at(
         self,
         hidden: torch.Tensor,
         attention_mask: torch.Tensor,
         ends: torch.Tensor,
-        context: tuple[torch.Tensor, torch.Tensor] | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """What a window head reads at positions `ends` (B, K): states (B, K, W, H) and mask (B, K, W), `context`
-        (states, mask) extending `hidden` leftwards."""
+        context: Context | None = None,
+        tokens: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """What a window head reads at positions `ends` (B, K): states (B, K, W, H), mask (B, K, W) and, for a head
+        reading tokens, the ids (B, K, W) of `tokens` (B, T); `context` (states, mask, ids) extends them leftwards."""
+        if self.reads_tokens and tokens is None:
+            raise ValueError("this head reads the token ids of its window (head.tokens=true): pass tokens")
+        if not self.reads_tokens:
+            tokens = None
         if context is not None:
             hidden = torch.cat([context[0], hidden], dim=1)
             attention_mask = torch.cat([context[1].to(attention_mask.dtype), attention_mask], dim=1)
+            if tokens is not None:
+                tokens = torch.cat([context[2].to(tokens.dtype), tokens], dim=1)
             ends = ends + context[0].shape[1]
-        return gather_windows(hidden, attention_mask, ends, self.window)
+        return gather_windows(hidden, attention_mask, ends, self.window, tokens)
 
     def hidden_after_prefixes(
         self,
@@ -226,15 +252,15 @@ class CriticModel(nn.Module):
         answer_ids: torch.Tensor,
         answer_mask: torch.Tensor,
         repeat: torch.Tensor,
-    ) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
+    ) -> tuple[torch.Tensor, torch.Tensor, Context | None]:
         """Final states of answers that follow shared prompts: each prompt runs once with the KV cache on, and the
         answers attend to their prompt's cached keys. Prompts (G, P) are left-padded, answers (B, A) right-padded;
         answer b follows prompt `repeat[b]`. Returns the answers' states (B, A, H) and `before` (B, A, H), the state
         that predicted each answer token (the prompt's last state for the first one). Same numbers as one forward
         per prompt + answer (tests/test_feature_cache.py, tests/test_shared_prompts.py); gradients flow through
         the prompt once per prompt, with or without gradient checkpointing (`SharedPromptCache`). The third item is
-        the `context` a window head reads before the answers: the prompt's last states and mask (B, W - 1, ...),
-        None for a head reading one state."""
+        the `context` a window head reads before the answers: the prompt's last states, mask and token ids
+        (B, W - 1, ...), None for a head reading one state."""
         decoder = decoder_of(self.backbone)
         parameters = inspect.signature(decoder.forward).parameters
         cache_argument = next((name for name in ("cache", "past_key_values") if name in parameters), None)
@@ -269,7 +295,9 @@ class CriticModel(nn.Module):
         context = None
         if self.window > 1:
             tail = min(self.window - 1, prefix_ids.shape[1])
-            context = (output.last_hidden_state[repeat, -tail:], prefix_mask[repeat, -tail:])
+            context = (
+                output.last_hidden_state[repeat, -tail:], prefix_mask[repeat, -tail:], prefix_ids[repeat, -tail:]
+            )
         return hidden, before, context
 
     def forward_shared(
@@ -292,37 +320,45 @@ class CriticModel(nn.Module):
 
     def score_features(self, features: torch.Tensor) -> torch.Tensor:
         """Score cached features (the frozen phase), laid out as `join_features` writes them."""
-        states, mask, confidence = split_features(features, self.backbone.config.hidden_size, self.window)
-        return self.head(states, confidence if self.reads_confidence else None, mask)
+        states, mask, ids, confidence = split_features(
+            features, self.backbone.config.hidden_size, self.window, self.reads_tokens
+        )
+        return self.head(states, confidence if self.reads_confidence else None, mask, ids)
 
 
-def feature_width(hidden_size: int, window: int) -> int:
-    """Cached features per sequence: the final state(s), a window's mask, the confidence features."""
-    return window * hidden_size + (window if window > 1 else 0) + CONFIDENCE_FEATURES
+def feature_width(hidden_size: int, window: int, tokens: bool = False) -> int:
+    """Cached features per sequence: the final state(s), a window's mask (and token ids), the confidence features."""
+    return window * hidden_size + (window if window > 1 else 0) + (window if tokens else 0) + CONFIDENCE_FEATURES
 
 
-def join_features(states: torch.Tensor, mask: torch.Tensor | None, confidence: torch.Tensor) -> torch.Tensor:
-    """(N, H) or a window (N, W, H) with its mask (N, W), and the confidence (N, 2) -> (N, feature_width)."""
-    parts = [states.flatten(1).float()] + ([] if mask is None else [mask.float()]) + [confidence.float()]
+def join_features(
+    states: torch.Tensor, mask: torch.Tensor | None, confidence: torch.Tensor, ids: torch.Tensor | None = None
+) -> torch.Tensor:
+    """(N, H) or a window (N, W, H) with its mask (N, W) and optionally its token ids (N, W), and the confidence
+    (N, 2) -> (N, feature_width). Ids are stored as fp32: exact up to 2^24."""
+    parts = [states.flatten(1).float()] + [x.float() for x in (mask, ids) if x is not None] + [confidence.float()]
     return torch.cat(parts, dim=-1)
 
 
 def split_features(
-    features: torch.Tensor, hidden_size: int, window: int
-) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-    """The inverse of `join_features`, over any leading dimensions."""
-    if features.shape[-1] != feature_width(hidden_size, window):
+    features: torch.Tensor, hidden_size: int, window: int, tokens: bool = False
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor]:
+    """The inverse of `join_features`, over any leading dimensions: states, mask, ids, confidence."""
+    width = feature_width(hidden_size, window, tokens)
+    if features.shape[-1] != width:
         raise ValueError(
             f"cached features of width {features.shape[-1]} do not fit a head reading {window} state(s) of "
-            f"size {hidden_size} ({feature_width(hidden_size, window)})"
+            f"size {hidden_size}{' and their token ids' if tokens else ''} ({width})"
         )
     lead = features.shape[:-1]
     confidence = features[..., -CONFIDENCE_FEATURES:]
     if window == 1:
-        return features[..., :hidden_size], None, confidence
-    states = features[..., : window * hidden_size].reshape(*lead, window, hidden_size)
-    mask = features[..., window * hidden_size : window * hidden_size + window] > 0.5
-    return states, mask, confidence
+        return features[..., :hidden_size], None, None, confidence
+    start = window * hidden_size
+    states = features[..., :start].reshape(*lead, window, hidden_size)
+    mask = features[..., start : start + window] > 0.5
+    ids = features[..., start + window : start + 2 * window].round().long() if tokens else None
+    return states, mask, ids, confidence
 
 
 def _at_last(confidence: torch.Tensor | None, rows: torch.Tensor, last: torch.Tensor) -> torch.Tensor | None:

@@ -100,8 +100,8 @@ def read_critic_config(path: str | Path) -> dict:
     return config
 
 
-def load_head(path: str | Path, hidden_size: int, settings: HeadSettings) -> CriticHead:
-    head = CriticHead(hidden_size, settings)
+def load_head(path: str | Path, hidden_size: int, settings: HeadSettings, vocab_size: int | None = None) -> CriticHead:
+    head = CriticHead(hidden_size, settings, vocab_size)
     state = load_file(str(Path(path) / HEAD_NAME))
     try:
         head.load_state_dict(state)
@@ -122,7 +122,8 @@ def load_critic(
     source = str(path / "backbone") if mode == "full" else config["backbone"]["name_or_path"]
     backbone = load_backbone(source, dtype=dtype)
     settings = HeadSettings(**config["head"])
-    model: torch.nn.Module = CriticModel(backbone, load_head(path, backbone.config.hidden_size, settings))
+    vocab_size = backbone.get_input_embeddings().num_embeddings
+    model: torch.nn.Module = CriticModel(backbone, load_head(path, backbone.config.hidden_size, settings, vocab_size))
     if mode == "lora":
         from peft import PeftModel
 

@@ -3,7 +3,9 @@
 
 `linear` and `mlp` read the state at the last token. `attention` reads the final states of the last `window`
 tokens (the end of the question and the answer) through a few transformer layers and answers at the last one:
-it can compare positions, e.g. an answer's last digit with the operands' (bench/checker_head.py).
+it can compare positions, e.g. an answer's last digit with the operands' (bench/checker_head.py). With `tokens`
+it also reads which token sits in each slot (a learned embedding of the ids, added to the projected states): a
+final state is tuned to predict the next token and may blur the one it sits on.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ class HeadSettings:
     window: int = 1  # attention: how many final states it reads, ending at the last token
     layers: int = 2  # attention: transformer layers
     attention_heads: int = 4  # attention: heads per layer (hidden_dim must be a multiple)
+    tokens: bool = False  # attention: also read the token ids of the window (an embedding of its own)
 
 
 def check_head_settings(settings: HeadSettings) -> None:
@@ -38,6 +41,8 @@ def check_head_settings(settings: HeadSettings) -> None:
         raise ValueError(
             f"head.window={settings.window} needs head.kind=attention: a {settings.kind} head reads the last state only"
         )
+    if settings.tokens and settings.kind != "attention":
+        raise ValueError(f"head.tokens=true needs head.kind=attention: a {settings.kind} head reads one state")
     if settings.kind == "attention" and (
         settings.hidden_dim < 1 or settings.layers < 1 or settings.attention_heads < 1
         or settings.hidden_dim % settings.attention_heads
@@ -50,13 +55,16 @@ def check_head_settings(settings: HeadSettings) -> None:
 
 class CriticHead(nn.Module):
     """Maps a hidden state (..., H), or for `attention` the states of a window (..., W, H) with its mask
-    (..., W) (True on real tokens; the last slot is the token scored), and with `confidence` the features
-    (..., 2), to a score (...). Always computed in fp32, whatever the backbone dtype."""
+    (..., W) (True on real tokens; the last slot is the token scored) and with `tokens` their ids (..., W), and
+    with `confidence` the features (..., 2), to a score (...). Always computed in fp32, whatever the backbone
+    dtype. `vocab_size`: the token ids a `tokens` head can read."""
 
-    def __init__(self, hidden_size: int, settings: HeadSettings | None = None):
+    def __init__(self, hidden_size: int, settings: HeadSettings | None = None, vocab_size: int | None = None):
         super().__init__()
         settings = settings or HeadSettings()
         check_head_settings(settings)
+        if settings.tokens and not vocab_size:
+            raise ValueError("a head reading token ids (head.tokens=true) needs the vocabulary size")
         self.settings = settings
         self.window = settings.window
         extra = CONFIDENCE_FEATURES if settings.confidence else 0
@@ -65,6 +73,7 @@ class CriticHead(nn.Module):
             self.dropout = nn.Identity()  # the layers drop their own activations
             self.project = nn.Linear(hidden_size, width)
             self.position = nn.Parameter(torch.randn(settings.window, width) * 0.02)  # slot W-1: the scored token
+            self.embed = nn.Embedding(vocab_size, width) if settings.tokens else None
             layer = nn.TransformerEncoderLayer(
                 width, settings.attention_heads, 4 * width, settings.dropout, batch_first=True, norm_first=True
             )
@@ -91,24 +100,34 @@ class CriticHead(nn.Module):
         self.float()
 
     def forward(
-        self, hidden: torch.Tensor, confidence: torch.Tensor | None = None, mask: torch.Tensor | None = None
+        self,
+        hidden: torch.Tensor,
+        confidence: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+        tokens: torch.Tensor | None = None,
     ) -> torch.Tensor:
         # fp32 unless a strategy cast the whole model (DeepSpeed's bf16 does); scores always come out fp32
         dtype = next(self.net.parameters()).dtype
         x = self.dropout(hidden.to(dtype))
         if self.settings.kind == "attention":
-            x = self._read_window(x, mask)
+            x = self._read_window(x, mask, tokens)
         if self.settings.confidence:
             if confidence is None:
                 raise ValueError("this head reads confidence features (head.confidence=true): none were given")
             x = torch.cat([x, confidence.to(dtype)], dim=-1)  # never dropped: two numbers, not redundant units
         return self.net(x).squeeze(-1).float()
 
-    def _read_window(self, states: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        """(..., W, H) states and (..., W) mask -> (..., width): the layers' output at the last slot."""
+    def _read_window(
+        self, states: torch.Tensor, mask: torch.Tensor | None, tokens: torch.Tensor | None
+    ) -> torch.Tensor:
+        """(..., W, H) states, (..., W) mask and token ids -> (..., width): the layers' output at the last slot."""
         if states.shape[-2] != self.window:
             raise ValueError(f"this head reads windows of {self.window} states, got {states.shape[-2]}")
         lead = states.shape[:-2]
         x = self.project(states.reshape(-1, self.window, states.shape[-1])) + self.position
+        if self.embed is not None:
+            if tokens is None:
+                raise ValueError("this head reads the window's token ids (head.tokens=true): none were given")
+            x = x + self.embed(tokens.reshape(-1, self.window).long())
         padding = None if mask is None else ~mask.reshape(-1, self.window).bool()
         return self.layers(x, src_key_padding_mask=padding)[:, -1].reshape(*lead, -1)

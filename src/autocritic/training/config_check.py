@@ -45,6 +45,7 @@ RULES: dict[str, tuple[tuple[type, ...], Callable | None, str]] = {
     "head.dropout": ((float, int), fraction, "a number in [0, 1)"),
     "head.hidden_dim": ((int,), lambda x: x >= 0, "an integer ≥ 0"),
     "head.confidence": ((bool,), None, "true or false"),
+    "head.tokens": ((bool,), None, "true or false"),
     "objective.kind": ((str,), lambda x: x in SCHEMA_OF, f"one of {list(SCHEMA_OF)}"),
     "objective.margin": ((float, int), None, "a number"),
     "objective.center_coef": ((float, int), lambda x: x >= 0, "a number ≥ 0"),
@@ -83,6 +84,10 @@ def check_config(cfg: DictConfig) -> None:
         raise ConfigError(
             f"head.window={window} needs an attention head: a {head_kind} head reads the last state only. Use "
             "head=attention, or head.window=1."
+        )
+    if head_kind != "attention" and OmegaConf.select(cfg, "head.tokens", default=False):
+        raise ConfigError(
+            f"head.tokens=true needs an attention head: a {head_kind} head reads one state. Use head=attention."
         )
     if head_kind == "attention" and cfg.head.hidden_dim % OmegaConf.select(cfg, "head.attention_heads", default=4):
         raise ConfigError(

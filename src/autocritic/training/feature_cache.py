@@ -1,5 +1,5 @@
 """Feature cache of the frozen phase: each example's final decoder state (the last `head.window` states, with
-their mask, for a window head) and the model's confidence in its response (mean and min token log-probability),
+their mask, and their token ids for a head reading them) and the model's confidence in its response (mean and min token log-probability),
 computed once, reused every epoch.
 
 The key hashes everything the features depend on (backbone weights and config, tokenizer, data files, template,
@@ -129,7 +129,8 @@ def shared_prefix_features(
         rows += len(group[1])
     if batch:
         batches.append(batch)
-    out = torch.empty(len(sequences), feature_width(critic.backbone.config.hidden_size, critic.window))
+    width = feature_width(critic.backbone.config.hidden_size, critic.window, critic.reads_tokens)
+    out = torch.empty(len(sequences), width)
     for batch in track(batches, description=f"Caching {split} features", transient=True):
         members = [index for _, indices in batch for index in indices]
         answers = [sequences[index][0][len(prefix) :] for prefix, indices in batch for index in indices]
@@ -165,8 +166,8 @@ def _features_after_prefixes(prefixes, answers, skips, repeat, critic, device, p
     last = last_token_index(answer_mask)
     if critic.window == 1:
         return join_features(hidden[rows, last], None, confidence[rows, last]).cpu()
-    states, mask = critic.windows_at(hidden, answer_mask, last[:, None], context)
-    return join_features(states[:, 0], mask[:, 0], confidence[rows, last]).cpu()
+    states, mask, ids = critic.windows_at(hidden, answer_mask, last[:, None], context, answer_ids)
+    return join_features(states[:, 0], mask[:, 0], confidence[rows, last], None if ids is None else ids[:, 0]).cpu()
 
 
 def load_or_compute(

@@ -97,7 +97,8 @@ def build_critic(cfg: DictConfig, start: Path | None) -> tuple[torch.nn.Module, 
     backbone = load_backbone(cfg.model.name_or_path, cfg.model.dtype, cfg.model.trust_remote_code, quantization)
     if start is not None:
         head_settings = HeadSettings(**read_critic_config(start)["head"])
-        head = load_head(start, backbone.config.hidden_size, head_settings)
+        vocab_size = backbone.get_input_embeddings().num_embeddings
+        head = load_head(start, backbone.config.hidden_size, head_settings, vocab_size)
     else:
         head_settings = HeadSettings(**OmegaConf.to_container(cfg.head, resolve=True))
         head = None
@@ -126,6 +127,7 @@ class FeatureCache(L.Callback):
     def __init__(self, cfg: DictConfig, critic: CriticModel):
         files = as_list(cfg.data.train_files) + as_list(cfg.data.val_files) + as_list(cfg.data.test_files)
         layout = FEATURES if critic.window == 1 else f"{FEATURES}, window {critic.window}"
+        layout += ", token ids" if critic.reads_tokens else ""
         self.key = cache_key(
             cfg.model.name_or_path,
             files,
