@@ -11,7 +11,9 @@ digits: a checker needs to compare a few positions. This trains, on the same cri
 - `attention + synthetic`: the same, with extra rows per TRAIN problem: the right answer and every other last
   digit, and the tens digit ±1 (hard negatives that cost no sampling);
 - `tokens + synthetic`: the same layers reading the token ids instead of the model's states: what a small
-  transformer learns from the text itself in the same budget.
+  transformer learns from the text itself in the same budget;
+- `states + tokens + synthetic`: the states plus a learned embedding of each token id (a final state is tuned to
+  predict the next token and may blur which token it sits on).
 
 Each prints the mean within-problem AUROC on the TEST rows (the problems with right and wrong answers; what
 best-of-N relies on) next to the model's likelihood (mean token log-probability), and the AUROC over all rows.
@@ -110,9 +112,12 @@ class LastState(nn.Module):
 
 
 class Attention(nn.Module):
-    def __init__(self, hidden: int, window: int, vocab: int | None = None, width: int = 64, layers: int = 2):
+    def __init__(
+        self, hidden: int, window: int, vocab: int | None = None, width: int = 64, layers: int = 2, both: bool = False
+    ):
         super().__init__()
         self.embed = nn.Embedding(vocab, hidden) if vocab else None
+        self.both = both  # the states and the token ids, summed
         self.project = nn.Linear(hidden, width)
         self.position = nn.Parameter(torch.randn(window, width) * 0.02)
         layer = nn.TransformerEncoderLayer(width, 4, 4 * width, 0.1, batch_first=True, norm_first=True)
@@ -121,6 +126,8 @@ class Attention(nn.Module):
 
     def forward(self, batch: dict) -> torch.Tensor:
         x = self.embed(batch["tokens"]) if self.embed is not None else batch["states"]
+        if self.both:
+            x = batch["states"] + self.embed(batch["tokens"])
         z = self.layers(self.project(x) + self.position, src_key_padding_mask=batch["mask"] == 0)[:, -1]
         return self.out(torch.cat([z, batch["confidence"]], -1)).squeeze(-1)
 
@@ -245,6 +252,7 @@ def main() -> None:
         ("attention", Attention(hidden, args.window), train, 1.0),
         ("attention + synthetic", Attention(hidden, args.window), both, 3.0),
         ("tokens + synthetic", Attention(hidden, args.window, vocab=vocab), both, 3.0),
+        ("states + tokens + synthetic", Attention(hidden, args.window, vocab=vocab, both=True), both, 3.0),
     ]
     for name, head, rows, positive_weight in runs:
         if args.only and name not in args.only:
