@@ -71,6 +71,10 @@ def assert_export_scores_like(trained: torch.nn.Module, export: Path, merge: boo
     ).abs().max() <= TOL
 
 
+# A small window head; conf/head/attention.yaml reads token ids.
+WINDOW = ("head=attention", "head.window=6", "head.hidden_dim=16")
+
+
 # ---- the three phases ----
 def test_transfer_trains_the_head_only(tiny_backbone, tiny_data, tmp_path, capture):
     run_dir = train(tiny_backbone, tiny_data, tmp_path, "t", "trainer.fast_dev_run=true")
@@ -121,6 +125,22 @@ def test_finetune_lora_finds_the_transfer_export(tiny_backbone, tiny_data, trans
     assert config["backbone"]["mode"] == "lora" and config["started_from"] == str(transfer_export)
     for merge in (True, False):
         assert_export_scores_like(trained, export, merge=merge)
+
+
+def test_finetune_lora_from_a_head_reading_token_ids(tiny_backbone, tiny_data, tmp_path, capture):
+    """The checker's path (`experiment=offline-checker`, then `phase=finetune`): the head's own token embedding
+    starts from the transfer export, trains beside LoRA, and the export scores like the trained model."""
+    transfer = train(tiny_backbone, tiny_data, tmp_path, "checker", "phase.max_epochs=1", *WINDOW) / "export"
+    assert read_critic_config(transfer)["head"]["tokens"] is True
+    run_dir = train(
+        tiny_backbone, tiny_data, tmp_path, "lora", "phase=finetune", f"ckpt={transfer}", "trainer.fast_dev_run=true"
+    )
+    before, trained = capture["before"], capture["trained"]
+    embedding = "base_model.model.head.embed.weight"
+    assert torch.equal(before[embedding], load_file(str(transfer / HEAD_NAME))["embed.weight"])
+    assert not torch.equal(before[embedding], dict(trained.named_parameters())[embedding].detach())
+    for merge in (True, False):
+        assert_export_scores_like(trained, run_dir / "export", merge=merge)
 
 
 def test_finetune_full_from_ckpt(tiny_backbone, tiny_data, transfer_root, tmp_path, capture):
@@ -197,9 +217,6 @@ def test_feature_cache_does_not_change_the_result(tiny_backbone, tiny_data, tmp_
         train(tiny_backbone, tiny_data, tmp_path, name, "phase.max_epochs=1")
         heads.append(head_state(capture["trained"]))
     assert all(torch.equal(heads[0][k], heads[1][k]) for k in heads[0])
-
-
-WINDOW = ("head=attention", "head.window=6", "head.hidden_dim=16")  # conf/head/attention.yaml reads token ids
 
 
 @pytest.mark.parametrize("head", [(), (*WINDOW, "head.tokens=false"), WINDOW], ids=["mlp", "window", "tokens"])
