@@ -9,6 +9,7 @@ import pytest
 import torch
 from helpers import PROMPT_TOKENS, TEXTS, encode, scores
 from safetensors.torch import load_file
+from transformers import FalconConfig, FalconForCausalLM
 
 from autocritic.errors import CheckpointError
 from autocritic.model.backbone import LoraSettings, apply_lora, load_backbone, load_tokenizer
@@ -318,8 +319,9 @@ def test_export_errors_are_checkpoint_errors(tiny_backbone, tokenizer, tmp_path)
         load_critic(tmp_path)
     critic = make_critic(tiny_backbone, HEADS["linear"])
     out = export(critic, tokenizer, tmp_path / "export", tiny_backbone, HEADS["linear"], "frozen")
+    narrower = FalconForCausalLM(FalconConfig(vocab_size=60, hidden_size=32, num_attention_heads=4))
     with pytest.raises(CheckpointError, match="does not fit this backbone"):
-        load_head(out, 32, HEADS["linear"])
+        load_head(out, narrower, HEADS["linear"])
     config = json.loads((out / "critic_config.json").read_text())
     (out / "critic_config.json").write_text(json.dumps(config | {"format_version": 99}))
     with pytest.raises(CheckpointError, match="format_version 99"):

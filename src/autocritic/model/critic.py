@@ -125,14 +125,16 @@ def decoder_of(backbone: nn.Module) -> nn.Module:
     return base
 
 
+def new_head(backbone: PreTrainedModel, settings: HeadSettings | None) -> CriticHead:
+    """A head sized for `backbone`: the width of its final state and, for a head reading token ids, its vocabulary."""
+    return CriticHead(backbone.config.hidden_size, settings, backbone.get_input_embeddings().num_embeddings)
+
+
 class CriticModel(nn.Module):
     def __init__(self, backbone: PreTrainedModel, head: CriticHead | None = None, head_settings: HeadSettings | None = None):
         super().__init__()
         self.backbone = backbone
-        if head is None:
-            vocab_size = backbone.get_input_embeddings().num_embeddings
-            head = CriticHead(backbone.config.hidden_size, head_settings, vocab_size)
-        self.head = head
+        self.head = head if head is not None else new_head(backbone, head_settings)
         self.reads_confidence = self.head.settings.confidence  # kept here: peft may wrap the head
         self.window = self.head.settings.window  # final states the head reads, ending at the scored token
         self.reads_tokens = self.head.settings.tokens  # and the ids of the tokens they sit on

@@ -19,11 +19,11 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
-from transformers import PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from autocritic.errors import CheckpointError
 from autocritic.model.backbone import load_backbone, load_tokenizer, unwrap
-from autocritic.model.critic import CriticModel
+from autocritic.model.critic import CriticModel, new_head
 from autocritic.model.head import CriticHead, HeadSettings
 
 CONFIG_NAME = "critic_config.json"
@@ -100,14 +100,14 @@ def read_critic_config(path: str | Path) -> dict:
     return config
 
 
-def load_head(path: str | Path, hidden_size: int, settings: HeadSettings, vocab_size: int | None = None) -> CriticHead:
-    head = CriticHead(hidden_size, settings, vocab_size)
+def load_head(path: str | Path, backbone: PreTrainedModel, settings: HeadSettings) -> CriticHead:
+    head = new_head(backbone, settings)
     state = load_file(str(Path(path) / HEAD_NAME))
     try:
         head.load_state_dict(state)
     except RuntimeError as error:
         raise CheckpointError(
-            f"the head in {path} does not fit this backbone (hidden size {hidden_size}): {error}"
+            f"the head in {path} does not fit this backbone (hidden size {backbone.config.hidden_size}): {error}"
         ) from None
     return head
 
@@ -122,8 +122,7 @@ def load_critic(
     source = str(path / "backbone") if mode == "full" else config["backbone"]["name_or_path"]
     backbone = load_backbone(source, dtype=dtype)
     settings = HeadSettings(**config["head"])
-    vocab_size = backbone.get_input_embeddings().num_embeddings
-    model: torch.nn.Module = CriticModel(backbone, load_head(path, backbone.config.hidden_size, settings, vocab_size))
+    model: torch.nn.Module = CriticModel(backbone, load_head(path, backbone, settings))
     if mode == "lora":
         from peft import PeftModel
 

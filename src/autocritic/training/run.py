@@ -97,8 +97,7 @@ def build_critic(cfg: DictConfig, start: Path | None) -> tuple[torch.nn.Module, 
     backbone = load_backbone(cfg.model.name_or_path, cfg.model.dtype, cfg.model.trust_remote_code, quantization)
     if start is not None:
         head_settings = HeadSettings(**read_critic_config(start)["head"])
-        vocab_size = backbone.get_input_embeddings().num_embeddings
-        head = load_head(start, backbone.config.hidden_size, head_settings, vocab_size)
+        head = load_head(start, backbone, head_settings)
     else:
         head_settings = HeadSettings(**OmegaConf.to_container(cfg.head, resolve=True))
         head = None
