@@ -36,6 +36,7 @@ BAD = {
     "window on an mlp head": (["head.window=8"], ConfigError, "head.window=8 needs an attention head"),
     "token ids on an mlp head": (["head.tokens=true"], ConfigError, "head.tokens=true needs an attention head"),
     "token ids not a bool": (["head=attention", "head.tokens=3"], ConfigError, "head.tokens"),
+    "no head members": (["head.members=0"], ConfigError, "head.members=0 is not valid: expected a positive integer"),
     "attention width vs heads": (
         ["head=attention", "head.hidden_dim=30"],
         ConfigError,

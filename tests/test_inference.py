@@ -38,6 +38,7 @@ TOL = 1e-4
 # Longer than the shortest prompt (left padding inside the window), shorter than prompt + response.
 WINDOW_HEAD = HeadSettings(kind="attention", hidden_dim=16, attention_heads=2, window=8, confidence=True)
 TOKENS_HEAD = dataclasses.replace(WINDOW_HEAD, tokens=True)  # also reads the ids of the window's tokens
+MEMBERS_HEAD = dataclasses.replace(TOKENS_HEAD, members=2)  # two such heads, scoring as their mean logit
 
 
 def tiny_generator(
@@ -105,12 +106,25 @@ def tokens_generator(tiny_backbone) -> CriticGenerator:
     return tiny_generator(tiny_backbone, head=TOKENS_HEAD)
 
 
+@pytest.fixture(scope="module")
+def members_generator(tiny_backbone) -> CriticGenerator:
+    return tiny_generator(tiny_backbone, head=MEMBERS_HEAD)
+
+
 @pytest.fixture
-def generators(generator, confident_generator, window_generator, tokens_generator) -> dict[str, CriticGenerator]:
-    return {"state": generator, "confidence": confident_generator, "window": window_generator, "tokens": tokens_generator}
+def generators(
+    generator, confident_generator, window_generator, tokens_generator, members_generator
+) -> dict[str, CriticGenerator]:
+    return {
+        "state": generator,
+        "confidence": confident_generator,
+        "window": window_generator,
+        "tokens": tokens_generator,
+        "members": members_generator,
+    }
 
 
-@pytest.mark.parametrize("head", ["state", "confidence", "window", "tokens"])
+@pytest.mark.parametrize("head", ["state", "confidence", "window", "tokens", "members"])
 @pytest.mark.parametrize("do_sample", [False, True], ids=["greedy", "sampled"])
 def test_scores_from_generation_equal_critic_forward(generators, do_sample, head):
     generator = generators[head]
@@ -181,7 +195,7 @@ def test_stream_stops_early_when_the_consumer_does(generator):
     assert generator.generate(PROMPTS[:1], max_new_tokens=2)[0][0].token_ids
 
 
-@pytest.mark.parametrize("head", ["state", "confidence", "window", "tokens"])
+@pytest.mark.parametrize("head", ["state", "confidence", "window", "tokens", "members"])
 def test_score_texts_matches_critic_forward(generators, head):
     generator = generators[head]
     responses = [" 3", " five", ""]

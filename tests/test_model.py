@@ -34,7 +34,9 @@ CONFIDENCE = HeadSettings(kind="mlp", hidden_dim=16, confidence=True)
 WINDOW = HeadSettings(kind="attention", hidden_dim=16, attention_heads=2, window=6, confidence=True)
 # The same, also reading the window's token ids.
 TOKENS = dataclasses.replace(WINDOW, tokens=True)
-WITH_CONFIDENCE = HEADS | {"confidence": CONFIDENCE, "window": WINDOW, "tokens": TOKENS}
+# Three such heads, scoring as the mean of their logits.
+MEMBERS = dataclasses.replace(TOKENS, members=3)
+WITH_CONFIDENCE = HEADS | {"confidence": CONFIDENCE, "window": WINDOW, "tokens": TOKENS, "members": MEMBERS}
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +90,9 @@ def test_values_per_token_and_their_last_real_token_is_the_score(tiny_backbone, 
 
 
 def test_output_keeps_only_the_pooled_state(tiny_backbone, tokenizer):
-    assert {f.name for f in dataclasses.fields(CriticOutput)} == {"score", "hidden", "values", "logits", "confidence"}
+    assert {f.name for f in dataclasses.fields(CriticOutput)} == {
+        "score", "hidden", "values", "logits", "confidence", "members"
+    }
     critic = make_critic(tiny_backbone, HEADS["linear"])
     seen = []
     decoder_of(critic.backbone).register_forward_hook(
@@ -101,7 +105,7 @@ def test_output_keeps_only_the_pooled_state(tiny_backbone, tokenizer):
     assert not kwargs.get("output_hidden_states")
     assert getattr(decoder_out, "hidden_states", None) is None  # no per-layer activations kept alive
     assert out.hidden.shape == (len(TEXTS), critic.config.hidden_size)  # (B, H): pooled, not (B, T, H)
-    assert out.values is None and out.logits is None and out.confidence is None
+    assert out.values is None and out.logits is None and out.confidence is None and out.members is None
 
 
 def test_logits_are_the_lm_logits_of_the_same_state(tiny_backbone, tokenizer):
@@ -193,6 +197,11 @@ def test_head_shapes_and_kinds():
         CriticHead(64, TOKENS)
     with pytest.raises(ValueError, match="token ids"):
         CriticHead(64, TOKENS, vocab_size=10)(torch.randn(2, 6, 64), torch.randn(2, 2), torch.ones(2, 6))
+    with pytest.raises(ValueError, match="head.members"):
+        CriticHead(64, dataclasses.replace(HEADS["mlp"], members=0))
+    members = CriticHead(64, dataclasses.replace(CONFIDENCE, members=2)).eval()
+    assert members.member_scores(hidden, torch.randn(3, 5, 2)).shape == (3, 5, 2)
+    assert CriticHead(64, CONFIDENCE).member_scores(hidden, torch.randn(3, 5, 2)).shape == (3, 5, 1)
 
 
 def test_a_window_head_scores_the_last_window_states_alone(tiny_backbone, tokenizer):
@@ -225,6 +234,26 @@ def test_a_tokens_head_reads_the_ids_of_its_window(tiny_backbone, tokenizer):
     assert changed.item() != pytest.approx(by_hand.item(), abs=1e-6)
     with pytest.raises(ValueError, match="pass tokens"):
         critic.score_at(window, mask[:, -TOKENS.window :], torch.tensor([[TOKENS.window - 1]]), out.confidence[:, None])
+
+
+def test_a_head_of_members_scores_the_mean_of_their_logits(tiny_backbone, tokenizer):
+    critic = make_critic(tiny_backbone, MEMBERS)
+    input_ids, mask = encode(tokenizer, TEXTS)
+    prompt_lengths = torch.full((len(TEXTS),), PROMPT_TOKENS)
+    with torch.no_grad():
+        out = critic(input_ids, mask, prompt_lengths, return_members=True)
+        alone = []
+        for member in critic.head.members:  # each member as the whole head of a critic
+            one = CriticModel(critic.backbone, head=member).eval()
+            alone.append(one(input_ids, mask, prompt_lengths).score)
+    alone = torch.stack(alone, -1)
+    assert out.members.shape == (len(TEXTS), MEMBERS.members)
+    assert (out.members - alone).abs().max() <= TOL
+    assert (out.score - alone.mean(-1)).abs().max() <= TOL
+    assert (alone[:, 0] - alone[:, 1]).abs().min() > 1e-4  # each member starts from its own initialisation
+    with torch.no_grad():
+        assert (critic(input_ids, mask, prompt_lengths).score - out.score).abs().max() <= TOL
+    assert critic(input_ids, mask, prompt_lengths).members is None  # only when asked
 
 
 # ---- export round trips ----

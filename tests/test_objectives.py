@@ -161,3 +161,25 @@ def test_group_listwise_loss_without_mixed_groups_is_zero_and_differentiable():
 def test_group_loss_needs_a_pointwise_objective():
     with pytest.raises(ConfigError, match="needs objective=bce"):
         ObjectiveSettings(kind="mse", group_weight=1.0)
+
+
+@pytest.mark.parametrize("kind", ["bce", "mse", "pairwise"])
+def test_a_loss_over_head_members_is_the_mean_of_each_members_loss(kind):
+    settings = ObjectiveSettings(kind=kind, positive_weight=3.0 if kind == "bce" else 1.0)
+    members = torch.randn(8, 3, requires_grad=True)
+    target = torch.tensor([1.0, 0.0, 1.0, 0.0]) if kind == "pairwise" else torch.rand(8).round()
+    by_hand = torch.stack([critic_loss(settings, members[:, m], target) for m in range(3)]).mean()
+    assert critic_loss(settings, members, target).item() == pytest.approx(by_hand.item(), rel=1e-6)
+    # each member's gradient comes from its own score alone (not from the members' mean)
+    critic_loss(settings, members, target).backward()
+    alone = members.detach()[:, 0].clone().requires_grad_(True)
+    (critic_loss(settings, alone, target) / 3).backward()
+    assert torch.allclose(members.grad[:, 0], alone.grad)
+
+
+def test_group_listwise_loss_over_head_members_by_hand():
+    members = torch.randn(6, 2)
+    labels = torch.tensor([1.0, 0.0, 0.0, 1.0, 1.0, 0.0])
+    groups = torch.tensor([0, 0, 0, 1, 1, 1])
+    by_hand = torch.stack([group_listwise_loss(members[:, m], labels, groups) for m in range(2)]).mean()
+    assert group_listwise_loss(members, labels, groups).item() == pytest.approx(by_hand.item(), rel=1e-6)

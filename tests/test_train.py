@@ -18,11 +18,14 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 from autocritic.inference.generation import CriticGenerator
-from autocritic.model.backbone import load_tokenizer, unwrap
+from autocritic.model.backbone import load_backbone, load_tokenizer, unwrap
+from autocritic.model.critic import CriticModel, feature_width
 from autocritic.model.export import HEAD_NAME, head_state, load_critic, read_critic_config
+from autocritic.model.head import HeadSettings
 from autocritic.training import feature_cache, module, run
 from autocritic.training.config_check import PHASES, check_config
 from autocritic.training.module import NonFiniteLossError
+from autocritic.training.objectives import ObjectiveSettings
 
 TOL = 1e-5
 EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
@@ -219,7 +222,11 @@ def test_feature_cache_does_not_change_the_result(tiny_backbone, tiny_data, tmp_
     assert all(torch.equal(heads[0][k], heads[1][k]) for k in heads[0])
 
 
-@pytest.mark.parametrize("head", [(), (*WINDOW, "head.tokens=false"), WINDOW], ids=["mlp", "window", "tokens"])
+@pytest.mark.parametrize(
+    "head",
+    [(), (*WINDOW, "head.tokens=false"), WINDOW, (*WINDOW, "head.members=2")],
+    ids=["mlp", "window", "tokens", "members"],
+)
 def test_transfer_without_the_feature_cache_trains_the_same_head(tiny_backbone, tiny_data, tmp_path, capture, head):
     """phase.cache_features=false (for a model too big to hold whole on one device: the frozen forward runs every
     step instead) trains the head the cached run trains, given the same row order (cached batches are never
@@ -244,6 +251,23 @@ def test_transfer_without_the_feature_cache_trains_the_same_head(tiny_backbone, 
     if not head:
         for k in heads[0]:
             assert (heads[0][k] - heads[1][k]).abs().max() <= TOL, k
+
+
+def test_each_head_member_fits_the_labels_on_its_own(tiny_backbone):
+    """The step's loss is the mean of each member's own loss, not the loss of the members' mean score."""
+    settings = HeadSettings(kind="mlp", hidden_dim=8, confidence=True, members=2)
+    critic = CriticModel(load_backbone(str(tiny_backbone)), head_settings=settings)
+    trainer = module.CriticModule(critic, ObjectiveSettings(), module.OptimSettings(), backbone_frozen=True).eval()
+    hidden = critic.backbone.config.hidden_size
+    torch.manual_seed(0)
+    features = torch.randn(8, feature_width(hidden, 1)) * 3
+    target = torch.tensor([1.0, 0.0] * 4)
+    loss = trainer.step({"features": features, "target": target}, "train")
+    members = critic.score_features(features, members=True)
+    each = [torch.nn.functional.binary_cross_entropy_with_logits(members[:, m], target) for m in range(2)]
+    of_the_mean = torch.nn.functional.binary_cross_entropy_with_logits(members.mean(-1), target)
+    assert loss.item() == pytest.approx(torch.stack(each).mean().item(), rel=1e-6)
+    assert abs(loss.item() - of_the_mean.item()) > 1e-3  # the two differ here: the check above means something
 
 
 # ---- extra loss terms ----

@@ -43,6 +43,7 @@ class CriticOutput:
     values: torch.Tensor | None = None  # (B, T) per-token scores, when asked
     logits: torch.Tensor | None = None  # (B, T, V) LM logits, when asked
     confidence: torch.Tensor | None = None  # (B, 2) mean and min response log-prob, when the head reads them
+    members: torch.Tensor | None = None  # (B, M) each head member's score (`score` is their mean), when asked
 
 
 def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -138,6 +139,7 @@ class CriticModel(nn.Module):
         self.reads_confidence = self.head.settings.confidence  # kept here: peft may wrap the head
         self.window = self.head.settings.window  # final states the head reads, ending at the scored token
         self.reads_tokens = self.head.settings.tokens  # and the ids of the tokens they sit on
+        self.members = self.head.settings.members  # heads whose mean logit is the score
 
     @property
     def config(self):  # peft and Lightning look for a `config` on the wrapped model
@@ -160,8 +162,10 @@ class CriticModel(nn.Module):
         prompt_lengths: torch.Tensor | None = None,
         return_values: bool = False,
         return_logits: bool = False,
+        return_members: bool = False,
     ) -> CriticOutput:
-        """`prompt_lengths` (B,): tokens of each row's rendered prompt; required when the head reads confidence."""
+        """`prompt_lengths` (B,): tokens of each row's rendered prompt; required when the head reads confidence.
+        `return_members`: also each head member's score (what training fits, member by member)."""
         hidden = self.final_hidden(input_ids, attention_mask)  # (B, T, H)
         if self.reads_confidence and prompt_lengths is None:
             raise ValueError(
@@ -172,7 +176,10 @@ class CriticModel(nn.Module):
         if self.reads_confidence:
             before = torch.cat([hidden[:, :1], hidden[:, :-1]], dim=1)  # position 0 is never a response token
             response = response_positions(attention_mask, prompt_lengths)
-        return self._output(hidden, before, input_ids, attention_mask, response, return_values, hidden if return_logits else None)
+        logits_from = hidden if return_logits else None
+        return self._output(
+            hidden, before, input_ids, attention_mask, response, return_values, logits_from, return_members=return_members
+        )
 
     def _output(
         self,
@@ -184,6 +191,7 @@ class CriticModel(nn.Module):
         return_values: bool,
         logits_from: torch.Tensor | None,
         context: Context | None = None,
+        return_members: bool = False,
     ) -> CriticOutput:
         """Score at the last real token (with the confidence features of `before` and `response` when the head reads
         them), and on request per-token values and the LM logits of `logits_from`. `context`: the states, mask and
@@ -197,10 +205,16 @@ class CriticModel(nn.Module):
         if return_values:
             every = torch.arange(hidden.shape[1], device=hidden.device).expand(hidden.shape[0], -1)
             values = self.score_at(hidden, attention_mask, every, confidence, context, tokens)
+        at_last = _at_last(confidence, rows, last)
+        members = None
+        if return_members:
+            members = self.score_at(hidden, attention_mask, last[:, None], at_last, context, tokens, members=True)[:, 0]
+            score = members.mean(-1)
+        else:
+            score = self.score_at(hidden, attention_mask, last[:, None], at_last, context, tokens)[:, 0]
         return CriticOutput(
-            score=self.score_at(
-                hidden, attention_mask, last[:, None], _at_last(confidence, rows, last), context, tokens
-            )[:, 0],
+            score=score,
+            members=members,
             hidden=hidden[rows, last],
             values=values,
             logits=None if logits_from is None else self.backbone.get_output_embeddings()(logits_from),
@@ -215,15 +229,17 @@ class CriticModel(nn.Module):
         confidence: torch.Tensor | None,
         context: Context | None = None,
         tokens: torch.Tensor | None = None,
+        members: bool = False,
     ) -> torch.Tensor:
         """Head scores (B, K) at positions `ends` (B, K) of hidden (B, T, H); `confidence` (B, K, 2) at those
         positions. A window head reads the states ending there, `context` (states, mask, ids) extending them
-        leftwards; a head reading tokens also their ids, `tokens` (B, T)."""
+        leftwards; a head reading tokens also their ids, `tokens` (B, T). `members`: each member's (B, K, M)."""
+        head = self.head.member_scores if members else self.head
         if self.window == 1:
             rows = torch.arange(hidden.shape[0], device=hidden.device)[:, None]
-            return self.head(hidden[rows, ends], confidence)
+            return head(hidden[rows, ends], confidence)
         states, mask, ids = self.windows_at(hidden, attention_mask, ends, context, tokens)
-        return self.head(states, confidence, mask, ids)
+        return head(states, confidence, mask, ids)
 
     def windows_at(
         self,
@@ -312,20 +328,25 @@ class CriticModel(nn.Module):
         response: torch.Tensor,
         return_values: bool = False,
         return_logits: bool = False,
+        return_members: bool = False,
     ) -> CriticOutput:
         """`forward` for rows that share prompts (see `hidden_after_prefixes`): `response` (B, A) marks each
         answer's response tokens. `values` and `logits` cover the answer columns only; `logits[:, t]` predicts
         `answer_ids[:, t]` (already shifted, unlike `forward`'s)."""
         hidden, before, context = self.hidden_after_prefixes(prefix_ids, prefix_mask, answer_ids, answer_mask, repeat)
         logits_from = before if return_logits else None
-        return self._output(hidden, before, answer_ids, answer_mask, response, return_values, logits_from, context)
+        return self._output(
+            hidden, before, answer_ids, answer_mask, response, return_values, logits_from, context, return_members
+        )
 
-    def score_features(self, features: torch.Tensor) -> torch.Tensor:
-        """Score cached features (the frozen phase), laid out as `join_features` writes them."""
+    def score_features(self, features: torch.Tensor, members: bool = False) -> torch.Tensor:
+        """Score cached features (the frozen phase), laid out as `join_features` writes them: (N,), or with
+        `members` each head member's score (N, M)."""
         states, mask, ids, confidence = split_features(
             features, self.backbone.config.hidden_size, self.window, self.reads_tokens
         )
-        return self.head(states, confidence if self.reads_confidence else None, mask, ids)
+        head = self.head.member_scores if members else self.head
+        return head(states, confidence if self.reads_confidence else None, mask, ids)
 
 
 def feature_width(hidden_size: int, window: int, tokens: bool = False) -> int:

@@ -6,11 +6,16 @@ tokens (the end of the question and the answer) through a few transformer layers
 it can compare positions, e.g. an answer's last digit with the operands' (bench/checker_head.py). With `tokens`
 it also reads which token sits in each slot (a learned embedding of the ids, added to the projected states): a
 final state is tuned to predict the next token and may blur the one it sits on.
+
+With `members` > 1 the head is that many heads of the same kind, each with its own initialisation and dropout,
+scoring as the mean of their logits; training fits each member to the labels on its own (CriticModule), so they
+disagree where one alone would guess, and their mean ranks answers better than any one of them
+(bench/results/cpu_checker_product.md).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
@@ -30,11 +35,14 @@ class HeadSettings:
     layers: int = 2  # attention: transformer layers
     attention_heads: int = 4  # attention: heads per layer (hidden_dim must be a multiple)
     tokens: bool = False  # attention: also read the token ids of the window (an embedding of its own)
+    members: int = 1  # independently trained heads of this kind; the score is the mean of their logits
 
 
 def check_head_settings(settings: HeadSettings) -> None:
     if settings.kind not in KINDS:
         raise ValueError(f"head.kind must be one of {', '.join(KINDS)}; got {settings.kind!r}")
+    if settings.members < 1:
+        raise ValueError(f"head.members must be ≥ 1 (heads averaged into the score), got {settings.members}")
     if settings.window < 1:
         raise ValueError(f"head.window must be ≥ 1 (tokens the head reads), got {settings.window}")
     if settings.kind != "attention" and settings.window != 1:
@@ -57,7 +65,8 @@ class CriticHead(nn.Module):
     """Maps a hidden state (..., H), or for `attention` the states of a window (..., W, H) with its mask
     (..., W) (True on real tokens; the last slot is the token scored) and with `tokens` their ids (..., W), and
     with `confidence` the features (..., 2), to a score (...). Always computed in fp32, whatever the backbone
-    dtype. `vocab_size`: the token ids a `tokens` head can read."""
+    dtype. `vocab_size`: the token ids a `tokens` head can read. With `members` > 1, `member_scores` gives each
+    member's score (..., M) and the score is their mean."""
 
     def __init__(self, hidden_size: int, settings: HeadSettings | None = None, vocab_size: int | None = None):
         super().__init__()
@@ -67,6 +76,11 @@ class CriticHead(nn.Module):
             raise ValueError("a head reading token ids (head.tokens=true) needs the vocabulary size")
         self.settings = settings
         self.window = settings.window
+        if settings.members > 1:
+            one = replace(settings, members=1)
+            self.members = nn.ModuleList(CriticHead(hidden_size, one, vocab_size) for _ in range(settings.members))
+            return
+        self.members = None
         extra = CONFIDENCE_FEATURES if settings.confidence else 0
         if settings.kind == "attention":
             width = settings.hidden_dim
@@ -106,6 +120,8 @@ class CriticHead(nn.Module):
         mask: torch.Tensor | None = None,
         tokens: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        if self.members is not None:
+            return self.member_scores(hidden, confidence, mask, tokens).mean(-1)
         # fp32 unless a strategy cast the whole model (DeepSpeed's bf16 does); scores always come out fp32
         dtype = next(self.net.parameters()).dtype
         x = self.dropout(hidden.to(dtype))
@@ -116,6 +132,18 @@ class CriticHead(nn.Module):
                 raise ValueError("this head reads confidence features (head.confidence=true): none were given")
             x = torch.cat([x, confidence.to(dtype)], dim=-1)  # never dropped: two numbers, not redundant units
         return self.net(x).squeeze(-1).float()
+
+    def member_scores(
+        self,
+        hidden: torch.Tensor,
+        confidence: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+        tokens: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Each member's score (..., M); a head of one member gives (..., 1)."""
+        if self.members is None:
+            return self(hidden, confidence, mask, tokens)[..., None]
+        return torch.stack([member(hidden, confidence, mask, tokens) for member in self.members], dim=-1)
 
     def _read_window(
         self, states: torch.Tensor, mask: torch.Tensor | None, tokens: torch.Tensor | None

@@ -46,6 +46,7 @@ RULES: dict[str, tuple[tuple[type, ...], Callable | None, str]] = {
     "head.hidden_dim": ((int,), lambda x: x >= 0, "an integer ≥ 0"),
     "head.confidence": ((bool,), None, "true or false"),
     "head.tokens": ((bool,), None, "true or false"),
+    "head.members": ((int,), positive, "a positive integer (heads averaged into the score)"),
     "objective.kind": ((str,), lambda x: x in SCHEMA_OF, f"one of {list(SCHEMA_OF)}"),
     "objective.margin": ((float, int), None, "a number"),
     "objective.center_coef": ((float, int), lambda x: x >= 0, "a number ≥ 0"),

@@ -72,7 +72,8 @@ def next_token_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 def group_listwise_loss(scores: torch.Tensor, labels: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
     """Within each group (the answers to one prompt) that holds right and wrong answers: -log of the softmax mass
-    on the right ones. Ranks answers to the same question, which is what best-of-N needs. Mean over such groups."""
+    on the right ones. Ranks answers to the same question, which is what best-of-N needs. Mean over such groups
+    (and over head members when scores are (B, M))."""
     terms = []
     for group in groups.unique():
         member = groups == group
@@ -83,7 +84,10 @@ def group_listwise_loss(scores: torch.Tensor, labels: torch.Tensor, groups: torc
 
 
 def critic_loss(settings: ObjectiveSettings, scores: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """scores: (B,) or, for pairwise, (2B,) with chosen rows first."""
+    """scores: (B,) or, for pairwise, (2B,) with chosen rows first; with a last axis of head members (B, M) or
+    (2B, M), the mean of the members' losses."""
+    if scores.ndim > target.ndim and settings.kind != "pairwise":
+        target = target[..., None].expand_as(scores)
     if settings.kind == "bce":
         return pointwise_bce(scores, target, settings.positive_weight)
     if settings.kind == "mse":
