@@ -218,6 +218,19 @@ def test_a_window_head_scores_the_last_window_states_alone(tiny_backbone, tokeni
     assert fewer.item() != pytest.approx(by_hand.item(), abs=1e-6)  # every slot of the window is read
 
 
+def test_a_window_head_reads_its_top_layer_at_the_last_slot_only():
+    """The top layer computes the last slot alone (the only output the head uses): the same as the whole stack."""
+    head = CriticHead(64, dataclasses.replace(TOKENS, layers=3), vocab_size=50).eval()
+    perturb(head)
+    states, ids = torch.randn(4, TOKENS.window, 64), torch.randint(0, 50, (4, TOKENS.window))
+    mask = torch.ones(4, TOKENS.window, dtype=torch.bool)
+    mask[0, :3] = False  # a short row, left-padded
+    with torch.no_grad():
+        x = head.project(states) + head.position + head.embed(ids)
+        whole = head.layers(x, src_key_padding_mask=~mask)[:, -1]
+        assert (head._read_window(states, mask, ids) - whole).abs().max() <= TOL
+
+
 def test_a_tokens_head_reads_the_ids_of_its_window(tiny_backbone, tokenizer):
     critic = make_critic(tiny_backbone, TOKENS)
     ids = torch.tensor([tokenizer(max(TEXTS, key=len))["input_ids"]])

@@ -158,4 +158,18 @@ class CriticHead(nn.Module):
                 raise ValueError("this head reads the window's token ids (head.tokens=true): none were given")
             x = x + self.embed(tokens.reshape(-1, self.window).long())
         padding = None if mask is None else ~mask.reshape(-1, self.window).bool()
-        return self.layers(x, src_key_padding_mask=padding)[:, -1].reshape(*lead, -1)
+        *below, top = self.layers.layers
+        for layer in below:
+            x = layer(x, src_key_padding_mask=padding)
+        return last_slot_of(top, x, padding).reshape(*lead, -1)
+
+
+def last_slot_of(layer: nn.TransformerEncoderLayer, x: torch.Tensor, padding: torch.Tensor | None) -> torch.Tensor:
+    """`layer(x, src_key_padding_mask=padding)[:, -1]` for a pre-norm layer, computing the query, the attention
+    output and the feed-forward at the last slot only (the one the head answers at): the same numbers, about 40%
+    fewer operations for a two-layer head."""
+    y = layer.norm1(x)
+    attended = layer.self_attn(y[:, -1:], y, y, key_padding_mask=padding, need_weights=False)[0]
+    h = x[:, -1:] + layer.dropout1(attended)
+    h = h + layer.dropout2(layer.linear2(layer.dropout(layer.activation(layer.linear1(layer.norm2(h))))))
+    return h[:, 0]
