@@ -130,17 +130,23 @@ def test_finetune_lora_finds_the_transfer_export(tiny_backbone, tiny_data, trans
         assert_export_scores_like(trained, export, merge=merge)
 
 
-def test_finetune_lora_from_a_head_reading_token_ids(tiny_backbone, tiny_data, tmp_path, capture):
+@pytest.mark.parametrize("members", [1, 2])
+def test_finetune_lora_from_a_head_reading_token_ids(tiny_backbone, tiny_data, tmp_path, capture, members):
     """The checker's path (`experiment=offline-checker`, then `phase=finetune`): the head's own token embedding
-    starts from the transfer export, trains beside LoRA, and the export scores like the trained model."""
-    transfer = train(tiny_backbone, tiny_data, tmp_path, "checker", "phase.max_epochs=1", *WINDOW) / "export"
+    (each member's) starts from the transfer export, trains beside LoRA, and the export scores like the trained
+    model."""
+    transfer = train(
+        tiny_backbone, tiny_data, tmp_path, "checker", "phase.max_epochs=1", *WINDOW, f"head.members={members}"
+    ) / "export"
     assert read_critic_config(transfer)["head"]["tokens"] is True
+    assert read_critic_config(transfer)["head"]["members"] == members
     run_dir = train(
         tiny_backbone, tiny_data, tmp_path, "lora", "phase=finetune", f"ckpt={transfer}", "trainer.fast_dev_run=true"
     )
     before, trained = capture["before"], capture["trained"]
-    embedding = "base_model.model.head.embed.weight"
-    assert torch.equal(before[embedding], load_file(str(transfer / HEAD_NAME))["embed.weight"])
+    name = "embed.weight" if members == 1 else "members.1.embed.weight"
+    embedding = f"base_model.model.head.{name}"
+    assert torch.equal(before[embedding], load_file(str(transfer / HEAD_NAME))[name])
     assert not torch.equal(before[embedding], dict(trained.named_parameters())[embedding].detach())
     for merge in (True, False):
         assert_export_scores_like(trained, run_dir / "export", merge=merge)
