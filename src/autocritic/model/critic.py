@@ -139,7 +139,6 @@ class CriticModel(nn.Module):
         self.reads_confidence = self.head.settings.confidence  # kept here: peft may wrap the head
         self.window = self.head.settings.window  # final states the head reads, ending at the scored token
         self.reads_tokens = self.head.settings.tokens  # and the ids of the tokens they sit on
-        self.members = self.head.settings.members  # heads whose mean logit is the score
 
     @property
     def config(self):  # peft and Lightning look for a `config` on the wrapped model
@@ -206,12 +205,8 @@ class CriticModel(nn.Module):
             every = torch.arange(hidden.shape[1], device=hidden.device).expand(hidden.shape[0], -1)
             values = self.score_at(hidden, attention_mask, every, confidence, context, tokens)
         at_last = _at_last(confidence, rows, last)
-        members = None
-        if return_members:
-            members = self.score_at(hidden, attention_mask, last[:, None], at_last, context, tokens, members=True)[:, 0]
-            score = members.mean(-1)
-        else:
-            score = self.score_at(hidden, attention_mask, last[:, None], at_last, context, tokens)[:, 0]
+        read = self.score_at(hidden, attention_mask, last[:, None], at_last, context, tokens, return_members)[:, 0]
+        members, score = (read, read.mean(-1)) if return_members else (None, read)
         return CriticOutput(
             score=score,
             members=members,

@@ -59,13 +59,11 @@ class CriticModule(L.LightningModule):
         lm_term = value_term = None
         want_logits = self.objective.lm_weight > 0 and not self.backbone_frozen
         want_values = self.objective.value_weight > 0
-        # Each member of a head fits the labels on its own: the loss is the mean of the members' losses.
-        want_members = unwrap(self.critic).members > 1
-        members = None
+        # Each member of the head (a plain head is one) fits the labels on its own: the loss is the mean of the
+        # members' losses; the score is their mean.
         if "features" in batch:
-            scores = unwrap(self.critic).score_features(batch["features"], members=want_members)
-            if want_members:
-                members, scores = scores, scores.mean(-1)
+            members = unwrap(self.critic).score_features(batch["features"], members=True)
+            scores = members.mean(-1)
         else:
             if "prefix_ids" in batch:  # rows that share prompts (data.share_prompts): each prompt runs once
                 out = unwrap(self.critic).forward_shared(
@@ -77,7 +75,7 @@ class CriticModule(L.LightningModule):
                     batch["response"],
                     return_values=want_values,
                     return_logits=want_logits,
-                    return_members=want_members,
+                    return_members=True,
                 )
                 logits, labels, response = out.logits, batch["answer_labels"], batch["response"]
             else:
@@ -87,7 +85,7 @@ class CriticModule(L.LightningModule):
                     prompt_lengths=batch["prompt_lengths"],
                     return_logits=want_logits,
                     return_values=want_values,
-                    return_members=want_members,
+                    return_members=True,
                 )
                 logits = None if out.logits is None else out.logits[:, :-1]  # position t predicts token t + 1
                 labels = batch["lm_labels"][:, 1:]
@@ -97,10 +95,9 @@ class CriticModule(L.LightningModule):
                 lm_term = next_token_loss(logits, labels)
             if want_values:
                 value_term = token_value_loss(out.values, response, target)
-        fitted = scores if members is None else members
-        loss = critic_loss(self.objective, fitted, target)
+        loss = critic_loss(self.objective, members, target)
         if self.objective.group_weight and "repeat" in batch:
-            group_term = group_listwise_loss(fitted, target, batch["repeat"])
+            group_term = group_listwise_loss(members, target, batch["repeat"])
             self.log(f"{split}/group_loss", group_term, batch_size=target.shape[0])
             loss = loss + self.objective.group_weight * group_term
         batch_size = target.shape[0]
