@@ -176,6 +176,45 @@ def test_sampling_is_seeded(generator):
     assert len({s.text for s in first[0]}) > 1  # n distinct samples at temperature 1
 
 
+def test_shared_prefill_samples_what_generate_samples(generator):
+    """One prefill per prompt, its KV cache copied for the n samples: the same tokens as transformers'
+    `generate(num_return_sequences=n)` under the same seed (left-padded prompts of different lengths)."""
+    settings = GenerationSettings(max_new_tokens=8, do_sample=True, temperature=1.5, top_k=0, n=3, seed=11)
+    ours = generator.generate(PROMPTS, settings)
+    encoded = [generator.tokenizer(p)["input_ids"] for p in PROMPTS]
+    order = sorted(range(len(PROMPTS)), key=lambda i: len(encoded[i]))  # the generator's batch order
+    input_ids, mask = generator._left_pad([encoded[i] for i in order])
+    torch.manual_seed(settings.seed)
+    theirs = generator.model.backbone.generate(
+        input_ids=input_ids,
+        attention_mask=mask,
+        max_new_tokens=settings.max_new_tokens,
+        num_return_sequences=settings.n,
+        do_sample=True,
+        temperature=settings.temperature,
+        top_k=0,
+        pad_token_id=generator.pad_id,
+        eos_token_id=sorted(generator.eos_ids),
+    )[:, input_ids.shape[1] :]
+    for row, generated in enumerate(theirs.tolist()):
+        sample = ours[order[row // settings.n]][row % settings.n]
+        assert generated[: len(sample.token_ids)] == sample.token_ids
+
+
+def test_each_prompt_runs_through_the_decoder_once(generator):
+    rows_per_call: list[int] = []
+    decoder = generator.model.backbone.base_model
+    hook = decoder.register_forward_hook(lambda module, args, output: rows_per_call.append(output[0].shape[:2]))
+    try:
+        generator.generate(PROMPTS, max_new_tokens=4, do_sample=True, n=5)
+    finally:
+        hook.remove()
+    longest = max(len(generator.tokenizer(p)["input_ids"]) for p in PROMPTS)
+    # the prompts less their last token, once each; then one token for each of the 3 x 5 samples per step
+    assert rows_per_call[0] == (len(PROMPTS), longest - 1)
+    assert all(shape == (len(PROMPTS) * 5, 1) for shape in rows_per_call[1:])
+
+
 def test_stream_concatenates_to_the_generated_text(generator):
     settings = GenerationSettings(max_new_tokens=12, do_sample=True, temperature=1.5, seed=3)
     [[free]] = generator.generate(PROMPTS[1:2], settings)

@@ -1,7 +1,8 @@
 """CriticGenerator: batched generation whose critic scores come from the generation's own forward passes.
 
-    prompt ──► decoder ──► state of the last prompt token ────────────┐  step 0 (the whole prompt)
-    token 1 ─► decoder ──► state of token 1 ───────────────────────────┤  step 1 (one token, KV cache)
+    prompt but its last token ─► decoder, once per prompt ─► KV cache, copied for each of the n samples
+    last prompt token ─► decoder ──► its state ───────────────────────┐  step 0 (one token, KV cache)
+    token 1 ─► decoder ──► state of token 1 ───────────────────────────┤  step 1
     ...                                                                ├─► head(state at the last KEPT token) = score
     token k ─► decoder ──► state of token k (fed only when needed) ───┘
 
@@ -11,7 +12,11 @@ exactly `CriticModel(prompt ids + kept response ids).score`, with no second pass
 token was never fed (the last generated token: max_new_tokens reached, or the cut ends on it) one extra cached
 forward of one token runs. A head that reads the model's confidence gets the log-probabilities of the kept tokens
 from the raw logits `generate` computed anyway (`output_logits`), before temperature or top-k touch them. A head
-that reads a window of states (`head.kind=attention`) also gets the prompt's last states from step 0.
+that reads a window of states (`head.kind=attention`) also gets the prompt's last states.
+
+The n samples of a prompt share its prefill: the prompt runs through the decoder once and its KV cache is copied
+for each sample, where `generate(num_return_sequences=n)` runs each copy of the prompt (the rerank suite's few-shot
+prompts: n times the work that dominates sampling; bench/rerank_overhead.py).
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from pathlib import Path
 from typing import Protocol
 
 import torch
-from transformers import PreTrainedTokenizerBase, StoppingCriteria, StoppingCriteriaList
+from transformers import DynamicCache, PreTrainedTokenizerBase, StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
 from autocritic.data.template import Template
@@ -110,16 +115,15 @@ def held_back(text: str, stop: Sequence[str]) -> int:
 
 
 class _Recorder:
-    """Forward hook on the decoder: keeps the final states of the last `prompt_tail` positions of the first call
-    (the prompt) and of the last position of every later call (the fed token), (B, positions, H) each."""
+    """Forward hook on the decoder: keeps the final state of the last position of every call (the fed token),
+    (B, 1, H) each."""
 
-    def __init__(self, decoder: torch.nn.Module, prompt_tail: int = 1):
+    def __init__(self, decoder: torch.nn.Module):
         self.states: list[torch.Tensor] = []
-        self.prompt_tail = prompt_tail
         self.handle = decoder.register_forward_hook(self._hook)
 
     def _hook(self, module, args, output) -> None:
-        self.states.append(output.last_hidden_state[:, -(self.prompt_tail if not self.states else 1) :])
+        self.states.append(output.last_hidden_state[:, -1:])
 
     def close(self) -> None:
         self.handle.remove()
@@ -322,13 +326,15 @@ class CriticGenerator:
         # A window head also reads the prompt's last states; the others the state of the last kept token only.
         prompt_tail = min(self.model.window, input_ids.shape[1])
         with self._lock, _seeded(settings.seed, self.device):
-            recorder = _Recorder(decoder_of(self.model.backbone), prompt_tail)
+            cache, prompt_states = self._prefill(input_ids, attention_mask, n, prompt_tail - 1)
+            input_ids, attention_mask = input_ids.repeat_interleave(n, 0), attention_mask.repeat_interleave(n, 0)
+            recorder = _Recorder(decoder_of(self.model.backbone))
             try:
                 out = self.model.backbone.generate(
                     input_ids=input_ids,
                     attention_mask=attention_mask,
+                    cache=cache,
                     max_new_tokens=settings.max_new_tokens,
-                    num_return_sequences=n,
                     pad_token_id=self.pad_id,
                     eos_token_id=sorted(self.eos_ids),
                     return_dict_in_generate=True,
@@ -345,14 +351,14 @@ class CriticGenerator:
                     )
                 kept = [self._cut(row, settings.stop) for row in generated.tolist()]
                 if any(length == generated.shape[1] for _, length, _ in kept):
-                    self._feed_last(out, attention_mask.repeat_interleave(n, dim=0))
+                    self._feed_last(out, attention_mask)
             finally:
                 recorder.close()
             # Columns: the prompt's last `prompt_tail` tokens, then generated token 0, 1, ... (as fed); the state
             # after j kept tokens is column `prompt_tail - 1 + j`.
-            states = torch.cat(recorder.states, dim=1)  # (R, prompt_tail + L - 1 or + L, H)
+            states = torch.cat(prompt_states + recorder.states, dim=1)  # (R, prompt_tail + L - 1 or + L, H)
             mask = torch.ones(states.shape[:2], dtype=torch.long, device=states.device)
-            mask[:, :prompt_tail] = attention_mask.repeat_interleave(n, dim=0)[:, -prompt_tail:]
+            mask[:, :prompt_tail] = attention_mask[:, -prompt_tail:]
             first = input_ids.shape[1] - prompt_tail
             tokens = out.sequences[:, first : first + states.shape[1]]  # the token of each column, as fed
             rows = torch.arange(states.shape[0], device=states.device)
@@ -386,6 +392,28 @@ class CriticGenerator:
                 kept_logprobs = logprobs[row, :length].tolist() if logprobs is not None else None
                 samples.append(Sample(text, score, token_ids, reason, values, kept_logprobs))
         return samples
+
+    def _prefill(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, n: int, tail: int
+    ) -> tuple[DynamicCache | None, list[torch.Tensor]]:
+        """Every prompt token but the last through the decoder once, into a KV cache copied for each of the `n`
+        samples (row = prompt * n + sample); `generate` then feeds the last prompt token. Also returns the final
+        states of the `tail` prompt tokens before the last one (what a window head reads), one row per sample."""
+        if input_ids.shape[1] < 2:
+            return None, []
+        decoder = decoder_of(self.model.backbone)
+        cache = DynamicCache(config=self.model.backbone.config)
+        mask = attention_mask[:, :-1]
+        hidden = decoder(
+            input_ids=input_ids[:, :-1],
+            attention_mask=mask,
+            position_ids=positions_from_mask(mask),
+            cache=cache,
+            use_cache=True,
+        ).last_hidden_state
+        cache.batch_repeat_interleave(n)
+        states = [hidden[:, hidden.shape[1] - tail :].repeat_interleave(n, 0)] if tail else []
+        return cache, states
 
     def _left_pad(self, prompts: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         length = max(map(len, prompts))
