@@ -201,6 +201,15 @@ def test_shared_prefill_samples_what_generate_samples(generator):
         assert generated[: len(sample.token_ids)] == sample.token_ids
 
 
+@pytest.mark.parametrize("prompts", [["Q"], ["Q", PROMPTS[0]]], ids=["nothing to prefill", "all padding"])
+def test_one_token_prompts_score_as_a_forward(window_generator, prompts):
+    """A batch of one-token prompts has nothing to prefill; beside a longer prompt, a one-token prompt's prefill
+    columns are all padding."""
+    assert len(window_generator.tokenizer(prompts[0])["input_ids"]) == 1
+    settings = GenerationSettings(max_new_tokens=6, do_sample=True, temperature=1.5, n=2, return_values=True)
+    assert_scores_match(window_generator, prompts, window_generator.generate(prompts, settings))
+
+
 def test_each_prompt_runs_through_the_decoder_once(generator):
     rows_per_call: list[int] = []
     decoder = generator.model.backbone.base_model
