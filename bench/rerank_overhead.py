@@ -2,13 +2,15 @@
 
     python bench/rerank_overhead.py [--ckpt EXPORT] [--problems 64] [--n 8] [--repeats 3] [--threads 1]
 
-Both sides generate the same tokens: `CriticGenerator.generate` (critic scores read from the generation's own
-forward passes, then the best of N picked) and a plain `backbone.generate` with the same prompts (the rerank suite's
-few-shot prompts), the same batches, sampling settings, seeds and stop string, decoded and cut the same way.
+Both sides generate the same tokens: `CriticGenerator.generate` (each prompt prefilled once for its N samples,
+critic scores read from the generation's own forward passes, then the best of N picked) and what a user without
+autocritic runs, `backbone.generate(num_return_sequences=N)` (each sample runs its copy of the prompt), with the
+same prompts (the rerank suite's few-shot prompts), batches, sampling settings, seeds and stop string, decoded and
+cut the same way.
 Run twice: with the stop string (as the rerank suite runs) and without (every row runs max_new_tokens).
 Prints the median wall times and their ratio (target ≤ 1.05x), checks that both sides sampled the same texts, and
-times the head itself (`score_at` over the recorded states) as a share of the critic side: a figure the noise of two
-separate runs does not blur.
+times the head itself (`score_at` over the recorded states) as a share of the critic side: what the critic costs
+over the same generation without it, a figure the noise of two separate runs does not blur.
 """
 
 from __future__ import annotations
