@@ -224,6 +224,24 @@ def test_each_prompt_runs_through_the_decoder_once(generator):
     assert all(shape == (len(PROMPTS) * 5, 1) for shape in rows_per_call[1:])
 
 
+def test_a_model_whose_generate_builds_its_own_cache_runs_each_prompt_copy(tiny_backbone):
+    """transformers refuses a cache from outside when the generation config names a `cache_implementation`: the
+    generator then lets `generate` run every copy of the prompt, with the same scores."""
+    generator = tiny_generator(tiny_backbone, head=WINDOW_HEAD)
+    generator.model.backbone.generation_config.cache_implementation = "dynamic"
+    shapes: list[torch.Size] = []
+    decoder = generator.model.backbone.base_model
+    hook = decoder.register_forward_hook(lambda module, args, output: shapes.append(output[0].shape[:2]))
+    try:
+        settings = GenerationSettings(max_new_tokens=6, do_sample=True, temperature=1.5, n=2, return_values=True)
+        results = generator.generate(PROMPTS, settings)
+    finally:
+        hook.remove()
+    longest = max(len(generator.tokenizer(p)["input_ids"]) for p in PROMPTS)
+    assert shapes[0] == (len(PROMPTS) * 2, longest)
+    assert_scores_match(generator, PROMPTS, results)
+
+
 def test_stream_concatenates_to_the_generated_text(generator):
     settings = GenerationSettings(max_new_tokens=12, do_sample=True, temperature=1.5, seed=3)
     [[free]] = generator.generate(PROMPTS[1:2], settings)

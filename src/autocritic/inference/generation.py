@@ -115,15 +115,16 @@ def held_back(text: str, stop: Sequence[str]) -> int:
 
 
 class _Recorder:
-    """Forward hook on the decoder: keeps the final state of the last position of every call (the fed token),
-    (B, 1, H) each."""
+    """Forward hook on the decoder: keeps the final states of the last `first_tail` positions of the first call
+    and of the last position of every later call (the fed token), (B, positions, H) each."""
 
-    def __init__(self, decoder: torch.nn.Module):
+    def __init__(self, decoder: torch.nn.Module, first_tail: int = 1):
         self.states: list[torch.Tensor] = []
+        self.first_tail = first_tail
         self.handle = decoder.register_forward_hook(self._hook)
 
     def _hook(self, module, args, output) -> None:
-        self.states.append(output.last_hidden_state[:, -1:])
+        self.states.append(output.last_hidden_state[:, -(self.first_tail if not self.states else 1) :])
 
     def close(self) -> None:
         self.handle.remove()
@@ -328,7 +329,8 @@ class CriticGenerator:
         with self._lock, _seeded(settings.seed, self.device):
             cache, prompt_states = self._prefill(input_ids, attention_mask, n, prompt_tail - 1)
             input_ids, attention_mask = input_ids.repeat_interleave(n, 0), attention_mask.repeat_interleave(n, 0)
-            recorder = _Recorder(decoder_of(self.model.backbone))
+            # without a shared prefill, generate's first call runs the whole prompt
+            recorder = _Recorder(decoder_of(self.model.backbone), 1 if cache is not None else prompt_tail)
             try:
                 out = self.model.backbone.generate(
                     input_ids=input_ids,
@@ -398,11 +400,18 @@ class CriticGenerator:
     ) -> tuple[DynamicCache | None, list[torch.Tensor]]:
         """Every prompt token but the last through the decoder once, into a KV cache copied for each of the `n`
         samples (row = prompt * n + sample); `generate` then feeds the last prompt token. Also returns the final
-        states of the `tail` prompt tokens before the last one (what a window head reads), one row per sample."""
-        if input_ids.shape[1] < 2:
+        states of the `tail` prompt tokens before the last one (what a window head reads), one row per sample.
+        (None, []) where there is nothing to prefill, or where the model's `generate` takes no cache from outside
+        (a `cache_implementation` in its generation config, or a model without a default dynamic cache): `generate`
+        then runs each copy of the prompt itself."""
+        backbone = self.model.backbone
+        takes_cache = backbone.generation_config.cache_implementation is None and getattr(
+            backbone, "_supports_default_dynamic_cache", lambda: True
+        )()
+        if input_ids.shape[1] < 2 or not takes_cache:
             return None, []
-        decoder = decoder_of(self.model.backbone)
-        cache = DynamicCache(config=self.model.backbone.config)
+        decoder = decoder_of(backbone)
+        cache = DynamicCache(config=backbone.config)
         mask = attention_mask[:, :-1]
         hidden = decoder(
             input_ids=input_ids[:, :-1],
