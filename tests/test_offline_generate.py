@@ -6,6 +6,7 @@ import dataclasses
 import json
 
 import pytest
+import torch
 from helpers import tiny_pretrain_settings
 from transformers import AutoTokenizer, FalconForCausalLM
 
@@ -141,6 +142,32 @@ def test_batched_left_padded_greedy_matches_one_by_one(backbone):
     batched = complete(model, tokenizer, prompts, max_new_tokens=6)
     assert batched == [complete(model, tokenizer, [p], max_new_tokens=6)[0] for p in prompts]
     assert cut_at_stop("12\nQuestion", ["\n"]) == "12"
+
+
+def test_samples_share_the_prefill_and_equal_generates(backbone):
+    """Each prompt runs once for its samples (`prefill_for_samples`); the texts are those of
+    `generate(num_return_sequences=n)` under the same seed."""
+    tokenizer = AutoTokenizer.from_pretrained(backbone)
+    model = FalconForCausalLM.from_pretrained(backbone)
+    prompts = ["Question: What is 1+1?\nAnswer:", "Question: What is 12+30?\nAnswer:", "Human: Hi.\nAI:"]
+    rows: list[int] = []
+    hook = model.transformer.register_forward_hook(lambda module, args, output: rows.append(output[0].shape[0]))
+    try:
+        ours = complete(model, tokenizer, prompts, max_new_tokens=6, temperature=1.0, num_samples=4, seed=5)
+    finally:
+        hook.remove()
+    assert rows[0] == len(prompts) and set(rows[1:]) == {len(prompts) * 4}
+
+    order = sorted(range(len(prompts)), key=lambda i: len(tokenizer(prompts[i])["input_ids"]))
+    tokenizer.padding_side = "left"
+    batch = tokenizer([prompts[i] for i in order], return_tensors="pt", padding=True, add_special_tokens=False)
+    torch.manual_seed(5)
+    output = model.generate(
+        **batch, max_new_tokens=6, num_return_sequences=4, do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
+        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+    )
+    texts = tokenizer.batch_decode(output[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
+    assert [ours[order[row // 4]][row % 4] for row in range(len(texts))] == texts
 
 
 def test_held_out_problems_only_in_val_and_test():

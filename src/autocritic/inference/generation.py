@@ -14,9 +14,9 @@ forward of one token runs. A head that reads the model's confidence gets the log
 from the raw logits `generate` computed anyway (`output_logits`), before temperature or top-k touch them. A head
 that reads a window of states (`head.kind=attention`) also gets the prompt's last states.
 
-The n samples of a prompt share its prefill: the prompt runs through the decoder once and its KV cache is copied
-for each sample, where `generate(num_return_sequences=n)` runs each copy of the prompt (the rerank suite's few-shot
-prompts: n times the work that dominates sampling; bench/rerank_overhead.py).
+The n samples of a prompt share its prefill (`prefill_for_samples`): the prompt runs through the decoder once and its
+KV cache is copied for each sample, where `generate(num_return_sequences=n)` runs each copy of the prompt (the
+rerank suite's few-shot prompts: n times the work that dominates sampling; bench/rerank_overhead.py).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Protocol
 
 import torch
-from transformers import DynamicCache, PreTrainedTokenizerBase, StoppingCriteria, StoppingCriteriaList
+from transformers import PreTrainedTokenizerBase, StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
 from autocritic.data.template import Template
@@ -43,6 +43,7 @@ from autocritic.model.critic import (
     positions_from_mask,
     running_confidence,
 )
+from autocritic.model.sampling import prefill_for_samples
 
 FINISH_REASONS = ("stop", "eos", "length")  # stop string found, eos generated, max_new_tokens reached
 
@@ -327,7 +328,12 @@ class CriticGenerator:
         # A window head also reads the prompt's last states; the others the state of the last kept token only.
         prompt_tail = min(self.model.window, input_ids.shape[1])
         with self._lock, _seeded(settings.seed, self.device):
-            cache, prompt_states = self._prefill(input_ids, attention_mask, n, prompt_tail - 1)
+            prefilled = prefill_for_samples(self.model.backbone, input_ids, attention_mask, n)
+            cache, prompt_states = None, []
+            if prefilled is not None:  # the window's prompt states before the last prompt token, one row per sample
+                cache, hidden = prefilled
+                tail = prompt_tail - 1
+                prompt_states = [hidden[:, hidden.shape[1] - tail :].repeat_interleave(n, 0)] if tail else []
             input_ids, attention_mask = input_ids.repeat_interleave(n, 0), attention_mask.repeat_interleave(n, 0)
             # without a shared prefill, generate's first call runs the whole prompt
             recorder = _Recorder(decoder_of(self.model.backbone), 1 if cache is not None else prompt_tail)
@@ -394,35 +400,6 @@ class CriticGenerator:
                 kept_logprobs = logprobs[row, :length].tolist() if logprobs is not None else None
                 samples.append(Sample(text, score, token_ids, reason, values, kept_logprobs))
         return samples
-
-    def _prefill(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, n: int, tail: int
-    ) -> tuple[DynamicCache | None, list[torch.Tensor]]:
-        """Every prompt token but the last through the decoder once, into a KV cache copied for each of the `n`
-        samples (row = prompt * n + sample); `generate` then feeds the last prompt token. Also returns the final
-        states of the `tail` prompt tokens before the last one (what a window head reads), one row per sample.
-        (None, []) where there is nothing to prefill, or where the model's `generate` takes no cache from outside
-        (a `cache_implementation` in its generation config, or a model without a default dynamic cache): `generate`
-        then runs each copy of the prompt itself."""
-        backbone = self.model.backbone
-        takes_cache = backbone.generation_config.cache_implementation is None and getattr(
-            backbone, "_supports_default_dynamic_cache", lambda: True
-        )()
-        if input_ids.shape[1] < 2 or not takes_cache:
-            return None, []
-        decoder = decoder_of(backbone)
-        cache = DynamicCache(config=backbone.config)
-        mask = attention_mask[:, :-1]
-        hidden = decoder(
-            input_ids=input_ids[:, :-1],
-            attention_mask=mask,
-            position_ids=positions_from_mask(mask),
-            cache=cache,
-            use_cache=True,
-        ).last_hidden_state
-        cache.batch_repeat_interleave(n)
-        states = [hidden[:, hidden.shape[1] - tail :].repeat_interleave(n, 0)] if tail else []
-        return cache, states
 
     def _left_pad(self, prompts: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         length = max(map(len, prompts))

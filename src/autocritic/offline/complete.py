@@ -8,6 +8,8 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from autocritic.model.sampling import prefill_for_samples
+
 
 def cut_at_stop(text: str, stop: Sequence[str]) -> str:
     """Drop the first stop string and everything after it (`generate` keeps the stop string)."""
@@ -32,7 +34,8 @@ def complete(
     """`num_samples` continuations per prompt (greedy when temperature is 0), stop strings and eos cut off.
 
     `batch_size` counts generated rows (prompts x samples). Prompts are sorted by length so that batches carry
-    little padding; the output keeps the order of `prompts`.
+    little padding; the output keeps the order of `prompts`. The samples of a prompt share its prefill
+    (`prefill_for_samples`).
     """
     model.eval()
     lengths = [len(ids) for ids in tokenizer(list(prompts), add_special_tokens=False)["input_ids"]]
@@ -54,10 +57,13 @@ def complete(
                 batch = tokenizer(
                     [prompts[i] for i in indices], return_tensors="pt", padding=True, add_special_tokens=False
                 )
+                input_ids, attention_mask = batch["input_ids"], batch["attention_mask"]
+                prefilled = prefill_for_samples(model, input_ids, attention_mask, num_samples)
                 output = model.generate(
-                    **batch,
+                    input_ids=input_ids.repeat_interleave(num_samples, 0),
+                    attention_mask=attention_mask.repeat_interleave(num_samples, 0),
+                    cache=None if prefilled is None else prefilled[0],
                     max_new_tokens=max_new_tokens,
-                    num_return_sequences=num_samples,
                     stop_strings=list(stop) or None,
                     tokenizer=tokenizer,
                     pad_token_id=tokenizer.pad_token_id,
