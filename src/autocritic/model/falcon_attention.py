@@ -1,10 +1,13 @@
-"""Falcon's multi-query attention through PyTorch's fused SDPA kernels.
+"""Falcon's multi-query attention through PyTorch's fused SDPA kernels, on the transformers releases that need it.
 
-transformers' `FalconAttention` hands `scaled_dot_product_attention` one key/value head for all query heads
-(Falcon-7B: 1 for 71). The fused kernels (flash, memory-efficient) need equal head counts, so PyTorch silently takes
-the math kernel, which materialises every (batch, head, query, key) score. Measured on an H200 with Falcon-7B shapes
-(`bench/gpu_check.py`, README "GPU"): LoRA at 8×1024 tokens peaked at 125 GiB. Broadcasting the shared key/value
-head to every query head is a view (no copy) and lets SDPA pick a fused kernel; the numbers are the same.
+Before transformers 5.25, `FalconAttention` handed `scaled_dot_product_attention` one key/value head for all query
+heads (Falcon-7B: 1 for 71). The fused kernels (flash, memory-efficient) need equal head counts, so PyTorch silently
+took the math kernel, which materialises every (batch, head, query, key) score. Broadcasting the shared key/value
+head to every query head is a view (no copy), lets SDPA pick a fused kernel, and gives the same numbers.
+
+transformers 5.25 moved Falcon onto its generic attention interface, whose SDPA path repeats the key/value heads
+(or passes `enable_gqa`) itself: it reaches the fused kernels without help, and nothing is swapped there. The swap
+recognises the older attention by its `forward` signature, so any other release is left as it is.
 """
 
 from __future__ import annotations
@@ -96,6 +99,11 @@ def _fused_attention_class():
             return self.dense(output), None
 
     return FalconFusedAttention
+
+
+def swap_needed() -> bool:
+    """Whether the installed transformers has the Falcon attention that falls back to the math kernel."""
+    return _falcon_attention_class()[0] is not None
 
 
 def use_fused_attention(model: nn.Module) -> int:
