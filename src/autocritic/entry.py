@@ -19,7 +19,6 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore", message=r".*LeafSpec.* is deprecated")
     # The frozen phase keeps its backbone in eval mode on purpose.
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
-    os.environ.setdefault("WANDB_MODE", "offline")
     os.environ.setdefault("WANDB_SILENT", "true")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     for name in ("bitsandbytes", "transformers.modeling_utils", "lightning.pytorch.utilities.rank_zero"):

@@ -31,8 +31,8 @@ from autocritic.evaluation.report import (
 )
 from autocritic.inference.generation import CriticGenerator
 from autocritic.model.export import CONFIG_NAME, read_critic_config
-from autocritic.offline.tasks import QA_FAMILIES
 from autocritic.settings import settings_from
+from autocritic.tracking import is_wandb, wandb_mode
 
 log = logging.getLogger("autocritic")
 
@@ -95,10 +95,6 @@ def suite_settings(name: str, section: DictConfig | None, **extra):
         if any(is_of_kind(v, (int,)) and v < least for v in counts):
             raise ConfigError(f"{name}.{field.name}={value!r}: {'each' if counts is value else 'it'} must be "
                               f"{'a positive integer' if least else 'an integer ≥ 0'}.")
-    if getattr(settings, "family", QA_FAMILIES[0]) not in QA_FAMILIES:
-        raise ConfigError(
-            f"{name}.family={settings.family!r} is not a question-answer family: use one of {list(QA_FAMILIES)}."
-        )
     return settings
 
 
@@ -115,8 +111,9 @@ def check_logger(cfg: DictConfig) -> bool:
     target = cfg.logger.get("_target_") if cfg.get("logger") else None
     if target is None:
         return False
-    if not str(target).endswith("WandbLogger"):
+    if not is_wandb(cfg.logger):
         raise ConfigError(f"logger={target} is not used by evaluate: use logger=wandb or logger=none.")
+    wandb_mode(cfg.logger.get("offline", True))  # an online run without a key fails here, before any compute
     return True
 
 
@@ -128,7 +125,7 @@ def log_to_wandb(cfg: DictConfig, run_dir: Path, meta: dict, results: list[Suite
         project=cfg.logger.get("project", "autocritic"),
         name=cfg.logger.get("name"),
         dir=str(run_dir),
-        mode="offline" if cfg.logger.get("offline", True) else "online",
+        mode=wandb_mode(cfg.logger.get("offline", True)),
         job_type="evaluate",
         config=jsonable(meta),
     )

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from omegaconf import DictConfig, OmegaConf
 
 from autocritic.errors import ConfigError, invalid_value, is_of_kind
+from autocritic.tracking import is_wandb, wandb_mode
 from autocritic.training.objectives import SCHEMA_OF
 
 PHASES = ("transfer", "finetune", "pretrain", "generate")
@@ -78,6 +79,8 @@ def check_config(cfg: DictConfig) -> None:
         raise ConfigError(f"phase={phase!r} is unknown: use one of {list(PHASES)}, e.g. `python train.py phase=transfer`.")
     for key in RULES:
         check_value(cfg, key)
+    if is_wandb(cfg.get("logger")):
+        wandb_mode(cfg.logger.get("offline", True))  # an online run without a key fails here, before any compute
     if phase in ("pretrain", "generate"):
         return
     head_kind, window = OmegaConf.select(cfg, "head.kind"), OmegaConf.select(cfg, "head.window", default=1)
@@ -128,6 +131,6 @@ def check_config(cfg: DictConfig) -> None:
     if isinstance(strategy, DictConfig) and "DeepSpeed" in str(strategy.get("_target_")) and strategy.get("stage") == 3:
         raise ConfigError(
             "trainer=deepspeed with trainer.strategy.stage=3 is not supported: the run trains, then DeepSpeed 0.19 "
-            "cannot test it (measured on an H200, bench/results/h200_strategies.md). Shard the weights with "
+            "cannot test it (measured on an H200, docs/results.md). Shard the weights with "
             "trainer=fsdp, or use ZeRO stage 2 (trainer=deepspeed, the default stage)."
         )

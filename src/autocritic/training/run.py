@@ -30,6 +30,8 @@ from autocritic.model.backbone import (
 from autocritic.model.critic import CriticModel
 from autocritic.model.export import CONFIG_NAME, load_head, read_critic_config, save_critic
 from autocritic.model.head import HeadSettings
+from autocritic.settings import settings_from
+from autocritic.tracking import is_wandb, wandb_mode
 from autocritic.training.config_check import check_config
 from autocritic.training.feature_cache import FEATURES, Ranks, cache_key, load_or_compute
 from autocritic.training.module import CriticModule, OptimSettings
@@ -75,11 +77,21 @@ def find_resume(cfg: DictConfig) -> str | None:
 
 
 def data_settings(cfg: DictConfig) -> DataSettings:
-    keys = DataSettings.__dataclass_fields__
-    values = {k: v for k, v in OmegaConf.to_container(cfg.data, resolve=True).items() if k in keys}
-    if not replays(cfg):
-        values["replay_files"] = []  # a frozen backbone or objective.replay_weight=0: nothing reads them
-    return DataSettings(**values, seed=cfg.seed)
+    extra = {} if replays(cfg) else {"replay_files": []}  # a frozen backbone or no replay loss: nothing reads them
+    return settings_from(DataSettings, cfg.data, "data", skip=("offline_default",), seed=cfg.seed, **extra)
+
+
+def head_settings_of(cfg: DictConfig) -> HeadSettings:
+    return settings_from(HeadSettings, cfg.head, "head")
+
+
+def objective_settings(cfg: DictConfig) -> ObjectiveSettings:
+    return settings_from(ObjectiveSettings, cfg.objective, "objective", skip=("monitor", "mode"))
+
+
+def optim_settings(cfg: DictConfig) -> OptimSettings:
+    phase_keys = ("name", "freeze_backbone", "cache_features", "init_from", "max_epochs")
+    return settings_from(OptimSettings, cfg.phase, "phase", skip=phase_keys)
 
 
 def replays(cfg: DictConfig) -> bool:
@@ -93,13 +105,13 @@ def build_critic(cfg: DictConfig, start: Path | None) -> tuple[torch.nn.Module, 
     if OmegaConf.select(cfg, "quantization.mode", default="none") != "none":
         from autocritic.model.quantization import QuantizationSettings
 
-        quantization = QuantizationSettings(**OmegaConf.to_container(cfg.quantization, resolve=True))
+        quantization = settings_from(QuantizationSettings, cfg.quantization, "quantization")
     backbone = load_backbone(cfg.model.name_or_path, cfg.model.dtype, cfg.model.trust_remote_code, quantization)
     if start is not None:
         head_settings = HeadSettings(**read_critic_config(start)["head"])
         head = load_head(start, backbone, head_settings)
     else:
-        head_settings = HeadSettings(**OmegaConf.to_container(cfg.head, resolve=True))
+        head_settings = head_settings_of(cfg)
         head = None
     critic = CriticModel(backbone, head, head_settings)
     if cfg.phase.freeze_backbone:
@@ -113,7 +125,7 @@ def build_critic(cfg: DictConfig, start: Path | None) -> tuple[torch.nn.Module, 
     elif cfg.model.gradient_checkpointing:
         enable_checkpointing(critic.backbone)
     if cfg.peft.mode == "lora":
-        lora = LoraSettings(**{k: v for k, v in OmegaConf.to_container(cfg.peft).items() if k != "mode"})
+        lora = settings_from(LoraSettings, cfg.peft, "peft", skip=("mode",))
         return apply_lora(critic, lora), head_settings
     return critic, head_settings
 
@@ -171,8 +183,8 @@ def build_trainer(cfg: DictConfig, run_dir: Path, extra_callbacks: list[L.Callba
         callbacks.append(TQDMProgressBar())
     logger = False
     if "_target_" in cfg.logger:
-        save_dir = {"save_dir": str(run_dir)}
-        logger = instantiate(cfg.logger, **save_dir)
+        extra = {"mode": wandb_mode(cfg.logger.offline)} if is_wandb(cfg.logger) else {}
+        logger = instantiate(cfg.logger, save_dir=str(run_dir), **extra)
     trainer = instantiate(
         cfg.trainer,
         strategy=build_strategy(cfg.trainer.get("strategy")),
@@ -256,29 +268,11 @@ def train(cfg: DictConfig) -> float | None:
     tokenizer = load_tokenizer(cfg.model.name_or_path, cfg.model.trust_remote_code)
     datamodule = CriticDataModule(data_settings(cfg), tokenizer)
     datamodule.setup()  # reads and validates every row before the model is loaded
-    objective = ObjectiveSettings(**{k: v for k, v in OmegaConf.to_container(cfg.objective).items() if k not in ("monitor", "mode")})
+    objective = objective_settings(cfg)
     cached = cfg.phase.freeze_backbone and cfg.phase.cache_features
-    if objective.group_weight and (cached or datamodule.shared_prompt_groups("train") is None):
-        raise ConfigError(
-            "objective.group_weight ranks the answers to one prompt within shared-prompt batches, and this run's "
-            "training batches share none (data.share_prompts=false, cached features of phase=transfer, or fewer "
-            "than 1.5 rows per prompt). Set objective.group_weight=0, or "
-            "use phase=finetune with data.share_prompts=true."
-        )
     critic, head_settings = build_critic(cfg, start)
 
-    module = CriticModule(
-        critic,
-        objective,
-        OptimSettings(
-            lr=cfg.phase.lr,
-            weight_decay=cfg.phase.weight_decay,
-            warmup_steps=cfg.phase.warmup_steps,
-            optimizer=cfg.phase.optimizer,
-            schedule=cfg.phase.get("schedule", "constant"),
-        ),
-        backbone_frozen=cfg.phase.freeze_backbone,
-    )
+    module = CriticModule(critic, objective, optim_settings(cfg), backbone_frozen=cfg.phase.freeze_backbone)
     trainer, checkpoint = build_trainer(cfg, run_dir, [FeatureCache(cfg, critic)] if cached else None)
     params = {f"params/{k}": v for k, v in count_parameters(critic).items()}
     log.info("parameters: %s", ", ".join(f"{k.split('/')[1]} {v:,}" for k, v in params.items()))
