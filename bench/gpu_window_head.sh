@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The prepared check of session 12 for a lent GPU (results under $OUT or ./gpu_results), carrying data/offline
+# The prepared GPU check of the window head and shared-prompt batches (results under $OUT or ./gpu_results), carrying data/offline
 # (with critic/perturbed_train.jsonl) and the wheels the machine lacks in .whl/ (hydra-core, omegaconf,
 # antlr4-python3-runtime, datasets, dill, multiprocess):
 #   1. shared-prompt batches against the same rows run plainly, LoRA with and without checkpointing, Falcon-7B

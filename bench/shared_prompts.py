@@ -42,12 +42,11 @@ def batches(cfg, share: bool) -> tuple[list, int]:
 
 def timed_run(cfg, steps: list) -> float:
     from autocritic.training.module import CriticModule, OptimSettings
-    from autocritic.training.objectives import ObjectiveSettings
-    from autocritic.training.run import build_critic
+    from autocritic.training.run import build_critic, objective_settings
 
     torch.manual_seed(0)
     critic, _ = build_critic(cfg, start=None)
-    objective = ObjectiveSettings(**{k: v for k, v in dict(cfg.objective).items() if k not in ("monitor", "mode")})
+    objective = objective_settings(cfg)
     module = CriticModule(critic, objective, OptimSettings(lr=cfg.phase.lr), backbone_frozen=False)
     module.log = lambda *args, **kwargs: None  # outside a Trainer
     module.train()

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
+
+from autocritic.inference.generation import GenerationSettings, Sample, find_stop
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
@@ -100,3 +104,35 @@ def tiny_pretrain_settings(**changes):
         max_steps=20,
     )
     return dataclasses.replace(tiny, **changes)
+
+
+class ScriptedGenerator:
+    """A `TextGenerator` that replies with scripted texts in order (cut at the stop strings like the real one).
+    For deterministic tests of chains and agents; `prompts` records what it was asked."""
+
+    def __init__(self, replies: Sequence[str], score: float = 0.0):
+        self.replies = list(replies)
+        self.score = score
+        self.prompts: list[str] = []
+
+    def _next(self, prompt: str, settings: GenerationSettings) -> Sample:
+        self.prompts.append(prompt)
+        if not self.replies:
+            raise RuntimeError("ScriptedGenerator ran out of replies")
+        text = self.replies.pop(0)
+        cut = find_stop(text, settings.stop)
+        reason = "stop" if cut is not None else "eos"
+        return Sample(text[:cut] if cut is not None else text, self.score, [], reason)
+
+    def generate(
+        self, prompts: Sequence[str], settings: GenerationSettings | None = None, **overrides
+    ) -> list[list[Sample]]:
+        settings = replace(settings or GenerationSettings(), **overrides)
+        return [[self._next(p, settings) for _ in range(settings.n)] for p in prompts]
+
+    def stream(
+        self, prompt: str, settings: GenerationSettings | None = None, **overrides
+    ) -> Iterator[str | Sample]:
+        sample = self._next(prompt, replace(settings or GenerationSettings(), **overrides))
+        yield from (sample.text[i : i + 3] for i in range(0, len(sample.text), 3))
+        yield sample

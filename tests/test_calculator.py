@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from autocritic import formats
 from autocritic.inference import calculator
 from autocritic.inference.calculator import CalculatorError, calculate, calculator_tool, evaluate_expression
 from autocritic.offline import tasks
@@ -73,7 +74,7 @@ def test_tool_text(expr, text):
 
 @pytest.mark.parametrize("expr", ["12+7", "3*(4-1)", "7/3", "2**10", "(4.5*2.1)**2", "100-250", "0.5*0.25"])
 def test_observations_match_the_training_traces(expr):
-    assert calculate(expr) == tasks.format_number(tasks.evaluate_expression(expr))
+    assert calculate(expr) == formats.format_number(tasks.evaluate_expression(expr))
 
 
 INJECTIONS = [

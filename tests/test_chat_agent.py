@@ -4,8 +4,10 @@
 from __future__ import annotations
 
 import pytest
+from helpers import ScriptedGenerator
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, ToolMessage
 
+from autocritic.formats import CALCULATOR_DESCRIPTION, REACT_TEMPLATE
 from autocritic.inference.calculator import calculator_tool
 from autocritic.inference.chat import (
     CriticChatModel,
@@ -15,17 +17,8 @@ from autocritic.inference.chat import (
     render_dialogue,
     render_react,
 )
-from autocritic.inference.generation import ScriptedGenerator
 from autocritic.inference.llm import CriticLLM
-from autocritic.offline.tasks import (
-    CALCULATOR_DESCRIPTION,
-    REACT_TEMPLATE,
-    dialogue_problem,
-    prompt_of,
-    react_action,
-    react_finish,
-    react_prompt,
-)
+from autocritic.offline.tasks import dialogue_problem, prompt_of, react_action, react_finish, react_prompt
 
 QUESTION = "What is 2+3?"
 ACTION = "Thought: I should use the calculator.\nAction: Calculator\nAction Input: 2+3"

@@ -125,7 +125,7 @@ def test_bad_config_fails_before_compute(tiny_backbone, tiny_data, tmp_path, ref
     [
         ({"mix": "{summary:0.5}"}, "offline.replay.mix='{summary:0.5}' is not valid: expected a mapping"),
         ({"documents": "many"}, "offline.replay.documents='many' is not valid: expected a whole number"),
-        ({"summary_newest_first": 1}, "offline.replay.summary_newest_first=1 is not valid: expected true or false"),
+        ({"documents": True}, "offline.replay.documents=True is not valid: expected a whole number"),
     ],
 )
 def test_offline_settings_of_the_wrong_kind_are_refused(values, message):
@@ -139,8 +139,7 @@ def test_offline_settings_of_the_wrong_kind_are_refused(values, message):
 
 
 def test_a_mix_override_changes_only_the_kinds_it_names():
-    """The config lists every document kind, the opt-in ones at 0, so any of them can be set from the command line;
-    the default builds keep their fingerprints."""
+    """An override of one kind's weight keeps the others; the default builds keep their fingerprints."""
     from autocritic.offline.pretrain import PretrainSettings
     from autocritic.offline.replay import ReplaySettings
     from autocritic.settings import settings_from
@@ -148,9 +147,9 @@ def test_a_mix_override_changes_only_the_kinds_it_names():
     cfg = compose_train()
     assert settings_from(PretrainSettings, cfg.offline.pretrain, "p").fingerprint() == PretrainSettings().fingerprint()
     assert settings_from(ReplaySettings, cfg.offline.replay, "r").fingerprint() == ReplaySettings().fingerprint()
-    cfg = compose_train(["offline.pretrain.mix={pair_sum: 0.12, summary: 0}"])
+    cfg = compose_train(["offline.pretrain.mix={copy: 0.12, summary: 0}"])
     mix = settings_from(PretrainSettings, cfg.offline.pretrain, "offline.pretrain").mix
-    assert mix["pair_sum"] == 0.12 and mix["summary"] == 0 and mix["arithmetic"] == PretrainSettings().mix["arithmetic"]
+    assert mix["copy"] == 0.12 and mix["summary"] == 0 and mix["arithmetic"] == PretrainSettings().mix["arithmetic"]
     assert settings_from(ReplaySettings, cfg.offline.replay, "offline.replay").mix == mix  # replay follows
     with pytest.raises(ConfigError, match=r"offline.pretrain: mix=.* weights must be numbers ≥ 0"):
         settings_from(PretrainSettings, compose_train(["offline.pretrain.mix={copy: -1}"]).offline.pretrain, "offline.pretrain")

@@ -25,10 +25,11 @@ from autocritic.evaluation.embeddings import HashedNgramEmbeddings
 from autocritic.evaluation.metrics import Pool, auroc, best_of_n_curve, calibration, canonical, gap_closed
 from autocritic.evaluation.report import SuiteResult, Table, write_report, write_results
 from autocritic.evaluation.run import evaluate, find_export
+from autocritic.formats import format_number
 from autocritic.inference.generation import GenerationSettings, Sample
 from autocritic.model.export import CONFIG_NAME, HEAD_NAME
-from autocritic.offline import tasks
-from autocritic.offline.tasks import evaluate_expression, format_number, react_action, react_finish
+from autocritic.offline import documents, tasks
+from autocritic.offline.tasks import evaluate_expression, react_action, react_finish
 
 
 def compose_eval(overrides: list[str]):
@@ -271,7 +272,6 @@ def test_entry_point_exits_2_with_the_message(tmp_path, capsys):
     [
         ("suites=[prompts,nope]", "choose among"),
         ("rerank.n_problems=0", "positive integer"),
-        ("rerank.family=dialogue", "question-answer family"),
         ("logger=csv", "not used by evaluate"),
         ("agent.max_iterations=abc", r"agent.max_iterations='abc' is not valid: expected a whole number such as 3"),
         ("agent.variants=[direct,nope]", r"unknown agent variants \['nope'\]"),
@@ -294,13 +294,11 @@ def test_bad_settings_fail_before_loading(tmp_path, override, message):
 # ---- rerank ----
 
 
-@pytest.mark.parametrize("family", ["pair_sum", "arithmetic"])
-def test_rerank_with_a_perfect_critic_reaches_pass_at_n(tmp_path, family):
+def test_rerank_with_a_perfect_critic_reaches_pass_at_n(tmp_path):
     ctx = EvalContext(PerfectCritic(), out_dir=tmp_path)
-    settings = rerank.Settings(family=family, n_problems=40, n_samples=8, ns=(1, 2, 4, 8), subsets=8)
+    settings = rerank.Settings(n_problems=40, n_samples=8, ns=(1, 2, 4, 8), subsets=8)
     result = rerank.run(ctx, settings)
     f = result.figures
-    assert f["family"] == family
     assert f["greedy_accuracy"] == 0.0
     for n in (1, 2, 4, 8):
         assert f["curve"]["best_of_n"][n]["accuracy"] == f["curve"]["pass_at_n"][n]["accuracy"]
@@ -463,7 +461,7 @@ class SummaryDocumentOracle(Streams):
     def __init__(self, problems):
         self.table = {}
         for problem in problems:
-            segments = tasks.summary_segments(problem)
+            segments = documents.summary_segments(problem)
             for (prompt, trained), (target, _) in zip(segments[0::2], segments[1::2], strict=True):
                 assert not trained
                 # The question's prompt opens with the summary; LangGraph's middleware strips its leading space.

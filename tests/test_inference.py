@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import ScriptedGenerator
 from langchain_core.output_parsers import StrOutputParser
 from langchain_core.prompts import PromptTemplate
 from tokenizers import Tokenizer, decoders, models
@@ -19,7 +20,6 @@ from autocritic.inference.generation import (
     CriticGenerator,
     GenerationSettings,
     Sample,
-    ScriptedGenerator,
     find_stop,
     held_back,
 )

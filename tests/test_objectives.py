@@ -13,7 +13,6 @@ from autocritic.training.objectives import (
     ObjectiveSettings,
     bradley_terry,
     critic_loss,
-    group_listwise_loss,
     lm_loss,
     pointwise_bce,
     scalar_mse,
@@ -141,28 +140,6 @@ def test_token_values_need_a_pointwise_objective():
         ObjectiveSettings(kind="pairwise", value_weight=1.0)
 
 
-def test_group_listwise_loss_by_hand():
-    # Group 0: one right answer of three; group 1: all wrong (no term); group 2: two right of three.
-    scores = torch.tensor([2.0, 0.0, -1.0, 5.0, 4.0, 1.0, 3.0, 0.5])
-    labels = torch.tensor([1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 1.0, 0.0])
-    groups = torch.tensor([0, 0, 0, 1, 1, 2, 2, 2])
-    first = math.log(math.exp(2) + 1 + math.exp(-1)) - 2.0
-    third = math.log(math.exp(1) + math.exp(3) + math.exp(0.5)) - math.log(math.exp(1) + math.exp(3))
-    assert group_listwise_loss(scores, labels, groups).item() == pytest.approx((first + third) / 2, rel=1e-6)
-
-
-def test_group_listwise_loss_without_mixed_groups_is_zero_and_differentiable():
-    scores = torch.tensor([1.0, 2.0], requires_grad=True)
-    loss = group_listwise_loss(scores, torch.tensor([1.0, 1.0]), torch.tensor([0, 0]))
-    loss.backward()
-    assert loss.item() == 0.0 and scores.grad is not None
-
-
-def test_group_loss_needs_a_pointwise_objective():
-    with pytest.raises(ConfigError, match="needs objective=bce"):
-        ObjectiveSettings(kind="mse", group_weight=1.0)
-
-
 @pytest.mark.parametrize("kind", ["bce", "mse", "pairwise"])
 def test_a_loss_over_head_members_is_the_mean_of_each_members_loss(kind):
     settings = ObjectiveSettings(kind=kind, positive_weight=3.0 if kind == "bce" else 1.0)
@@ -175,11 +152,3 @@ def test_a_loss_over_head_members_is_the_mean_of_each_members_loss(kind):
     alone = members.detach()[:, 0].clone().requires_grad_(True)
     (critic_loss(settings, alone, target) / 3).backward()
     assert torch.allclose(members.grad[:, 0], alone.grad)
-
-
-def test_group_listwise_loss_over_head_members_by_hand():
-    members = torch.randn(6, 2)
-    labels = torch.tensor([1.0, 0.0, 0.0, 1.0, 1.0, 0.0])
-    groups = torch.tensor([0, 0, 0, 1, 1, 1])
-    by_hand = torch.stack([group_listwise_loss(members[:, m], labels, groups) for m in range(2)]).mean()
-    assert group_listwise_loss(members, labels, groups).item() == pytest.approx(by_hand.item(), rel=1e-6)

@@ -8,7 +8,6 @@ from autocritic.offline.labelling import (
     answer_of,
     extract_answer,
     is_correct,
-    is_right,
     label_final_number,
     label_offline,
     make_label_fn,
@@ -53,15 +52,6 @@ def test_user_supplied_extractor_gsm8k_style():
     assert label(problem, "40 + 2 = 42\n#### 42") is True
     assert label(problem, "40 + 2 = 42\n#### 41") is False
     assert label(problem, "I think 42") is False
-
-
-def test_pair_sum_answers_in_either_order_and_nothing_else():
-    problem = Problem("pair_sum", "Which two of 7, 2, 9, 4 add up to 13?", "9+4=13", 2, "pair_sum")
-    assert is_right(problem, " 9+4=13") and is_right(problem, " 4+9=12\nQuestion: ...") and is_right(problem, " 4+9")
-    assert not is_right(problem, " 9+2=13") and not is_right(problem, " 9+4+0=13") and not is_right(problem, " 13")
-    assert answer_of(problem, " 9+4") == answer_of(problem, " 4 + 9") == "4+9"
-    assert answer_of(problem, " nine") is None
-    assert label_offline(problem, " 4+9") is True
 
 
 def test_offline_label_reads_arithmetic_by_number():

@@ -8,16 +8,10 @@ import re
 
 import pytest
 
-from autocritic.offline import tasks
-from autocritic.offline.tasks import (
-    FAMILIES,
-    evaluate_expression,
-    format_number,
-    is_tiny,
-    make_splits,
-    render,
-    split_of,
-)
+from autocritic import formats
+from autocritic.formats import format_number
+from autocritic.offline import documents, tasks
+from autocritic.offline.tasks import FAMILIES, evaluate_expression, is_tiny, make_splits, render, split_of
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +91,7 @@ def test_react_trace_has_the_langchain_lines():
     # What LangChain sends for the second step is a prefix of the trace.
     first = tasks.react_prompt("What is 23 times 4.5?") + tasks.react_action("23*4.5")
     assert trace.startswith(first + "\nObservation: 103.5\nThought: ")
-    assert tasks.REACT_STOP == ("\nObservation",)
+    assert formats.REACT_STOP == ("\nObservation",)
 
 
 def test_dialogue_answer_is_stated_in_the_conversation(splits):
@@ -124,15 +118,15 @@ def test_few_shot_prompt_ends_with_the_question(splits):
 
 def test_document_stream_is_deterministic():
     weights = {"arithmetic": 0.8, "react": 0.1, "dialogue": 0.1}
-    first = list(itertools.islice(tasks.iter_documents(0, weights), 50))
-    assert first == list(itertools.islice(tasks.iter_documents(0, weights), 50))
-    assert first != list(itertools.islice(tasks.iter_documents(1, weights), 50))
+    first = list(itertools.islice(documents.iter_documents(0, weights), 50))
+    assert first == list(itertools.islice(documents.iter_documents(0, weights), 50))
+    assert first != list(itertools.islice(documents.iter_documents(1, weights), 50))
 
 
 def test_copy_sentences_documents_repeat_two_to_four_fact_sentences():
     statements = [re.escape(fact[1]).replace(r"\{v\}", ".+?") for fact in tasks._FACTS]
     sentence = re.compile("|".join(statements))
-    for document in itertools.islice(tasks.iter_documents(0, {"copy_sentences": 1.0}), 30):
+    for document in itertools.islice(documents.iter_documents(0, {"copy_sentences": 1.0}), 30):
         [(prompt, trained_prompt), (copy, trained_copy)] = document
         assert prompt == f"Copy:{copy}\nAgain:" and (trained_prompt, trained_copy) == (False, True)
         assert 2 <= len(sentence.findall(copy)) <= 4 and sentence.sub("", copy).strip() == ""
@@ -140,8 +134,8 @@ def test_copy_sentences_documents_repeat_two_to_four_fact_sentences():
 
 def test_training_documents_ask_back_every_stated_fact():
     weights = {"dialogue": 1.0}
-    for document in itertools.islice(tasks.iter_documents(0, weights), 30):
-        text = tasks.document_text(document)
+    for document in itertools.islice(documents.iter_documents(0, weights), 30):
+        text = documents.document_text(document)
         asked = [line for line in text.split("\n") if line[len("Human: ") :] in {f[2] for f in tasks._FACTS}]
         answers = [t for t, trained in document if trained and not t.endswith("\n")]
         assert len(answers) == len(asked) == len(set(asked)) >= 1
@@ -149,25 +143,13 @@ def test_training_documents_ask_back_every_stated_fact():
         assert all(t.strip(" .").split(" ")[-1] in text[:first_question] for t in answers)
 
 
-def test_pair_sum_has_exactly_one_pair_in_list_order(splits):
-    pair_sums = [p for split in splits.values() for p in split if p.family == "pair_sum"]
-    assert pair_sums
-    for problem in pair_sums:
-        numbers_text, target = re.fullmatch(r"Which two of (.+) add up to (\d+)\?", problem.question).groups()
-        numbers = [int(n) for n in numbers_text.split(", ")]
-        fits = [f"{a}+{b}={target}" for a, b in itertools.combinations(numbers, 2) if a + b == int(target)]
-        assert fits == [problem.answer] and len(set(numbers)) == len(numbers)
-        assert render(problem) == f"Question: {problem.question}\nAnswer: {problem.answer}"
-
-
 def test_few_shot_examples_come_from_the_problems_family_and_do_not_depend_on_the_list(splits):
     problems = [p for p in splits["test"] if p.family in tasks.QA_FAMILIES]
     pool = [p for p in splits["train"] if p.family in tasks.QA_FAMILIES]
     prompts = tasks.few_shot_prompts(problems, pool, shots=2, seed=0)
-    for problem, prompt in zip(problems, prompts, strict=True):
-        shots = prompt.split(tasks.SHOT_SEPARATOR)[:-1]
-        marker = "add up to" if problem.family == "pair_sum" else "What is"
-        assert len(shots) == 2 and all(marker in shot for shot in shots)
+    for prompt in prompts:
+        shots = prompt.split(formats.SHOT_SEPARATOR)[:-1]
+        assert len(shots) == 2 and all("What is" in shot for shot in shots)
     assert tasks.few_shot_prompts(problems[::-1], pool, shots=2, seed=0) == prompts[::-1]
 
 
@@ -177,8 +159,6 @@ def test_backbone_report_covers_every_family(tiny_backbone):
     report = evaluate_backbone(tiny_backbone, n_per_family=2, samples=2, shots=1, batch_size=8)
     for key in (
         "arithmetic/few_shot_greedy_accuracy",
-        "pair_sum/few_shot_greedy_accuracy",
-        "pair_sum/pass_at_samples",
         "react/format_ok",
         "dialogue/recall",
     ):
@@ -195,20 +175,13 @@ def test_backbone_report_command_line_explains_a_wrong_argument(tmp_path, capsys
     assert main(["--help"]) == 0
 
 
-@pytest.mark.parametrize("newest_first", [True, False])
-def test_summary_documents_keep_every_stated_fact_in_order(splits, newest_first):
+def test_summary_documents_keep_every_stated_fact_in_order(splits):
     dialogues = [p for p in splits["train"] if p.family == "dialogue"]
     for problem in dialogues:
-        segments = tasks.summary_segments(problem, newest_first)
+        segments = documents.summary_segments(problem)
         summaries = [t.strip("\n") for t, trained in segments if trained and t.endswith("\n")]
         *history, _ = [line.split(": ", 1)[1] for line in problem.question.split("\n")]
         facts = [h for h in history[0::2] if any(tasks.is_statement_of(f, h) for f in tasks._FACTS)]
-        written = " " + " ".join(reversed(facts) if newest_first else facts)
+        written = " " + " ".join(facts)
         assert summaries[-1] == summaries[-2] == written  # the question's exchange adds nothing
         assert problem.answer in summaries[-1]
-    weights = {"summary": 1.0}
-    newest, oldest = (
-        list(itertools.islice(tasks.iter_documents(0, weights, summary_newest_first=flag), 5))
-        for flag in (True, False)
-    )
-    assert newest != oldest and [len(d) for d in newest] == [len(d) for d in oldest]

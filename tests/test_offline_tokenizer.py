@@ -7,15 +7,15 @@ import itertools
 import pytest
 from transformers import AutoTokenizer
 
-from autocritic.offline import tasks
+from autocritic.offline import documents, tasks
 from autocritic.offline.tokenizer import EOS_TOKEN, PAD_TOKEN, save_tokenizer, train_tokenizer
 
 
 @pytest.fixture(scope="module")
 def tokenizer(tmp_path_factory):
     weights = {"arithmetic": 0.6, "react": 0.2, "dialogue": 0.2}
-    documents = itertools.islice(tasks.iter_documents(0, weights), 500)
-    trained = train_tokenizer((tasks.document_text(d) for d in documents), vocab_size=400)
+    drawn = itertools.islice(documents.iter_documents(0, weights), 500)
+    trained = train_tokenizer((documents.document_text(d) for d in drawn), vocab_size=400)
     out = save_tokenizer(trained, tmp_path_factory.mktemp("tokenizer"))
     return AutoTokenizer.from_pretrained(out)
 
@@ -49,13 +49,13 @@ def test_prompt_and_response_tokenize_like_their_concatenation(tokenizer):
 def test_segments_tokenize_like_the_prompts_the_model_will_see(tokenizer):
     splits = tasks.make_splits(seed=5, train=10, val=0, test=10)
     for problem in splits["train"] + splits["test"]:
-        segments = tasks.segments_of(problem)
-        assert tasks.document_text(segments) == tasks.render(problem)
+        segments = documents.segments_of(problem)
+        assert documents.document_text(segments) == tasks.render(problem)
         pieces = [i for text, _ in segments for i in tokenizer(text)["input_ids"]]
         if problem.family != "react":
             assert pieces == tokenizer(tasks.render(problem))["input_ids"]
             continue
         # The agent's second call: the prompt ends with "Thought: ", the model writes the rest.
-        head = tasks.document_text(segments[:-1])
+        head = documents.document_text(segments[:-1])
         assert head.endswith("\nThought: ")
         assert pieces == tokenizer(head)["input_ids"] + tokenizer(segments[-1][0])["input_ids"]

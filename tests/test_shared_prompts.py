@@ -176,34 +176,3 @@ def test_rows_with_distinct_prompts_stay_plain(tiny_backbone, tmp_path):
     assert "input_ids" in next(iter(datamodule.loader("train", shuffle=True)))
     shared = datamodule_of(rows_with_shared_prompts("pointwise"), "pointwise", tiny_backbone, tmp_path, share=True)
     assert "prefix_ids" in next(iter(shared.loader("train", shuffle=True)))
-
-
-def test_group_loss_adds_the_listwise_term_of_each_prompts_answers(tiny_backbone, tmp_path):
-    from autocritic.training.objectives import group_listwise_loss
-
-    datamodule = datamodule_of(rows_with_shared_prompts("pointwise"), "pointwise", tiny_backbone, tmp_path, share=True)
-    batch = datamodule.collate_shared(datamodule.encoded["train"])
-    critic = critic_of("tiny-falcon", tiny_backbone, lora=False)
-    losses = {}
-    for weight in (0.0, 2.0):
-        module = CriticModule(critic, ObjectiveSettings(kind="bce", group_weight=weight), OptimSettings(), backbone_frozen=False)
-        module.log = lambda *args, **kwargs: None
-        losses[weight] = module.step(batch, "train").detach()
-    scores = critic.forward_shared(
-        *(batch[k] for k in ("prefix_ids", "prefix_mask", "answer_ids", "answer_mask", "repeat", "response"))
-    ).score.detach()
-    term = group_listwise_loss(scores, batch["target"], batch["repeat"])
-    assert term > 0
-    assert torch.allclose(losses[2.0] - losses[0.0], 2.0 * term, atol=1e-5)
-
-
-def test_group_loss_without_shared_batches_is_refused_before_the_model_loads(tiny_backbone, tiny_data, tmp_path, monkeypatch):
-    from helpers import compose_train, tiny_overrides
-
-    from autocritic.errors import ConfigError
-    from autocritic.training import run
-
-    monkeypatch.setattr(run, "build_critic", lambda *args: pytest.fail("the model was loaded"))
-    cfg = compose_train([*tiny_overrides(tiny_backbone, tiny_data, tmp_path, "g"), "objective.group_weight=1"])
-    with pytest.raises(ConfigError, match="objective.group_weight"):
-        run.train(cfg)  # phase=transfer: cached features have no prompts to group

@@ -2,9 +2,8 @@
 
 Lightning shards a custom sampler by striding its order across ranks (`DistributedSamplerWrapper`: row i goes to
 rank i mod world). That splits what our orders keep together: the answers to one prompt (shared-prompt batches run
-each prompt once; `objective.group_weight` ranks the answers within a batch) and the length-sorted runs of
-`group_by_length`. Measured on the offline finetune split: 2 ranks ran 1.66x the tokens of one, 8 ranks 3.7x, with
-every prompt run again for each of its answers. Here rank r gets batches r, r + world, r + 2·world, ... of the
+each prompt once) and the length-sorted runs of `group_by_length`, so every prompt runs again for each of its answers
+(`bench/data_parallel_tokens.py` counts the tokens). Here rank r gets batches r, r + world, r + 2·world, ... of the
 single-process order, each batch intact, so the ranks together run the batches one process would.
 
 Training (`even=True`): every rank runs the same number of batches (a rank short of one repeats a batch from the

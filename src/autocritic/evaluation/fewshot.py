@@ -28,8 +28,9 @@ from autocritic.evaluation.context import EvalContext
 from autocritic.evaluation.embeddings import HashedNgramEmbeddings
 from autocritic.evaluation.metrics import rate
 from autocritic.evaluation.report import SuiteResult, Table
+from autocritic.formats import ANSWER_PREFIX, ARITHMETIC_STOP, QUESTION_PREFIX, SHOT_SEPARATOR
 from autocritic.offline.labelling import extract_answer, is_correct
-from autocritic.offline.tasks import ANSWER_PREFIX, ARITHMETIC_STOP, QUESTION_PREFIX, SHOT_SEPARATOR, Problem
+from autocritic.offline.tasks import Problem
 
 SELECTORS = ("random", "similarity", "mmr")
 EXAMPLE_PROMPT = PromptTemplate.from_template(f"{QUESTION_PREFIX}{{question}}\n{ANSWER_PREFIX} {{answer}}")

@@ -32,9 +32,10 @@ from autocritic.evaluation import plots
 from autocritic.evaluation.context import EvalContext, RecordingGenerator
 from autocritic.evaluation.metrics import ci95, rate, with_ci
 from autocritic.evaluation.report import SuiteResult, Table
+from autocritic.formats import AI_PREFIX, DIALOGUE_STOP, HUMAN_PREFIX
 from autocritic.inference.chat import is_summary, summary_text
 from autocritic.inference.generation import GenerationSettings, Sample, TextGenerator
-from autocritic.offline.tasks import AI_PREFIX, DIALOGUE_STOP, HUMAN_PREFIX, Problem
+from autocritic.offline.tasks import Problem
 
 KINDS = ("buffer", "window", "summary", "graph_buffer", "graph_window", "graph_summary")
 APIS = {
@@ -46,7 +47,7 @@ APIS = {
     "graph_summary": "create_agent + InMemorySaver + SummarizationMiddleware",
 }
 DIALOGUE_PROMPT = PromptTemplate.from_template(f"{{history}}\n{HUMAN_PREFIX}: {{input}}\n{AI_PREFIX}:")
-# "compact" is the prompt the offline model is trained to follow (offline.tasks.summary_document: the summary keeps
+# "compact" is the prompt the offline model is trained to follow (offline.documents.summary_document: the summary keeps
 # the human's facts in their own words). LangChain's default (~200 tokens of instructions and an example) is
 # available for real models; the tiny model was never taught it.
 SUMMARY_PROMPTS = {
@@ -59,7 +60,7 @@ WINDOW_KINDS = ("window", "graph_window")  # they forget by design: recall is ju
 
 @dataclass
 class Settings:
-    n_dialogues: int = 160  # 40 left ±15 points around 60%; 160 gives 80 facts within a 2-exchange window
+    n_dialogues: int = 160  # 80 facts within a 2-exchange window: a 95% CI of a few points
     window: int = 2  # exchanges kept by the window memories
     max_new_tokens: int = 8
     summary_new_tokens: int = 48  # three facts in the human's words

@@ -16,9 +16,9 @@ import numpy as np
 import torch
 from torchmetrics.functional.classification import binary_auroc, binary_calibration_error, binary_roc
 
+from autocritic.formats import format_number
 from autocritic.inference.rerank import majority_vote
 from autocritic.offline.labelling import is_correct
-from autocritic.offline.tasks import format_number
 
 METHODS = ("single", "majority", "likelihood", "weighted_vote", "best_of_n", "pass_at_n")
 METHOD_LABELS = {

@@ -18,8 +18,8 @@ from langchain_core.prompts import PromptTemplate
 from autocritic.evaluation.context import EvalContext
 from autocritic.evaluation.metrics import auroc, rate
 from autocritic.evaluation.report import SuiteResult, Table
+from autocritic.formats import ANSWER_PREFIX, ARITHMETIC_STOP, QUESTION_PREFIX
 from autocritic.offline.labelling import extract_answer, is_correct
-from autocritic.offline.tasks import ANSWER_PREFIX, ARITHMETIC_STOP, QUESTION_PREFIX
 
 NOTEBOOK_TEMPLATE = (
     "You are an intelligent chatbot. Help the following question with brilliant answers.\n"

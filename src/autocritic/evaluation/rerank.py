@@ -40,13 +40,11 @@ from autocritic.offline.labelling import answer_of, is_right
 from autocritic.offline.tasks import SPLITS, few_shot_prompts
 
 _OFFLINE = GenerateSettings()
+FAMILY = "arithmetic"  # the offline critic data's family: checking an answer means computing it
 
 
 @dataclass
 class Settings:
-    # arithmetic: checking an answer means computing it; pair_sum (opt-in): checking is one addition and two
-    # look-ups while answering is a search (the verifier premise).
-    family: str = "arithmetic"
     n_problems: int = 200
     n_samples: int = 16  # the largest N; smaller N subsample this pool
     ns: tuple[int, ...] = (1, 2, 4, 8, 16)
@@ -68,7 +66,7 @@ class Settings:
         return Settings(
             **{
                 k: getattr(self, k)
-                for k in ("family", "n_problems", "n_samples", "subsets", "gap_n", "calibration_bins")
+                for k in ("n_problems", "n_samples", "subsets", "gap_n", "calibration_bins")
             },
             ns=tuple(sorted({n for n in self.ns if n <= self.n_samples} | {self.n_samples})),
             temperature=pick(self.temperature, _OFFLINE.temperature),
@@ -97,7 +95,7 @@ class Sampled:
 
 
 def sample_answers(ctx: EvalContext, s: Settings) -> Sampled:
-    splits = ctx.splits(s.family, s.n_problems, train=s.pool_size)
+    splits = ctx.splits(FAMILY, s.n_problems, train=s.pool_size)
     problems = splits["test"]
     # The same prompts offline.generate writes for the test split (seed + split index).
     prompts = few_shot_prompts(problems, splits["train"], s.shots, ctx.seed + SPLITS.index("test"))
@@ -118,16 +116,16 @@ def sample_answers(ctx: EvalContext, s: Settings) -> Sampled:
     return Sampled(problems, prompts, greedy, sampled)
 
 
-def pools_of(sampled: Sampled, scores: list[list[float]] | None = None) -> list[Pool]:
-    """One pool per problem, scored by the generating critic, or by `scores` (one list per problem)."""
+def pools_of(sampled: Sampled) -> list[Pool]:
+    """One pool per problem, scored by the generating critic."""
     pools = []
-    for index, (problem, samples) in enumerate(zip(sampled.problems, sampled.samples, strict=True)):
+    for problem, samples in zip(sampled.problems, sampled.samples, strict=True):
         pools.append(
             Pool(
                 answer_of(problem, problem.answer),
                 [answer_of(problem, x.text) for x in samples],
                 [is_right(problem, x.text) for x in samples],
-                [x.score for x in samples] if scores is None else scores[index],
+                [x.score for x in samples],
                 None if any(x.logprobs is None for x in samples) else [mean_logprob(x) for x in samples],
             )
         )
@@ -176,7 +174,6 @@ def run(ctx: EvalContext, settings: Settings) -> SuiteResult:
     }
     figures = {
         "n_problems": len(pools),
-        "family": s.family,
         "settings": {
             "n_samples": s.n_samples,
             "ns": list(s.ns),
@@ -216,7 +213,7 @@ def run(ctx: EvalContext, settings: Settings) -> SuiteResult:
             "Accuracy by N (mean ± 95% CI over problems)",
             ["method", *(f"N={n}" for n in s.ns)],
             rows,
-            note=f"{len(pools)} TEST {s.family} problems, {s.shots}-shot prompts as offline.generate writes them, "
+            note=f"{len(pools)} TEST {FAMILY} problems, {s.shots}-shot prompts as offline.generate writes them, "
             f"{s.n_samples} samples each at T={s.temperature} (max {s.max_new_tokens} new tokens); each N averages "
             f"{s.subsets} random subsets of the pool.",
         ),

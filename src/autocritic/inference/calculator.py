@@ -14,7 +14,7 @@ import operator
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from autocritic.offline.tasks import format_number  # the training traces' format: Observations match them
+from autocritic.formats import format_number  # the training traces' format: Observations match them
 
 if TYPE_CHECKING:
     from langchain_core.tools import Tool

@@ -8,7 +8,7 @@ Without tools, messages become the dialogue format the offline model was trained
     Human: What is my name?
     AI:                                ← the model writes " Ada" and stops at "\\n"
 
-With `bind_tools`, the last human message becomes a ReAct prompt (`offline.tasks.REACT_TEMPLATE`, as LangChain's
+With `bind_tools`, the last human message becomes a ReAct prompt (`autocritic.formats.REACT_TEMPLATE`, as LangChain's
 classic zero-shot agent writes it) and each tool call / tool result after it becomes a scratchpad step:
 
     Answer the question with a tool.
@@ -48,9 +48,9 @@ from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_openai_tool
 from pydantic import Field
 
+from autocritic.formats import AI_PREFIX, DIALOGUE_STOP, HUMAN_PREFIX, REACT_STOP, REACT_TEMPLATE
 from autocritic.inference.generation import CriticGenerator, TextGenerator
 from autocritic.inference.llm import GenerationFields, generation_info
-from autocritic.offline.tasks import AI_PREFIX, DIALOGUE_STOP, HUMAN_PREFIX, REACT_STOP, REACT_TEMPLATE
 
 _ACTION = re.compile(r"Action\s*\d*\s*:[\s]*(.*?)[\s]*Action\s*\d*\s*Input\s*\d*\s*:[ \t]*(.*)", re.DOTALL)
 _FINAL = re.compile(r"Final Answer\s*:", re.IGNORECASE)

@@ -89,7 +89,7 @@ class Sample:
 
 
 class TextGenerator(Protocol):
-    """What the LangChain adapters need; `CriticGenerator` and `ScriptedGenerator` implement it."""
+    """What the LangChain adapters need; `CriticGenerator` implements it (tests script one)."""
 
     def generate(
         self, prompts: Sequence[str], settings: GenerationSettings | None = None
@@ -516,35 +516,3 @@ def _seeded(seed: int | None, device: torch.device) -> Iterator[None]:
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
         yield
-
-
-class ScriptedGenerator:
-    """A `TextGenerator` that replies with scripted texts in order (cut at the stop strings like the real one).
-    For deterministic tests of chains and agents; `prompts` records what it was asked."""
-
-    def __init__(self, replies: Sequence[str], score: float = 0.0):
-        self.replies = list(replies)
-        self.score = score
-        self.prompts: list[str] = []
-
-    def _next(self, prompt: str, settings: GenerationSettings) -> Sample:
-        self.prompts.append(prompt)
-        if not self.replies:
-            raise RuntimeError("ScriptedGenerator ran out of replies")
-        text = self.replies.pop(0)
-        cut = find_stop(text, settings.stop)
-        reason = "stop" if cut is not None else "eos"
-        return Sample(text[:cut] if cut is not None else text, self.score, [], reason)
-
-    def generate(
-        self, prompts: Sequence[str], settings: GenerationSettings | None = None, **overrides
-    ) -> list[list[Sample]]:
-        settings = replace(settings or GenerationSettings(), **overrides)
-        return [[self._next(p, settings) for _ in range(settings.n)] for p in prompts]
-
-    def stream(
-        self, prompt: str, settings: GenerationSettings | None = None, **overrides
-    ) -> Iterator[str | Sample]:
-        sample = self._next(prompt, replace(settings or GenerationSettings(), **overrides))
-        yield from (sample.text[i : i + 3] for i in range(0, len(sample.text), 3))
-        yield sample

@@ -31,7 +31,7 @@ class GenerationFields(BaseModel):
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
-    generator: Any = Field(exclude=True)  # a TextGenerator: CriticGenerator, or ScriptedGenerator in tests
+    generator: Any = Field(exclude=True)  # a TextGenerator: CriticGenerator, or a scripted one in tests
     max_new_tokens: int = 256
     do_sample: bool = False
     temperature: float = 1.0

@@ -3,14 +3,14 @@
 
 `linear` and `mlp` read the state at the last token. `attention` reads the final states of the last `window`
 tokens (the end of the question and the answer) through a few transformer layers and answers at the last one:
-it can compare positions, e.g. an answer's last digit with the operands' (bench/checker_head.py). With `tokens`
+it can compare positions, e.g. an answer's last digit with the operands'. With `tokens`
 it also reads which token sits in each slot (a learned embedding of the ids, added to the projected states): a
 final state is tuned to predict the next token and may blur the one it sits on.
 
 With `members` > 1 the head is that many heads of the same kind, each with its own initialisation and dropout,
 scoring as the mean of their logits; training fits each member to the labels on its own (CriticModule), so they
 disagree where one alone would guess, and their mean ranks answers better than any one of them
-(bench/results/cpu_checker_product.md).
+(docs/results.md).
 """
 
 from __future__ import annotations

@@ -15,19 +15,15 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer, FalconForCausalLM
 
+from autocritic.formats import ARITHMETIC_STOP, CALCULATOR_NAME, DIALOGUE_STOP, REACT_STOP, format_number
 from autocritic.offline.complete import complete
-from autocritic.offline.labelling import extract_answer, is_correct, is_right
+from autocritic.offline.labelling import extract_answer, is_correct
 from autocritic.offline.tasks import (
-    ARITHMETIC_STOP,
-    CALCULATOR_NAME,
-    DIALOGUE_STOP,
     QA_FAMILIES,
-    REACT_STOP,
     Problem,
     completion_of,
     evaluate_expression,
     few_shot_prompts,
-    format_number,
     make_splits,
     prompt_of,
     react_prompt,
@@ -61,8 +57,7 @@ def evaluate_backbone(
     batch_size: int = 64,
     progress: bool = False,
 ) -> dict:
-    """Greedy arithmetic accuracy (zero- and few-shot, per level), pair sums (few-shot greedy, sampled, any of the
-    samples right), ReAct format, dialogue recall, and the mix of right and wrong among `samples` sampled
+    """Greedy arithmetic accuracy (zero- and few-shot, per level), ReAct format, dialogue recall, and the mix of right and wrong among `samples` sampled
     few-shot arithmetic answers, all on the held-out test split."""
     started = time.perf_counter()
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
@@ -98,12 +93,6 @@ def evaluate_backbone(
         [is_correct(extract_answer(s), p.answer) for s in outs]
         for p, outs in zip(arithmetic, sampled, strict=True)
     ]
-
-    pair_sums = test["pair_sum"]
-    pair_prompts = few_shot_prompts(pair_sums, pool, shots, seed)
-    pair_greedy = answers(pair_prompts, "pair sums")
-    pair_sampled = answers(pair_prompts, "pair sums sampled", sampled=True)
-    pair_right = [[is_right(p, s) for s in outs] for p, outs in zip(pair_sums, pair_sampled, strict=True)]
 
     react = test["react"]
     actions = complete(
@@ -145,11 +134,6 @@ def evaluate_backbone(
         "arithmetic/questions_with_right_and_wrong": _rate(
             [any(row) and not all(row) for row in sample_right]
         ),
-        "pair_sum/few_shot_greedy_accuracy": _rate(
-            [is_right(p, out[0]) for p, out in zip(pair_sums, pair_greedy, strict=True)]
-        ),
-        "pair_sum/sampled_accuracy": _rate([ok for row in pair_right for ok in row]),
-        "pair_sum/pass_at_samples": _rate([any(row) for row in pair_right]),
         "react/action_ok": _rate(action_ok),
         "react/final_answer_ok": _rate(final_ok),
         "react/format_ok": _rate([a and f for a, f in zip(action_ok, final_ok, strict=True)]),

@@ -22,11 +22,12 @@ from pathlib import Path
 
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from autocritic.formats import ARITHMETIC_STOP
 from autocritic.offline.complete import complete
 from autocritic.offline.labelling import LabelFn, label_offline
 from autocritic.offline.perturbed import perturbed_rows
 from autocritic.offline.pretrain import BUILD_INFO
-from autocritic.offline.tasks import ARITHMETIC_STOP, SPLITS, Problem, few_shot_prompts, make_splits
+from autocritic.offline.tasks import SPLITS, Problem, few_shot_prompts, make_splits
 
 CARD = "card.json"
 PERTURBED = "perturbed_train.jsonl"

@@ -62,30 +62,14 @@ def make_label_fn(extract: Callable[[str], str | None] = extract_answer) -> Labe
 
 label_final_number: LabelFn = make_label_fn()
 
-_INTEGER = re.compile(r"\d+")
-
-
-def extract_pair(text: str) -> str | None:
-    """A pair-sum answer as "small+large" ("9+4=13" -> "4+9"): exactly two whole numbers on the first line
-    before any "=" (what the sum is said to be does not change which pair was chosen)."""
-    numbers = _INTEGER.findall(text.strip().split("\n", 1)[0].split("=", 1)[0])
-    if len(numbers) != 2:
-        return None
-    low, high = sorted(int(n) for n in numbers)
-    return f"{low}+{high}"
-
-
 def answer_of(problem: Problem, text: str) -> str | None:
     """The answer a response commits to, in the form that equal answers share (majority vote groups by it)."""
-    return extract_pair(text) if problem.family == "pair_sum" else extract_answer(text)
+    return extract_answer(text)
 
 
 def is_right(problem: Problem, text: str) -> bool:
-    """Is this response right for the offline world's problem? Pair sums in either order; numbers by value."""
-    answer = answer_of(problem, text)
-    if problem.family == "pair_sum":
-        return answer is not None and answer == extract_pair(problem.answer)
-    return is_correct(answer, problem.answer)
+    """Is this response right for the offline world's problem? Numbers compare by value."""
+    return is_correct(answer_of(problem, text), problem.answer)
 
 
 label_offline: LabelFn = is_right

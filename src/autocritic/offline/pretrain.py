@@ -1,6 +1,6 @@
 """Pretrain a tiny Falcon from scratch on the generated world, with Lightning, and save it in HF form.
 
-    tasks.iter_documents --tokenize--> pack into rows of seq_len --> FalconForCausalLM (Lightning)
+    documents.iter_documents --tokenize--> pack into rows of seq_len --> FalconForCausalLM (Lightning)
         --> out_dir/{config.json, model.safetensors, tokenizer.json, ..., build_info.json}
 
 `build_info.json` holds a fingerprint of the settings: a second call with the same settings is skipped,
@@ -29,13 +29,12 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset
 from transformers import FalconConfig, FalconForCausalLM, PreTrainedTokenizerFast
 
-from autocritic.offline.tasks import check_mix, document_text, iter_documents
+from autocritic.offline.documents import check_mix, document_text, iter_documents
 from autocritic.offline.tokenizer import save_tokenizer, train_tokenizer
 
 log = logging.getLogger("autocritic")
 
 BUILD_INFO = "build_info.json"
-ADDED_LATER = {"added_later": True}  # field metadata: see settings_fingerprint
 MIX = {"mix": True}  # field metadata: a document mix, whose entries of weight 0 draw nothing (settings_fingerprint)
 LOSS_CURVE_STEPS = 250
 
@@ -44,18 +43,15 @@ LOSS_CURVE_STEPS = 250
 class PretrainSettings:
     seed: int = 3  # see conf/offline/default.yaml
     # Probabilities per document (arithmetic documents are the shortest, summary documents the longest). "copy" documents only
-    # speed up the copying that ReAct inputs and recall rely on (see tasks.copy_document); "summary" documents
-    # teach the summary memory's prompt (see tasks.summary_document); "copy_sentences" the multi-sentence copy
-    # a summary is (without them 7% of two-sentence summaries were right: cpu_pretrain_seeds.md, session 8).
+    # speed up the copying that ReAct inputs and recall rely on (see documents.copy_document); "summary" documents
+    # teach the summary memory's prompt (see documents.summary_document); "copy_sentences" the multi-sentence copy
+    # a summary is (without them the model stops after the first sentence: docs/experiments.md).
     mix: dict[str, float] = field(
         default_factory=lambda: {
             "arithmetic": 0.595, "react": 0.1, "dialogue": 0.08, "summary": 0.12, "copy": 0.035, "copy_sentences": 0.07
         },
         metadata=MIX,
     )
-    # True: a new fact opens the summary (tasks.summary_segments). Off: on 4 seeds it learned summaries better
-    # and arithmetic worse (bench/results/cpu_pretrain_seeds.md, "Summary order").
-    summary_newest_first: bool = field(default=False, metadata=ADDED_LATER)
     tokenizer_documents: int = 20_000
     vocab_size: int = 1024
     hidden_size: int = 128
@@ -68,9 +64,9 @@ class PretrainSettings:
     batch_size: int = 8
     lr: float = 3e-3
     min_lr_ratio: float = 0.1
-    weight_decay: float = 0.1  # 1.0 learns arithmetic on more seeds but copies worse (bench/results/cpu_pretrain_seeds.md)
+    weight_decay: float = 0.1  # 1.0 learns arithmetic on more seeds but copies worse (docs/experiments.md)
     warmup_steps: int = 100
-    max_steps: int = 4000  # 8-12 minutes on 2 idle cores
+    max_steps: int = 4000
     max_minutes: float = 20.0  # caps a far slower machine (the run then anneals by time and differs)
 
     def __post_init__(self) -> None:
@@ -81,21 +77,18 @@ class PretrainSettings:
 
 
 def settings_fingerprint(settings) -> str:
-    """What a build step's skip decision compares: a hash of every field of its settings dataclass, except fields
-    marked ADDED_LATER while they hold their default (which builds the same as before they existed). A mix's
-    entries of weight 0 are left out too: they are never drawn and change no other draw."""
+    """What a build step's skip decision compares: a hash of every field of its settings dataclass. A mix's entries
+    of weight 0 are left out: they are never drawn and change no other draw."""
     values = dataclasses.asdict(settings)
     for f in dataclasses.fields(settings):
-        if f.metadata.get("added_later") and values[f.name] == f.default:
-            del values[f.name]
-        elif f.metadata.get("mix"):
+        if f.metadata.get("mix"):
             values[f.name] = {kind: weight for kind, weight in values[f.name].items() if weight}
     return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
 
 
 class PackedDocuments(IterableDataset):
     """Rows of `seq_len` tokens filled with whole documents, each followed by eos. Labels are -100 on padding
-    and on untrained segments (see `tasks.segments_of`). Documents are never cut, so a dialogue's question
+    and on untrained segments (see `documents.segments_of`). Documents are never cut, so a dialogue's question
     always sees its facts."""
 
     def __init__(self, tokenizer: PreTrainedTokenizerFast, settings: PretrainSettings):
@@ -103,7 +96,7 @@ class PackedDocuments(IterableDataset):
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         documents = iter_documents(
-            self.settings.seed, self.settings.mix, summary_newest_first=self.settings.summary_newest_first
+            self.settings.seed, self.settings.mix
         )
         eos, pad, seq_len = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id, self.settings.seq_len
         pending: list[tuple[list[int], list[int]]] = []
@@ -287,9 +280,7 @@ def build_backbone(
     if out_dir.exists():
         shutil.rmtree(out_dir)
     started = time.perf_counter()
-    documents = iter_documents(
-        settings.seed + 1, settings.mix, summary_newest_first=settings.summary_newest_first
-    )
+    documents = iter_documents(settings.seed + 1, settings.mix)
     tokenizer = train_tokenizer(
         (document_text(next(documents)) for _ in range(settings.tokenizer_documents)), settings.vocab_size
     )

@@ -14,8 +14,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from autocritic.offline.pretrain import ADDED_LATER, MIX, PretrainSettings, settings_fingerprint
-from autocritic.offline.tasks import check_mix, iter_documents
+from autocritic.offline.documents import check_mix, iter_documents
+from autocritic.offline.pretrain import MIX, PretrainSettings, settings_fingerprint
 
 DOCUMENTS = "documents.jsonl"
 INFO = "info.json"
@@ -26,7 +26,6 @@ class ReplaySettings:
     seed: int = 1000  # away from the pretraining seeds: new documents of the same kinds
     documents: int = 8000
     mix: dict[str, float] = field(default_factory=lambda: dict(PretrainSettings().mix), metadata=MIX)
-    summary_newest_first: bool = field(default=False, metadata=ADDED_LATER)  # the backbone's summary layout
 
     def __post_init__(self) -> None:
         check_mix(self.mix)
@@ -45,7 +44,7 @@ def build_replay_documents(settings: ReplaySettings, out_dir: Path, force: bool 
             return documents_file
     out_dir.mkdir(parents=True, exist_ok=True)
     documents = itertools.islice(
-        iter_documents(settings.seed, settings.mix, summary_newest_first=settings.summary_newest_first),
+        iter_documents(settings.seed, settings.mix),
         settings.documents,
     )
     tmp = documents_file.with_suffix(".tmp")  # renamed when complete: a crash leaves no half file

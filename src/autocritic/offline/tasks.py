@@ -1,4 +1,4 @@
-"""Seeded generators for the offline world: arithmetic, ReAct calculator traces, recall dialogues and pair sums.
+"""Seeded generators for the offline world: arithmetic, ReAct calculator traces and recall dialogues.
 
 Every problem has a `key` (its identity: the expression, or the whole conversation) and the split is a
 pure function of that key, so arithmetic and ReAct never share a problem across splits, any generator can
@@ -9,57 +9,35 @@ from __future__ import annotations
 
 import ast
 import hashlib
-import itertools
-import math
 import operator
 import random
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from autocritic.errors import is_of_kind
+from autocritic.formats import (  # the text formats every layer shares; re-exported for the offline world
+    AI_PREFIX,
+    ANSWER_PREFIX,
+    CALCULATOR_NAME,
+    HUMAN_PREFIX,
+    QUESTION_PREFIX,
+    REACT_FIRST_THOUGHT,
+    REACT_LAST_THOUGHT,
+    REACT_TEMPLATE,
+    REACT_TOOLS,
+    SHOT_SEPARATOR,
+    format_number,
+)
 
-FAMILIES = ("arithmetic", "react", "dialogue", "pair_sum")
+FAMILIES = ("arithmetic", "react", "dialogue")
 # Families written in the few-shot layout "Question: ...\nAnswer: ..." (runs of solved problems in pretraining).
-QA_FAMILIES = ("arithmetic", "pair_sum")
-DOCUMENT_KINDS = (*FAMILIES, "summary", "copy", "copy_sentences")  # what a pretraining or replay mix may draw
+QA_FAMILIES = ("arithmetic",)
 SPLITS = ("train", "val", "test")
 # Fraction of non-tiny problems held out, per mille; the salt is fixed so that the seed never moves a
 # problem from one split to another (a backbone and its critic data built with different seeds stay clean).
 TEST_PER_MILLE = 80
 VAL_PER_MILLE = 40
 SPLIT_SALT = "autocritic-offline-v1"
-
-# --- the formats other modules import -------------------------------------------------------------------
-
-QUESTION_PREFIX = "Question: "
-ANSWER_PREFIX = "Answer:"
-SHOT_SEPARATOR = "\n\n"
-ARITHMETIC_STOP = ("\n",)
-
-CALCULATOR_NAME = "Calculator"
-CALCULATOR_DESCRIPTION = "evaluates arithmetic such as (4.5*2.1)**2"
-# LangChain's zero-shot ReAct variables ({tools}, {tool_names}, {input}, {agent_scratchpad}), with a short
-# header: the tiny model reads every token of it, and LangChain's scratchpad ends "Thought: " exactly as here.
-REACT_TEMPLATE = (
-    "Answer the question with a tool.\n"
-    "Tools: {tools}\n"
-    "Tool names: {tool_names}\n\n"
-    "Question: {input}\n"
-    "Thought:{agent_scratchpad}"
-)
-REACT_TOOLS = f"{CALCULATOR_NAME}: {CALCULATOR_DESCRIPTION}"
-REACT_STOP = ("\nObservation",)
-REACT_FIRST_THOUGHT = "I should use the calculator."
-REACT_LAST_THOUGHT = "I now know the final answer."
-
-HUMAN_PREFIX = "Human"
-AI_PREFIX = "AI"
-DIALOGUE_STOP = ("\n",)
-# The compact summary prompt of the evaluation's memory suite: "Summary: {summary}\n{new_lines}\nNew summary:".
-SUMMARY_PREFIX = "Summary:"
-NEW_SUMMARY = "New summary:"
-
 
 @dataclass(frozen=True)
 class Problem:
@@ -80,16 +58,6 @@ class Problem:
 
 
 # --- numbers and the calculator -------------------------------------------------------------------------
-
-
-def format_number(value: float, places: int = 4) -> str:
-    """Deterministic text for a number: rounded to `places` decimals, no trailing zeros, no exponent, no -0."""
-    if isinstance(value, bool) or not math.isfinite(value):
-        raise ValueError(f"cannot format {value!r}")
-    text = f"{float(value):.{places}f}"
-    if "." in text:
-        text = text.rstrip("0").rstrip(".")
-    return "0" if text in ("-0", "") else text
 
 
 _BINARY = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv}
@@ -186,31 +154,6 @@ def arithmetic_problem(rng: random.Random, kinds: Sequence[tuple] = ARITHMETIC_K
         level=level,
         kind=kind,
         expression=expression,
-    )
-
-
-# --- pair sums: checking an answer is one addition, finding it is a search --------------------------------
-
-PAIR_SUM_NUMBERS = 6
-
-
-def pair_sum_problem(rng: random.Random) -> Problem:
-    """"Which two of 7, 2, 9, 4, 1, 5 add up to 13?" -> "9+4=13" (list order). Exactly one pair fits. A verifier
-    checks one single-digit sum and two memberships; a writer must search 15 pairs. This is the asymmetry
-    Cobbe et al. rely on, which plain arithmetic lacks: there, checking an answer means computing it. The
-    answer shows its sum, so the check sits right where the answer is written."""
-    while True:
-        numbers = rng.sample(range(1, 10), PAIR_SUM_NUMBERS)
-        first, second = sorted(rng.sample(range(PAIR_SUM_NUMBERS), 2))
-        target = numbers[first] + numbers[second]
-        if sum(a + b == target for a, b in itertools.combinations(numbers, 2)) == 1:
-            break
-    return Problem(
-        family="pair_sum",
-        question=f"Which two of {', '.join(map(str, numbers))} add up to {target}?",
-        answer=f"{numbers[first]}+{numbers[second]}={target}",
-        level=2,
-        kind="pair_sum",
     )
 
 
@@ -390,7 +333,6 @@ _SAMPLERS: dict[str, Callable[[random.Random], Problem]] = {
     "arithmetic": arithmetic_problem,
     "react": react_problem,
     "dialogue": dialogue_problem,
-    "pair_sum": pair_sum_problem,
 }
 _HELD_OUT_KINDS = [kind for kind in ARITHMETIC_KINDS if kind[3]]
 
@@ -469,168 +411,9 @@ def make_splits(
     return out
 
 
-Segment = tuple[str, bool]
-
-
-def segments_of(problem: Problem) -> list[Segment]:
-    """The training text cut into (text, trained) pieces: the loss covers only what the model must write
-    (answers, ReAct steps, AI turns), never random operands, user facts or the tool's Observation, which
-    nothing can predict and which would only add noise. Pieces are tokenized one by one: cuts after ":"
-    change nothing, and the cut after LangChain's "Thought: " (trailing space) tokenizes exactly as the
-    agent's prompt and the model's continuation will."""
-    if problem.family == "react":
-        assert problem.expression is not None
-        return [
-            (react_prompt(problem.question), False),
-            (react_action(problem.expression) + "\nObservation:", True),
-            (f" {problem.answer}\nThought: ", False),
-            (react_finish(problem.answer), True),
-        ]
-    if problem.family == "dialogue":
-        segments: list[Segment] = []
-        for line in problem.question.split("\n"):
-            speaker, text = line.split(": ", 1)
-            if speaker == AI_PREFIX:
-                segments += [(f"{AI_PREFIX}:", False), (f" {text}\n", True)]
-            else:
-                segments.append((f"{line}\n", False))
-        return segments + [(f"{AI_PREFIX}:", False), (completion_of(problem), True)]
-    return [(prompt_of(problem), False), (completion_of(problem), True)]
-
-
-def copy_document(rng: random.Random) -> list[Segment]:
-    """A list of numbers and words, then the same list again. Not a task anyone asks: dense copying makes the
-    tiny model form the attention that copies (induction heads) far sooner than the sparse copies inside
-    ReAct traces and dialogues do, and those copies are what ReAct and recall need."""
-    words = [w for fact in _FACTS[:4] for w in fact[4]]
-    items = [
-        rng.choice([str(rng.randint(0, 9999)), _decimal(rng, 999), rng.choice(words), rng.choice(_NAMES)])
-        for _ in range(rng.randint(3, 8))
-    ]
-    return copy_segments(" ".join(items))
-
-
-def copy_sentences_document(rng: random.Random) -> list[Segment]:
-    """Two to four of the dialogues' fact sentences, then the same again: the multi-sentence copy a summary is
-    (in a summary, the tiny model tends to stop after the first sentence, where a lone "." is followed by a line
-    break in most of its context)."""
-    facts = rng.sample(_FACTS, rng.randint(2, 4))
-    return copy_segments(" ".join(statement.format(v=rng.choice(values)) for _, statement, _, _, values in facts))
-
-
-def copy_segments(text: str) -> list[Segment]:
-    return [(f"Copy: {text}\nAgain:", False), (f" {text}", True)]
-
-
-def summary_document(rng: random.Random, newest_first: bool = False) -> list[Segment]:
-    """A conversation as `ConversationSummaryMemory` runs it with the evaluation's compact prompt: after each
-    exchange the model writes the new summary (the previous one, then the fact the human just stated, or the other
-    way round with `newest_first`; small talk adds nothing), then a question is answered from the summary alone.
-    Summaries keep the human's own words, so writing one is copying and answering from it is the recall the
-    dialogues teach."""
-    problem, follow_ups = _train_dialogue(rng)
-    return summary_segments(problem, newest_first) + _follow_up_segments(follow_ups)
-
-
-def _train_dialogue(rng: random.Random) -> tuple[Problem, list[tuple[str, str]]]:
-    problem, follow_ups = _dialogue(rng)
-    while split_of(problem) != "train":
-        problem, follow_ups = _dialogue(rng)
-    return problem, follow_ups
-
-
-def _follow_up_segments(follow_ups: Sequence[tuple[str, str]]) -> list[Segment]:
-    """The dialogue's other facts asked back after its answer (more recall per token)."""
-    return [
-        segment
-        for question, reply in follow_ups
-        for segment in (("\n", True), (f"{HUMAN_PREFIX}: {question}\n{AI_PREFIX}:", False), (f" {reply}", True))
-    ]
-
-
-def summary_segments(problem: Problem, newest_first: bool = False) -> list[Segment]:
-    """A dialogue problem through summary memory, as (prompt, target) pairs: each summary prompt and the summary
-    written, the question after the final summary and its answer, and the summary of that last exchange.
-
-    `newest_first`: a new fact opens the new summary, so whether to write it is the first token's decision, next
-    to the human line it comes from. Appended last (False), the model decides after copying the old summary, and
-    a tiny model mostly stops there instead (bench/results/cpu_pretrain_seeds.md, "Summary order")."""
-    *history, question = [line.split(": ", 1)[1] for line in problem.question.split("\n")]
-    summary, document = "", []
-    for human, ai in zip(history[0::2], history[1::2], strict=True):
-        new = next_summary(summary, human, newest_first)
-        document += [
-            (f"{SUMMARY_PREFIX} {summary}\n{HUMAN_PREFIX}: {human}\n{AI_PREFIX}: {ai}\n{NEW_SUMMARY}", False),
-            (f"{new}\n", True),
-        ]
-        summary = new
-    answer = completion_of(problem)
-    return document + [
-        (f"{summary}\n{HUMAN_PREFIX}: {question}\n{AI_PREFIX}:", False),
-        (answer, True),
-        # The memory then summarises the question's exchange too: a question adds nothing.
-        (f"\n{SUMMARY_PREFIX} {summary}\n{HUMAN_PREFIX}: {question}\n{AI_PREFIX}:{answer}\n{NEW_SUMMARY}", False),
-        (f"{summary}\n", True),
-    ]
-
-
-def next_summary(summary: str, human: str, newest_first: bool = False) -> str:
-    """The summary a summary document teaches after the human says `human`: a stated fact is added in the human's
-    own words, anything else leaves it as it was."""
-    if not any(is_statement_of(fact, human) for fact in _FACTS):
-        return summary
-    return f" {human}{summary}" if newest_first else f"{summary} {human}"
-
-
 def is_statement_of(fact: tuple, text: str) -> bool:
     head, _, tail = fact[1].partition("{v}")
     return text.startswith(head) and text.endswith(tail) and text[len(head) : len(text) - len(tail)] in fact[4]
-
-
-def iter_documents(
-    seed: int, weights: dict[str, float], max_shots: int = 4, summary_newest_first: bool = False
-) -> Iterator[list[Segment]]:
-    """An endless stream of training documents as segments, drawn by `weights` over DOCUMENT_KINDS.
-    Arithmetic and pair sums come in runs of 1..max_shots solved problems (the few-shot layout); a dialogue asks back
-    every fact it stated (more recall per token)."""
-    rng = random.Random(f"{seed}|documents")
-    families, probabilities = zip(*weights.items(), strict=True)
-    while True:
-        family = rng.choices(families, probabilities)[0]
-        if family == "copy":
-            yield copy_document(rng)
-            continue
-        if family == "copy_sentences":
-            yield copy_sentences_document(rng)
-            continue
-        if family == "summary":
-            yield summary_document(rng, summary_newest_first)
-            continue
-        if family == "dialogue":
-            problem, follow_ups = _train_dialogue(rng)
-            yield segments_of(problem) + _follow_up_segments(follow_ups)
-            continue
-        document = []
-        for index in range(rng.randint(1, max_shots) if family in QA_FAMILIES else 1):
-            if index:
-                document.append((SHOT_SEPARATOR, True))
-            document += segments_of(sample_problem(family, rng))
-        yield document
-
-
-def check_mix(mix: dict[str, float]) -> None:
-    """A document mix names known kinds with weights ≥ 0 (relative: they need not sum to 1), not all 0."""
-    unknown = sorted(set(mix) - set(DOCUMENT_KINDS))
-    if unknown:
-        raise ValueError(f"mix has unknown document kinds {unknown}: use {list(DOCUMENT_KINDS)}")
-    weights = list(mix.values())
-    numbers = all(is_of_kind(w, (int, float)) for w in weights)
-    if not numbers or any(w < 0 for w in weights) or not any(w > 0 for w in weights):
-        raise ValueError(f"mix={mix}: weights must be numbers ≥ 0, at least one above 0")
-
-
-def document_text(document: Sequence[Segment]) -> str:
-    return "".join(text for text, _ in document)
 
 
 def few_shot_prompts(

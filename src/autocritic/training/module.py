@@ -16,7 +16,6 @@ from autocritic.training.metrics import make_metrics, update_metrics
 from autocritic.training.objectives import (
     ObjectiveSettings,
     critic_loss,
-    group_listwise_loss,
     lm_loss,
     next_token_loss,
     token_value_loss,
@@ -96,10 +95,6 @@ class CriticModule(L.LightningModule):
             if want_values:
                 value_term = token_value_loss(out.values, response, target)
         loss = critic_loss(self.objective, members, target)
-        if self.objective.group_weight and "repeat" in batch:
-            group_term = group_listwise_loss(members, target, batch["repeat"])
-            self.log(f"{split}/group_loss", group_term, batch_size=target.shape[0])
-            loss = loss + self.objective.group_weight * group_term
         batch_size = target.shape[0]
         if lm_term is not None:
             self.log(f"{split}/lm_loss", lm_term, batch_size=batch_size)

@@ -21,7 +21,6 @@ class ObjectiveSettings:
     lm_weight: float = 0.0  # λ of the joint LM loss on good / chosen responses (Cobbe et al.)
     replay_weight: float = 0.0  # weight of the LM loss on replay documents (data.replay_files), finetune only
     value_weight: float = 0.0  # token-level values (Cobbe et al.): BCE of every response token's value, bce only
-    group_weight: float = 0.0  # listwise loss over the answers to one prompt (shared-prompt batches), bce only
     positive_weight: float = 1.0  # bce: weight of the right answers' term (>1 when near misses outnumber them)
 
     def __post_init__(self):
@@ -31,11 +30,6 @@ class ObjectiveSettings:
             raise ConfigError(
                 f"objective.value_weight trains each response token's value on the row's 0/1 label: it needs "
                 f"objective=bce, not {self.kind}. Set objective.value_weight=0."
-            )
-        if self.group_weight and self.kind != "bce":
-            raise ConfigError(
-                f"objective.group_weight ranks the right answers to a prompt above its wrong ones by their 0/1 "
-                f"labels: it needs objective=bce, not {self.kind}. Set objective.group_weight=0."
             )
         if not self.positive_weight > 0:
             raise ConfigError(f"objective.positive_weight must be a positive number, got {self.positive_weight}.")
@@ -68,19 +62,6 @@ def next_token_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     if not (labels != -100).any():
         return logits.sum() * 0.0
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
-
-
-def group_listwise_loss(scores: torch.Tensor, labels: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
-    """Within each group (the answers to one prompt) that holds right and wrong answers: -log of the softmax mass
-    on the right ones. Ranks answers to the same question, which is what best-of-N needs. Mean over such groups
-    (and over head members when scores are (B, M))."""
-    terms = []
-    for group in groups.unique():
-        member = groups == group
-        right = member & (labels >= 0.5)
-        if right.any() and (member & ~right).any():
-            terms.append(torch.logsumexp(scores[member], 0) - torch.logsumexp(scores[right], 0))
-    return torch.stack(terms).mean() if terms else scores.sum() * 0.0
 
 
 def critic_loss(settings: ObjectiveSettings, scores: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
