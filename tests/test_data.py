@@ -123,11 +123,10 @@ GOOD = {"prompt": "Q: 1+1=? A:", "response": "2", "label": 1}
 JSON_LINE = json.dumps(GOOD) + "\n"
 CASES = {
     "missing column": ("jsonl", [{"prompt": "p", "response": "r"}] * 2, "row 1: missing column 'label'"),
-    "missing value": (
-        "jsonl",
-        [GOOD, GOOD, {"prompt": "p", "label": 1}],
-        "row 3: column 'response' has no value",
-    ),
+    "missing key": ("jsonl", [GOOD, GOOD, {"prompt": "p", "label": 1}], "row 3: missing column 'response'"),
+    "null value": ("jsonl", [GOOD, GOOD, GOOD | {"response": None}], "row 3: column 'response' has no value"),
+    "NaN as text": ("jsonl", [GOOD, GOOD | {"label": "NaN"}], "row 2: column 'label' must be a finite number, got 'NaN'"),
+    "NaN score": ("jsonl", [GOOD, GOOD | {"label": float("nan")}], "row 2: column 'label' must be a finite number"),
     "wrong type": ("jsonl", [GOOD, GOOD | {"label": "yes"}], "row 2: column 'label' must be a finite number"),
     "wrong text type": ("jsonl", [GOOD | {"response": 7}], "row 1: column 'response' must be text"),
     "wrong type csv": (
@@ -278,3 +277,11 @@ def test_length_grouped_order_is_a_seeded_permutation_with_less_padding():
     grouped.set_epoch(1)
     second = list(grouped)
     assert second != first and sorted(second) == list(range(640)) and lengths[second[0]] == max(lengths)
+
+
+def test_a_score_that_overflows_float32_training_is_refused_with_file_and_row(tokenizer, tmp_path):
+    rows = [{"prompt": "p", "response": "r", "score": 0.5}, {"prompt": "p", "response": "s", "score": 1e39}]
+    path = write(tmp_path / "scores.jsonl", rows)
+    with pytest.raises(DataError, match=r"row 2: column 'score' is 1e\+39, too large for float32") as error:
+        datamodule(tokenizer, schema="scalar", train_files=[str(path)])
+    assert str(path) in str(error.value)

@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 from omegaconf import DictConfig, open_dict
 
-from autocritic.errors import AutocriticError
+from autocritic.errors import AlreadyDone, AutocriticError
 
 log = logging.getLogger("autocritic")
 
@@ -34,7 +34,8 @@ def quiet_libraries() -> None:
 
 
 def task(job: Callable[[DictConfig], float | None], cfg: DictConfig) -> float | None:
-    """Run `job`; a user mistake ends with its message and exit code 2, never a traceback."""
+    """Run `job`; a user mistake ends with its message and exit code 2 (a diverged run 3, a signal 128 + its
+    number), never a traceback."""
     from hydra.core.hydra_config import HydraConfig
 
     quiet_libraries()
@@ -43,10 +44,17 @@ def task(job: Callable[[DictConfig], float | None], cfg: DictConfig) -> float | 
             cfg.paths.run_dir = HydraConfig.get().runtime.output_dir
     try:
         return job(cfg)
+    except AlreadyDone as done:
+        log.info("%s", done)
+        print(f"autocritic: {done}", file=sys.stderr)
+        return None
+    except KeyboardInterrupt:  # Ctrl+C outside training (Lightning handles it inside)
+        print("\nautocritic: stopped by SIGINT (Ctrl+C); what had been written so far stays.", file=sys.stderr)
+        sys.exit(130)
     except AutocriticError as error:
         log.error("%s", error)
         print(f"\nautocritic: {error}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(getattr(error, "exit_code", 2))
     finally:
         try:
             import wandb

@@ -17,6 +17,24 @@ class CheckpointError(AutocriticError):
     pass
 
 
+class DivergedError(AutocriticError):
+    """Training ran but the model did not learn (exploding or collapsed scores): nothing is exported as a model."""
+
+    exit_code = 3
+
+
+class Interrupted(AutocriticError):
+    """SIGTERM or SIGINT stopped the run; the message says what was saved and how to resume."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class AlreadyDone(Exception):
+    """Nothing to do (e.g. resume=auto after a finished run): said once, exit status 0."""
+
+
 def is_of_kind(value, kinds: tuple[type, ...]) -> bool:
     """isinstance, except that true/false is not a number (bool subclasses int)."""
     return isinstance(value, kinds) and (bool in kinds or not isinstance(value, bool))

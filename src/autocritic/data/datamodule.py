@@ -168,8 +168,8 @@ def read_local_file(path: str) -> list[dict]:
     if file.stat().st_size == 0:
         raise DataError(f"{file} is empty.")
     if builder == "json" and file.suffix.lower() == ".jsonl":
-        scan_json_lines(file)
-    elif builder != "parquet":
+        return scan_json_lines(file)
+    if builder != "parquet":
         scan_text(file)
     if builder == "csv":
         # Every cell as text: pandas' type inference makes a numeric response an int, and one bad label turns the
@@ -196,10 +196,43 @@ def read_hub_split(hub_id: str, split: str) -> list[dict] | None:
         ) from None
 
 
+def read_split(settings: DataSettings, split: str) -> list[dict]:
+    files = as_list(getattr(settings, f"{split}_files"))
+    if files:
+        rows = []
+        for file in files:
+            rows += check_rows(read_local_file(file), settings.schema, settings.columns, file)
+        return rows
+    if settings.hub_id and split in settings.hub_splits:
+        raw = read_hub_split(settings.hub_id, settings.hub_splits[split])
+        where = f"{settings.hub_id}[{settings.hub_splits[split]}]"
+        return [] if raw is None else check_rows(raw, settings.schema, settings.columns, where)
+    return []
+
+
+def read_rows(settings: DataSettings) -> dict[str, list[dict]]:
+    """Every row of every split, checked against the schema (no tokenizer needed: this runs before any build);
+    without a validation split, `val_fraction` of the training rows."""
+    check_schema(settings.schema)
+    rows = {split: read_split(settings, split) for split in SPLITS}
+    if not rows["train"]:
+        raise DataError("no training rows: set data.train_files (json/jsonl/csv/parquet) or data.hub_id.")
+    if not rows["val"]:
+        shuffled = rows["train"][:]
+        random.Random(settings.seed).shuffle(shuffled)
+        n_val = max(1, int(len(shuffled) * settings.val_fraction))
+        rows["val"], rows["train"] = shuffled[:n_val], shuffled[n_val:]
+    return rows
+
+
 class CriticDataModule(L.LightningDataModule):
-    def __init__(self, settings: DataSettings, tokenizer: PreTrainedTokenizerBase):
+    def __init__(
+        self, settings: DataSettings, tokenizer: PreTrainedTokenizerBase, rows: dict[str, list[dict]] | None = None
+    ):
+        """`rows`: the checked rows of `read_rows(settings)`, when the caller has read them already."""
         super().__init__()
         self.settings = settings
+        self.rows = rows
         self.tokenizer = tokenizer
         self.template = Template(settings.template)
         check_schema(settings.schema)
@@ -213,29 +246,10 @@ class CriticDataModule(L.LightningDataModule):
         return self.settings.schema == "pairwise"
 
     # ---- reading and validation: everything is checked before any compute ----
-    def read_split(self, split: str) -> list[dict]:
-        s = self.settings
-        files = as_list(getattr(s, f"{split}_files"))
-        if files:
-            rows = []
-            for file in files:
-                rows += check_rows(read_local_file(file), s.schema, s.columns, file)
-            return rows
-        if s.hub_id and split in s.hub_splits:
-            raw = read_hub_split(s.hub_id, s.hub_splits[split])
-            return [] if raw is None else check_rows(raw, s.schema, s.columns, f"{s.hub_id}[{s.hub_splits[split]}]")
-        return []
-
     def prepare_rows(self) -> dict[str, list[dict]]:
-        rows = {split: self.read_split(split) for split in SPLITS}
-        if not rows["train"]:
-            raise DataError("no training rows: set data.train_files (json/jsonl/csv/parquet) or data.hub_id.")
-        if not rows["val"]:
-            shuffled = rows["train"][:]
-            random.Random(self.settings.seed).shuffle(shuffled)
-            n_val = max(1, int(len(shuffled) * self.settings.val_fraction))
-            rows["val"], rows["train"] = shuffled[:n_val], shuffled[n_val:]
-        return rows
+        if self.rows is None:
+            self.rows = read_rows(self.settings)
+        return self.rows
 
     def setup(self, stage: str | None = None) -> None:
         if self.encoded:

@@ -22,6 +22,7 @@ SCHEMAS: dict[str, tuple[str, ...]] = {
     "pairwise": ("prompt", "chosen", "rejected"),
 }
 TEXT_FIELDS = {"prompt", "response", "chosen", "rejected"}
+LARGEST_VALUE = 1e18  # the squared error of a larger score overflows float32 (3.4e38)
 
 
 def check_schema(schema: str) -> tuple[str, ...]:
@@ -52,13 +53,19 @@ def check_row(row: Mapping, schema: str, columns: Mapping[str, str], where: str)
         else:
             if isinstance(value, bool):
                 value = int(value)
+            written = value
             if isinstance(value, str):  # CSV cells are text
                 try:
                     value = float(value)
                 except ValueError:
                     pass
             if not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise DataError(f"{where}: column {column!r} must be a finite number, got {value!r}.")
+                raise DataError(f"{where}: column {column!r} must be a finite number, got {written!r}.")
+            if abs(value) > LARGEST_VALUE:
+                raise DataError(
+                    f"{where}: column {column!r} is {written!r}, too large for float32 training (its squared error "
+                    f"overflows above {LARGEST_VALUE:.0e}). Rescale the column, e.g. to [0, 1]."
+                )
             if field == "label" and not 0 <= value <= 1:
                 raise DataError(f"{where}: label {value!r} is out of range: labels are 0/1 (or a probability).")
             value = float(value)
@@ -70,8 +77,10 @@ def check_rows(rows: Iterable[Mapping], schema: str, columns: Mapping[str, str],
     return [check_row(row, schema, columns, f"{source}, row {i}") for i, row in enumerate(rows, start=1)]
 
 
-def scan_json_lines(path: Path) -> None:
-    """Name the line of undecodable bytes or broken JSON, which `datasets` would only report vaguely."""
+def scan_json_lines(path: Path) -> list[dict]:
+    """The objects of a JSON-lines file, read as written (no type coercion: `"NaN"` stays the text it is); the line
+    of undecodable bytes or broken JSON is named."""
+    rows = []
     with path.open("rb") as handle:
         for number, raw in enumerate(handle, start=1):
             try:
@@ -86,6 +95,8 @@ def scan_json_lines(path: Path) -> None:
                 raise DataError(f"{path}, line {number}: not valid JSON ({error.msg}, column {error.colno}).") from None
             if not isinstance(value, dict):
                 raise DataError(f"{path}, line {number}: each line must be a JSON object, got {type(value).__name__}.")
+            rows.append(value)
+    return rows
 
 
 def scan_text(path: Path) -> None:

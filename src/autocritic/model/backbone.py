@@ -82,6 +82,11 @@ def load_backbone(
             f"could not load the model {name_or_path!r}: {error}. On a machine without hub access, point "
             "model.name_or_path to a local directory."
         ) from None
+    except Exception as error:  # safetensors' own error for a truncated or corrupt weights file, among others
+        raise ConfigError(
+            f"the weights of {name_or_path!r} could not be read ({type(error).__name__}: {error}): a file may be "
+            "truncated or corrupt. Rebuild or re-download the model (the offline one: python train.py phase=pretrain)."
+        ) from None
     use_fused_attention(model)
     return model
 

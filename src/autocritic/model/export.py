@@ -91,7 +91,15 @@ def read_critic_config(path: str | Path) -> dict:
             f"{path} is not an autocritic export: {CONFIG_NAME} is missing. Exports are written at the end of "
             "`python train.py` into <run dir>/export."
         )
-    config = json.loads(config_file.read_text())
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise CheckpointError(
+            f"{config_file} is damaged ({error}): the export may have been cut short. Use another export, or "
+            "export again (`python train.py ... ckpt=` needs a complete <run dir>/export)."
+        ) from None
+    if not isinstance(config, dict) or not {"backbone", "head", "template"} <= set(config):
+        raise CheckpointError(f"{config_file} lacks backbone, head or template: it is not an autocritic export.")
     if config.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(
             f"{config_file} has format_version {config.get('format_version')}, this autocritic reads "
@@ -102,7 +110,7 @@ def read_critic_config(path: str | Path) -> dict:
 
 def load_head(path: str | Path, backbone: PreTrainedModel, settings: HeadSettings) -> CriticHead:
     head = new_head(backbone, settings)
-    state = load_file(str(Path(path) / HEAD_NAME))
+    state = read_safetensors(Path(path) / HEAD_NAME)
     try:
         head.load_state_dict(state)
     except RuntimeError as error:
@@ -110,6 +118,18 @@ def load_head(path: str | Path, backbone: PreTrainedModel, settings: HeadSetting
             f"the head in {path} does not fit this backbone (hidden size {backbone.config.hidden_size}): {error}"
         ) from None
     return head
+
+
+def read_safetensors(file: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file; a missing or damaged file is a CheckpointError naming it."""
+    if not file.is_file():
+        raise CheckpointError(f"{file} is missing: the export is incomplete. Use another export, or export again.")
+    try:
+        return load_file(str(file))
+    except Exception as error:  # safetensors raises its own error type for a truncated or corrupt file
+        raise CheckpointError(
+            f"{file} is damaged ({error}): it may have been cut short. Use another export, or export again."
+        ) from None
 
 
 def load_critic(
@@ -126,7 +146,13 @@ def load_critic(
     if mode == "lora":
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, str(path / "adapter"))
+        try:
+            model = PeftModel.from_pretrained(model, str(path / "adapter"))
+        except Exception as error:  # a missing or truncated adapter file
+            raise CheckpointError(
+                f"the LoRA adapter in {path / 'adapter'} could not be read ({type(error).__name__}: {error}). Use "
+                "another export, or export again."
+            ) from None
         model = model.merge_and_unload() if merge else model
     return LoadedCritic(
         model=model.to(device).eval(), tokenizer=load_tokenizer(str(path)), template=config["template"], config=config

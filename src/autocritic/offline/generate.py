@@ -26,7 +26,7 @@ from autocritic.formats import ARITHMETIC_STOP
 from autocritic.offline.complete import complete
 from autocritic.offline.labelling import LabelFn, label_offline
 from autocritic.offline.perturbed import perturbed_rows
-from autocritic.offline.pretrain import BUILD_INFO
+from autocritic.offline.pretrain import BUILD_INFO, recorded_fingerprint
 from autocritic.offline.tasks import SPLITS, Problem, few_shot_prompts, make_splits
 
 CARD = "card.json"
@@ -59,9 +59,9 @@ def backbone_fingerprint(backbone_dir: Path) -> str:
     """The build fingerprint of an offline backbone; for any other model, its config and weight file sizes
     (hashing gigabytes of weights would cost more than the generation)."""
     backbone_dir = Path(backbone_dir)
-    info = backbone_dir / BUILD_INFO
-    if info.is_file():
-        return json.loads(info.read_text())["fingerprint"]
+    recorded = recorded_fingerprint(backbone_dir / BUILD_INFO)
+    if recorded is not None:
+        return recorded
     digest = hashlib.sha256((backbone_dir / "config.json").read_bytes())
     for path in sorted(backbone_dir.glob("*.safetensors")) + sorted(backbone_dir.glob("*.bin")):
         digest.update(f"{path.name}:{path.stat().st_size}".encode())
@@ -83,11 +83,7 @@ def _fingerprint(
 
 
 def is_built(out_dir: Path, fingerprint: str) -> bool:
-    card = Path(out_dir) / CARD
-    return (
-        all(path.is_file() for path in output_files(out_dir))
-        and json.loads(card.read_text()).get("fingerprint") == fingerprint
-    )
+    return all(path.is_file() for path in output_files(out_dir)) and recorded_fingerprint(Path(out_dir) / CARD) == fingerprint
 
 
 def _write_jsonl(path: Path, rows: Sequence[dict]) -> None:

@@ -31,6 +31,7 @@ from transformers import FalconConfig, FalconForCausalLM, PreTrainedTokenizerFas
 
 from autocritic.offline.documents import check_mix, document_text, iter_documents
 from autocritic.offline.tokenizer import save_tokenizer, train_tokenizer
+from autocritic.signals import SaveOnSignal, interrupted
 
 log = logging.getLogger("autocritic")
 
@@ -219,9 +220,35 @@ def make_model(settings: PretrainSettings, tokenizer: PreTrainedTokenizerFast) -
     return FalconForCausalLM(config)
 
 
+def recorded_fingerprint(record: Path) -> str | None:
+    """The fingerprint a finished build step wrote last; None when the record is missing or damaged (the step is
+    then built again rather than trusted)."""
+    try:
+        value = json.loads(record.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return value.get("fingerprint") if isinstance(value, dict) else None
+
+
+def weights_readable(file: Path) -> bool:
+    """A safetensors file whose header and data agree (a truncated file does not)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(file), framework="pt") as handle:
+            handle.keys()
+    except Exception:  # safetensors' own error type for a truncated or corrupt file
+        return False
+    return True
+
+
 def is_built(out_dir: Path, fingerprint: str) -> bool:
-    info = out_dir / BUILD_INFO
-    return info.is_file() and json.loads(info.read_text()).get("fingerprint") == fingerprint
+    if recorded_fingerprint(out_dir / BUILD_INFO) != fingerprint:
+        return False
+    if not weights_readable(out_dir / "model.safetensors"):
+        log.warning("offline backbone %s: model.safetensors is damaged, building it again", out_dir)
+        return False
+    return True
 
 
 def train_model(
@@ -230,7 +257,9 @@ def train_model(
     """Fit a fresh model on the document stream; returns it with the figures of the run."""
     L.seed_everything(settings.seed, verbose=False)
     module = PretrainModule(make_model(settings, tokenizer), settings)
+    on_signal = SaveOnSignal(None)
     trainer = L.Trainer(
+        callbacks=[on_signal],
         accelerator="cpu",
         devices=1,
         max_steps=settings.max_steps,
@@ -244,7 +273,8 @@ def train_model(
     )
     loader = DataLoader(PackedDocuments(tokenizer, settings), batch_size=settings.batch_size)
     started = time.perf_counter()
-    trainer.fit(module, loader)
+    with interrupted(on_signal, start_again="the same command again (the build starts over)"):
+        trainer.fit(module, loader)
     seconds = time.perf_counter() - started
     window = max(1, min(50, len(module.losses) // 4))
     stats = {

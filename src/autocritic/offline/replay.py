@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from autocritic.offline.documents import check_mix, iter_documents
-from autocritic.offline.pretrain import MIX, PretrainSettings, settings_fingerprint
+from autocritic.offline.pretrain import MIX, PretrainSettings, recorded_fingerprint, settings_fingerprint
 
 DOCUMENTS = "documents.jsonl"
 INFO = "info.json"
@@ -39,9 +39,8 @@ def build_replay_documents(settings: ReplaySettings, out_dir: Path, force: bool 
     out_dir = Path(out_dir)
     info_file, documents_file = out_dir / INFO, out_dir / DOCUMENTS
     fingerprint = settings.fingerprint()
-    if not force and info_file.is_file() and documents_file.is_file():
-        if json.loads(info_file.read_text()).get("fingerprint") == fingerprint:
-            return documents_file
+    if not force and documents_file.is_file() and recorded_fingerprint(info_file) == fingerprint:
+        return documents_file
     out_dir.mkdir(parents=True, exist_ok=True)
     documents = itertools.islice(
         iter_documents(settings.seed, settings.mix),

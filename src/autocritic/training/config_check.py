@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from autocritic.errors import ConfigError, invalid_value, is_of_kind
 from autocritic.tracking import is_wandb, wandb_mode
@@ -15,6 +15,22 @@ PHASES = ("transfer", "finetune", "pretrain", "generate")
 
 def positive(x) -> bool:
     return x > 0
+
+
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu", "xpu")
+PRECISIONS = ("32", "32-true", "64", "64-true", "16", "16-mixed", "16-true", "bf16", "bf16-mixed", "bf16-true")
+
+
+def batch_limit(x) -> bool:
+    return 0 < x <= 1 if isinstance(x, float) else x >= 1
+
+
+def device_spec(x) -> bool:
+    if isinstance(x, list):
+        return bool(x) and all(is_of_kind(i, (int,)) and i >= 0 for i in x)
+    if isinstance(x, str):
+        return x == "auto" or x.lstrip("-").isdigit()
+    return x >= 1 or x == -1
 
 
 def fraction(x) -> bool:
@@ -61,6 +77,22 @@ RULES: dict[str, tuple[tuple[type, ...], Callable | None, str]] = {
     "peft.mode": ((str,), lambda x: x in ("none", "lora"), "none or lora"),
     "peft.r": ((int,), positive, "a positive integer"),
     "peft.alpha": ((int, float), positive, "a positive number"),
+    "export_diverged": ((bool,), None, "true or false"),
+    "progress_bar": ((str,), lambda x: x in ("rich", "tqdm", "none"), "rich, tqdm or none"),
+    "trainer.max_epochs": ((int,), positive, "a positive integer"),
+    "trainer.accumulate_grad_batches": ((int,), positive, "a positive integer"),
+    "trainer.gradient_clip_val": ((float, int), lambda x: x >= 0, "a number ≥ 0 (0 turns clipping off)"),
+    "trainer.log_every_n_steps": ((int,), positive, "a positive integer"),
+    "trainer.num_sanity_val_steps": ((int,), lambda x: x >= -1, "an integer ≥ -1"),
+    "trainer.deterministic": ((bool, str), lambda x: x in (True, False, "warn"), "true, false or warn"),
+    "trainer.fast_dev_run": ((bool, int), lambda x: x is True or x is False or x >= 1, "true, false or a number of batches"),
+    "trainer.limit_train_batches": ((int, float), batch_limit, "a number of batches (≥ 1) or a fraction in (0, 1]"),
+    "trainer.limit_val_batches": ((int, float), batch_limit, "a number of batches (≥ 1) or a fraction in (0, 1]"),
+    "trainer.accelerator": ((str,), lambda x: x in ACCELERATORS, f"one of {list(ACCELERATORS)}"),
+    "trainer.precision": ((str, int), lambda x: str(x) in PRECISIONS, f"one of {list(PRECISIONS)}"),
+    "trainer.devices": ((int, str, list), device_spec, "a positive integer, -1, auto, or a list of device indices"),
+    "checkpoint.save_top_k": ((int,), lambda x: x >= -1, "an integer ≥ -1 (-1 keeps every epoch, 0 none)"),
+    "checkpoint.every_n_train_steps": ((int,), positive, "a positive integer, or null"),
 }
 
 
@@ -68,9 +100,29 @@ def check_value(cfg: DictConfig, key: str) -> None:
     value = OmegaConf.select(cfg, key, default=None)
     if value is None:
         return
+    if isinstance(value, ListConfig):
+        value = OmegaConf.to_container(value)
     kinds, predicate, expected = RULES[key]
     if not is_of_kind(value, kinds) or (predicate is not None and not predicate(value)):
         raise invalid_value(key, value, expected, f"Override it, e.g. `{key}=<value>`.")
+
+
+def check_trainer_keys(cfg: DictConfig) -> None:
+    """A key Lightning's Trainer does not take (added with +trainer.<key>) fails here, not deep in its constructor."""
+    import inspect
+
+    import lightning
+
+    section = cfg.get("trainer")
+    if not isinstance(section, DictConfig):
+        return
+    accepted = set(inspect.signature(lightning.Trainer.__init__).parameters) - {"self"}
+    unknown = sorted(k for k in section if k != "_target_" and k not in accepted)
+    if unknown:
+        raise ConfigError(
+            f"trainer has keys Lightning's Trainer does not take: {unknown}. Remove them, or see "
+            "https://lightning.ai/docs/pytorch/stable/common/trainer.html for its arguments."
+        )
 
 
 def check_config(cfg: DictConfig) -> None:
@@ -79,10 +131,16 @@ def check_config(cfg: DictConfig) -> None:
         raise ConfigError(f"phase={phase!r} is unknown: use one of {list(PHASES)}, e.g. `python train.py phase=transfer`.")
     for key in RULES:
         check_value(cfg, key)
+    check_trainer_keys(cfg)
     if is_wandb(cfg.get("logger")):
         wandb_mode(cfg.logger.get("offline", True))  # an online run without a key fails here, before any compute
     if phase in ("pretrain", "generate"):
         return
+    if cfg.get("ckpt") and OmegaConf.select(cfg, "phase.init_from") is None:
+        raise ConfigError(
+            f"ckpt={cfg.ckpt!r} is read by phases that start from an export (phase=finetune); phase={phase} starts "
+            "a new head. Remove ckpt=, or use phase=finetune ckpt=<export dir>."
+        )
     head_kind, window = OmegaConf.select(cfg, "head.kind"), OmegaConf.select(cfg, "head.window", default=1)
     if head_kind != "attention" and window != 1:
         raise ConfigError(

@@ -183,7 +183,11 @@ def load_or_compute(
     file = Path(cache_dir) / f"{key}.safetensors"
     features = None
     if file.is_file():
-        features = load_file(str(file))
+        try:
+            features = load_file(str(file))
+        except Exception as error:  # truncated or corrupt: rebuilt below, never trusted
+            log.warning("feature cache %s is unreadable (%s): computing it again", file, error)
+            features = {}
         if not all(len(features.get(s, ())) == len(datamodule.encoded[s]) for s in SPLITS if datamodule.encoded.get(s)):
             features = None
     if (features is not None) if ranks is None else ranks.all_agree(features is not None):

@@ -104,9 +104,8 @@ class CriticModule(L.LightningModule):
             loss = loss + self.objective.value_weight * value_term
         if not torch.isfinite(loss):
             raise NonFiniteLossError(
-                f"the {split} loss became {loss.item()} at step {self.global_step}: training stopped. The last "
-                "good checkpoint (last.ckpt) is intact. Lower the learning rate (phase.lr), enable gradient "
-                "clipping (trainer.gradient_clip_val), or use precision=32."
+                f"the {split} loss became {loss.item()} at step {self.global_step}: training stopped. Lower the "
+                "learning rate (phase.lr), enable gradient clipping (trainer.gradient_clip_val), or use precision=32;"
             )
         metrics = self.metrics[f"{split}_"]
         update_metrics(metrics, self.objective.kind, scores, target, batch.get("group"))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+from contextlib import contextmanager
 from pathlib import Path
 
 import lightning as L
@@ -17,7 +18,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar, TQDMPr
 from omegaconf import DictConfig, OmegaConf
 
 from autocritic.data.datamodule import CriticDataModule, DataSettings, as_list
-from autocritic.errors import CheckpointError, ConfigError
+from autocritic.errors import ConfigError, DivergedError
 from autocritic.model.backbone import (
     LoraSettings,
     apply_lora,
@@ -28,52 +29,19 @@ from autocritic.model.backbone import (
     load_tokenizer,
 )
 from autocritic.model.critic import CriticModel
-from autocritic.model.export import CONFIG_NAME, load_head, read_critic_config, save_critic
+from autocritic.model.export import load_head, read_critic_config, save_critic
 from autocritic.model.head import HeadSettings
 from autocritic.settings import settings_from
+from autocritic.signals import SaveOnSignal, interrupted
 from autocritic.tracking import is_wandb, wandb_mode
 from autocritic.training.config_check import check_config
+from autocritic.training.divergence import LossWatch, divergence
 from autocritic.training.feature_cache import FEATURES, Ranks, cache_key, load_or_compute
-from autocritic.training.module import CriticModule, OptimSettings
+from autocritic.training.module import CriticModule, NonFiniteLossError, OptimSettings
 from autocritic.training.objectives import ObjectiveSettings
+from autocritic.training.preflight import METRICS_NAME, preflight, uses_offline_backbone, uses_offline_data
 
 log = logging.getLogger("autocritic")
-
-
-def latest(pattern: str, root: Path) -> Path | None:
-    found = sorted(root.glob(pattern), key=lambda p: p.stat().st_mtime)
-    return found[-1] if found else None
-
-
-def find_start_export(cfg: DictConfig) -> Path | None:
-    """phase=finetune starts from `ckpt` or, if unset, the latest transfer export."""
-    if cfg.phase.init_from is None:
-        return None
-    if cfg.ckpt:
-        path = Path(cfg.ckpt)
-        read_critic_config(path)
-        return path
-    found = latest(f"{cfg.phase.init_from}/*/export/{CONFIG_NAME}", Path(cfg.paths.outputs))
-    if found is None:
-        raise CheckpointError(
-            f"phase={cfg.phase.name} starts from a {cfg.phase.init_from} checkpoint, but none was found under "
-            f"{cfg.paths.outputs}/{cfg.phase.init_from}/. Run `python train.py phase={cfg.phase.init_from}` first, "
-            "or pass ckpt=<export dir>."
-        )
-    return found.parent
-
-
-def find_resume(cfg: DictConfig) -> str | None:
-    if cfg.resume in (None, "", "none"):
-        return None
-    if cfg.resume == "auto":
-        found = latest(f"{cfg.phase.name}/*/checkpoints/last.ckpt", Path(cfg.paths.outputs))
-        if found is None:
-            log.info("resume=auto: no earlier %s run to resume, starting fresh", cfg.phase.name)
-        return str(found) if found else None
-    if not Path(cfg.resume).is_file():
-        raise CheckpointError(f"resume={cfg.resume!r} is not a file: pass a last.ckpt path or resume=auto.")
-    return str(cfg.resume)
 
 
 def data_settings(cfg: DictConfig) -> DataSettings:
@@ -234,9 +202,20 @@ def gathered_critic(
     return critic
 
 
+@contextmanager
+def stopped_on_non_finite(last_checkpoint: Path):
+    """A non-finite loss stops training; the message says which checkpoint, if any, holds the last good state."""
+    try:
+        yield
+    except NonFiniteLossError as error:
+        kept = f"{last_checkpoint} is intact" if last_checkpoint.is_file() else "no checkpoint had been written yet"
+        raise NonFiniteLossError(f"{error} {kept}.") from None
+
+
 def ensure_offline_inputs(cfg: DictConfig) -> None:
-    """The offline default builds its backbone and critic data on first use."""
-    if not (cfg.model.get("offline_default") or cfg.data.get("offline_default")):
+    """The offline default builds its backbone and critic data on first use, when this run uses them."""
+    backbone, data = uses_offline_backbone(cfg), uses_offline_data(cfg)
+    if not (backbone or data):
         return
     from autocritic.offline.pipeline import (
         ensure_backbone,
@@ -245,9 +224,9 @@ def ensure_offline_inputs(cfg: DictConfig) -> None:
         offline_replay_file,
     )
 
-    if cfg.model.get("offline_default"):
+    if backbone:
         ensure_backbone(cfg, force=False)
-    if cfg.data.get("offline_default"):
+    if data:
         ensure_critic_data(cfg, force=False)
         if replays(cfg) and str(offline_replay_file(cfg)) in as_list(cfg.data.replay_files):
             ensure_replay_documents(cfg, force=False)
@@ -260,37 +239,54 @@ def train(cfg: DictConfig) -> float | None:
         from autocritic.offline.pipeline import run_offline_phase
 
         return run_offline_phase(cfg)
-    ensure_offline_inputs(cfg)
-    start = find_start_export(cfg)
-    resume = find_resume(cfg)
+    data = data_settings(cfg)
+    checked = preflight(cfg, data)  # paths, checkpoints and every row of the user's files, in seconds
+    ensure_offline_inputs(cfg)  # builds the offline default when this run uses it
     L.seed_everything(cfg.seed, workers=True)
 
     tokenizer = load_tokenizer(cfg.model.name_or_path, cfg.model.trust_remote_code)
-    datamodule = CriticDataModule(data_settings(cfg), tokenizer)
-    datamodule.setup()  # reads and validates every row before the model is loaded
+    datamodule = CriticDataModule(data, tokenizer, rows=checked.rows)
+    datamodule.setup()  # every row read and checked before the model is loaded
     objective = objective_settings(cfg)
     cached = cfg.phase.freeze_backbone and cfg.phase.cache_features
-    critic, head_settings = build_critic(cfg, start)
+    critic, head_settings = build_critic(cfg, checked.start)
 
     module = CriticModule(critic, objective, optim_settings(cfg), backbone_frozen=cfg.phase.freeze_backbone)
-    trainer, checkpoint = build_trainer(cfg, run_dir, [FeatureCache(cfg, critic)] if cached else None)
+    last_checkpoint = run_dir / "checkpoints" / "last.ckpt"
+    on_signal, watch = SaveOnSignal(last_checkpoint), LossWatch()
+    callbacks = [on_signal, watch, *([FeatureCache(cfg, critic)] if cached else [])]
+    trainer, checkpoint = build_trainer(cfg, run_dir, callbacks)
     params = {f"params/{k}": v for k, v in count_parameters(critic).items()}
     log.info("parameters: %s", ", ".join(f"{k.split('/')[1]} {v:,}" for k, v in params.items()))
     if trainer.logger:
         trainer.logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True) | params | datamodule.stats)
 
-    trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
+    resume_hint = f"python train.py phase={cfg.phase.name} resume={last_checkpoint}"
+    with interrupted(on_signal, resume_hint), stopped_on_non_finite(last_checkpoint):
+        trainer.fit(module, datamodule=datamodule, ckpt_path=checked.resume)
     best_score = checkpoint.best_model_score  # the monitored validation metric, before test() resets the metrics
     best = checkpoint.best_model_path or None
     if cfg.trainer.fast_dev_run:
         best = None  # fast_dev_run saves no checkpoint
-    tested = trainer.test(module, datamodule=datamodule, ckpt_path=best, weights_only=False) if best else trainer.test(module, datamodule=datamodule)
+    with interrupted(on_signal, resume_hint):
+        tested = trainer.test(module, datamodule=datamodule, ckpt_path=best, weights_only=False) if best else trainer.test(module, datamodule=datamodule)
     metrics = tested[0] if tested else {}
     monitor = cfg.objective.monitor
     value = best_score if best_score is not None else trainer.callback_metrics.get(monitor)
-    exported = gathered_critic(cfg, trainer, module, start)
+    diverged = divergence(watch, metrics)
+    if diverged and not cfg.export_diverged:
+        if trainer.is_global_zero:
+            (run_dir / METRICS_NAME).write_text(json.dumps(metrics | {"diverged": diverged}, indent=2))
+        raise DivergedError(
+            f"the run diverged: {diverged}. Nothing was exported; the checkpoints are in {run_dir / 'checkpoints'}. "
+            "Lower phase.lr, keep gradient clipping on (trainer.gradient_clip_val), or check the labels; "
+            "export_diverged=true exports it anyway."
+        )
+    exported = gathered_critic(cfg, trainer, module, checked.start)
     if exported is None:
         return None  # one export per run, written by rank 0
+    if diverged:
+        log.warning("the run diverged (%s); exported anyway (export_diverged=true)", diverged)
     backbone_mode = "frozen" if cfg.phase.freeze_backbone else ("lora" if cfg.peft.mode == "lora" else "full")
     export = save_critic(
         exported,
@@ -300,8 +296,8 @@ def train(cfg: DictConfig) -> float | None:
         head_settings=head_settings,
         template=cfg.data.template,
         backbone_mode=backbone_mode,
-        extra={"phase": cfg.phase.name, "test_metrics": metrics, "started_from": str(start) if start else None},
+        extra={"phase": cfg.phase.name, "test_metrics": metrics, "started_from": str(checked.start) if checked.start else None},
     )
-    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    (run_dir / METRICS_NAME).write_text(json.dumps(metrics | ({"diverged": diverged} if diverged else {}), indent=2))
     log.info("export written to %s", export)
     return float(value) if value is not None else None
