@@ -4,9 +4,8 @@
         --> out_dir/{config.json, model.safetensors, tokenizer.json, ..., build_info.json}
 
 `build_info.json` holds a fingerprint of the settings: a second call with the same settings is skipped,
-a call with other settings rebuilds. The budget is a step count (the result is reproducible bit for bit) capped
-by wall time (a busy machine cannot hold the chain hostage; build_info then says the run annealed by time or
-stopped early).
+a call with other settings rebuilds. The budget is a step count, never wall time: a slow machine takes longer and
+builds the same weights (bit for bit with the same software and thread count).
 """
 
 from __future__ import annotations
@@ -29,6 +28,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset
 from transformers import FalconConfig, FalconForCausalLM, PreTrainedTokenizerFast
 
+from autocritic.errors import ConfigError
 from autocritic.offline.documents import check_mix, document_text, iter_documents
 from autocritic.offline.tokenizer import save_tokenizer, train_tokenizer
 from autocritic.signals import SaveOnSignal, interrupted
@@ -38,6 +38,11 @@ log = logging.getLogger("autocritic")
 BUILD_INFO = "build_info.json"
 MIX = {"mix": True}  # field metadata: a document mix, whose entries of weight 0 draw nothing (settings_fingerprint)
 LOSS_CURVE_STEPS = 250
+REPORT_STEPS = 500
+
+
+class PretrainTooSlow(ConfigError):
+    """A `max_minutes` cap the run is on pace to exceed."""
 
 
 @dataclass(frozen=True)
@@ -68,7 +73,9 @@ class PretrainSettings:
     weight_decay: float = 0.1  # 1.0 learns arithmetic on more seeds but copies worse (docs/experiments.md)
     warmup_steps: int = 100
     max_steps: int = 4000
-    max_minutes: float = 20.0  # caps a far slower machine (the run then anneals by time and differs)
+    # None: no cap. A cap stops a run on pace to exceed it with an error; it never changes the weights, so the
+    # fingerprint records it as the value builds before the cap became an error had (FINGERPRINT_AS).
+    max_minutes: float | None = field(default=None, metadata={"fingerprint_as": 20.0})
 
     def __post_init__(self) -> None:
         check_mix(self.mix)
@@ -79,10 +86,13 @@ class PretrainSettings:
 
 def settings_fingerprint(settings) -> str:
     """What a build step's skip decision compares: a hash of every field of its settings dataclass. A mix's entries
-    of weight 0 are left out: they are never drawn and change no other draw."""
+    of weight 0 are left out: they are never drawn and change no other draw. A field that cannot change the build
+    (metadata `fingerprint_as`) is hashed as that constant, so earlier builds stay valid."""
     values = dataclasses.asdict(settings)
     for f in dataclasses.fields(settings):
-        if f.metadata.get("mix"):
+        if "fingerprint_as" in f.metadata:
+            values[f.name] = f.metadata["fingerprint_as"]
+        elif f.metadata.get("mix"):
             values[f.name] = {kind: weight for kind, weight in values[f.name].items() if weight}
     return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -143,7 +153,7 @@ class PretrainModule(L.LightningModule):
         self.losses: list[float] = []
         self.tokens = 0
         self.trained_tokens = 0
-        self.annealed_by_time = False
+        self.started = time.perf_counter()
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         # Padding sits at the end of each row, after every real token, so causal attention never reads it.
@@ -165,39 +175,40 @@ class PretrainModule(L.LightningModule):
             lr=self.settings.lr,
             betas=(0.9, 0.95),
         )
-        self.started = self.warm_until = time.perf_counter()
+        self.started = time.perf_counter()
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self.schedule)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def schedule(self, step: int) -> float:
-        """Linear warmup, then cosine decay over `max_steps`: a function of the step alone, so a run is
-        reproducible bit for bit. Only on a machine too slow to reach `max_steps` within `max_minutes` (checked
-        every 100 steps from the pace so far) it switches, once, to decaying by wall time as well, so that the
-        learning rate has annealed when the cap stops the run; build_info then says `annealed_by_time`."""
+        """Linear warmup, then cosine decay over `max_steps`: a function of the step alone, so the weights are the
+        same on a fast and a slow machine (bit for bit with the same software and thread count)."""
         s = self.settings
-        now = time.perf_counter()
         if step < s.warmup_steps:
-            self.warm_until = now
             return (step + 1) / s.warmup_steps
-        done = step - s.warmup_steps
-        budget = s.max_minutes * 60 - (self.warm_until - self.started)  # seconds left after the warmup
-        if not self.annealed_by_time and done >= 100 and done % 100 == 0:
-            pace = (now - self.warm_until) / done
-            self.annealed_by_time = pace * (s.max_steps - s.warmup_steps) > budget
-            if self.annealed_by_time:
-                needed = (self.warm_until - self.started + pace * (s.max_steps - s.warmup_steps)) / 60
-                log.warning(
-                    "pretraining is on pace for %.1f minutes, over offline.pretrain.max_minutes=%s: from step %d "
-                    "the learning rate also decays by wall time and the run stops at the cap, so these weights "
-                    "will differ from a full %d-step build. For those, rerun with offline.pretrain.max_minutes=%d "
-                    "on an idle machine.",
-                    needed, s.max_minutes, step, s.max_steps, math.ceil(needed * 1.2),
-                )
-        progress = done / max(1, s.max_steps - s.warmup_steps)
-        if self.annealed_by_time:
-            progress = max(progress, (now - self.warm_until) / max(budget, 1e-9))
-        progress = min(1.0, progress)
+        progress = min(1.0, (step - s.warmup_steps) / max(1, s.max_steps - s.warmup_steps))
         return s.min_lr_ratio + (1 - s.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        self.report(self.global_step)
+
+    def report(self, step: int) -> None:
+        """Every REPORT_STEPS steps: the pace and an estimate of the time left; with `max_minutes`, a run on pace to
+        exceed it stops with a clear error instead of building other weights."""
+        s = self.settings
+        if step % REPORT_STEPS or step == 0:
+            return
+        elapsed = time.perf_counter() - self.started
+        left = elapsed / step * (s.max_steps - step)
+        log.info(
+            "pretraining: step %d of %d, %.0f tokens/s, about %.1f min left", step, s.max_steps, self.tokens / elapsed, left / 60
+        )
+        if s.max_minutes is not None and (elapsed + left) / 60 > s.max_minutes:
+            raise PretrainTooSlow(
+                f"pretraining is on pace for {(elapsed + left) / 60:.1f} minutes, over offline.pretrain.max_minutes="
+                f"{s.max_minutes}. The default build is defined by its {s.max_steps} steps, so a cap cannot shorten it "
+                "without building other weights: unset the cap (offline.pretrain.max_minutes=null) and let it take "
+                "longer, or run on a less busy machine."
+            )
 
 
 def make_model(settings: PretrainSettings, tokenizer: PreTrainedTokenizerFast) -> FalconForCausalLM:
@@ -263,7 +274,6 @@ def train_model(
         accelerator="cpu",
         devices=1,
         max_steps=settings.max_steps,
-        max_time={"minutes": settings.max_minutes},
         gradient_clip_val=1.0,
         logger=False,
         enable_checkpointing=False,
@@ -280,8 +290,6 @@ def train_model(
     stats = {
         "parameters": sum(p.numel() for p in module.model.parameters()),
         "steps": trainer.global_step,
-        "stopped_early": trainer.global_step < settings.max_steps,
-        "annealed_by_time": module.annealed_by_time,
         "train_seconds": round(seconds, 1),
         "tokens": module.tokens,
         "tokens_per_second": round(module.tokens / seconds),
