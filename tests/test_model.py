@@ -218,17 +218,33 @@ def test_a_window_head_scores_the_last_window_states_alone(tiny_backbone, tokeni
     assert fewer.item() != pytest.approx(by_hand.item(), abs=1e-6)  # every slot of the window is read
 
 
-def test_a_window_head_reads_its_top_layer_at_the_last_slot_only():
-    """The top layer computes the last slot alone (the only output the head uses): the same as the whole stack."""
+def test_window_layers_are_pytorchs_encoder_layers_and_load_their_weights():
+    """The layers compute `nn.TransformerEncoder` (pre-norm, relu) with its parameter names, the top layer at the
+    last slot alone: heads saved with PyTorch's layers load and score the same."""
     head = CriticHead(64, dataclasses.replace(TOKENS, layers=3), vocab_size=50).eval()
-    perturb(head)
+    width = TOKENS.hidden_dim
+    layer = torch.nn.TransformerEncoderLayer(width, TOKENS.attention_heads, 4 * width, 0.1, batch_first=True, norm_first=True)
+    reference = torch.nn.TransformerEncoder(layer, 3, enable_nested_tensor=False).eval()
+    perturb(reference)
+    head.layers.load_state_dict(reference.state_dict())  # same names, same shapes
     states, ids = torch.randn(4, TOKENS.window, 64), torch.randint(0, 50, (4, TOKENS.window))
     mask = torch.ones(4, TOKENS.window, dtype=torch.bool)
     mask[0, :3] = False  # a short row, left-padded
     with torch.no_grad():
         x = head.project(states) + head.position + head.embed(ids)
-        whole = head.layers(x, src_key_padding_mask=~mask)[:, -1]
+        whole = reference(x, src_key_padding_mask=~mask)[:, -1]
         assert (head._read_window(states, mask, ids) - whole).abs().max() <= TOL
+
+
+def test_window_dropout_keeps_the_expected_value_and_drops_at_its_rate():
+    from autocritic.model.window import dropout
+
+    torch.manual_seed(0)
+    x = torch.ones(200_000)
+    dropped = dropout(x, 0.1, training=True)
+    assert (dropped == 0).float().mean().item() == pytest.approx(0.1, abs=0.005)
+    assert dropped.mean().item() == pytest.approx(1.0, abs=0.01)
+    assert torch.equal(dropout(x, 0.1, training=False), x)
 
 
 def test_a_tokens_head_reads_the_ids_of_its_window(tiny_backbone, tokenizer):

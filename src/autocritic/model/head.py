@@ -20,6 +20,8 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
+from autocritic.model.window import WindowEncoder
+
 CONFIDENCE_FEATURES = 2  # mean and min log-probability of the response tokens
 KINDS = ("linear", "mlp", "attention")
 
@@ -36,6 +38,8 @@ class HeadSettings:
     attention_heads: int = 4  # attention: heads per layer (hidden_dim must be a multiple)
     tokens: bool = False  # attention: also read the token ids of the window (an embedding of its own)
     members: int = 1  # independently trained heads of this kind; the score is the mean of their logits
+    feedforward: int | None = None  # attention: the layers' feed-forward width (None: 4 x hidden_dim)
+    attention_dropout: float | None = None  # attention: dropout on the attention weights (None: dropout)
 
 
 def check_head_settings(settings: HeadSettings) -> None:
@@ -49,6 +53,10 @@ def check_head_settings(settings: HeadSettings) -> None:
         raise ValueError(
             f"head.window={settings.window} needs head.kind=attention: a {settings.kind} head reads the last state only"
         )
+    if settings.feedforward is not None and settings.feedforward < 1:
+        raise ValueError(f"head.feedforward must be ≥ 1 or null (4 x hidden_dim), got {settings.feedforward}")
+    if settings.attention_dropout is not None and not 0 <= settings.attention_dropout < 1:
+        raise ValueError(f"head.attention_dropout must be in [0, 1) or null (head.dropout), got {settings.attention_dropout}")
     if settings.tokens and settings.kind != "attention":
         raise ValueError(f"head.tokens=true needs head.kind=attention: a {settings.kind} head reads one state")
     if settings.kind == "attention" and (
@@ -88,10 +96,14 @@ class CriticHead(nn.Module):
             self.project = nn.Linear(hidden_size, width)
             self.position = nn.Parameter(torch.randn(settings.window, width) * 0.02)  # slot W-1: the scored token
             self.embed = nn.Embedding(vocab_size, width) if settings.tokens else None
-            layer = nn.TransformerEncoderLayer(
-                width, settings.attention_heads, 4 * width, settings.dropout, batch_first=True, norm_first=True
+            self.layers = WindowEncoder(
+                width,
+                settings.attention_heads,
+                settings.feedforward or 4 * width,
+                settings.dropout,
+                settings.dropout if settings.attention_dropout is None else settings.attention_dropout,
+                settings.layers,
             )
-            self.layers = nn.TransformerEncoder(layer, settings.layers, enable_nested_tensor=False)
             self.net = nn.Sequential(nn.LayerNorm(width + extra), nn.Linear(width + extra, 1))
             self.float()
             return
@@ -157,19 +169,5 @@ class CriticHead(nn.Module):
             if tokens is None:
                 raise ValueError("this head reads the window's token ids (head.tokens=true): none were given")
             x = x + self.embed(tokens.reshape(-1, self.window).long())
-        padding = None if mask is None else ~mask.reshape(-1, self.window).bool()
-        *below, top = self.layers.layers
-        for layer in below:
-            x = layer(x, src_key_padding_mask=padding)
-        return last_slot_of(top, x, padding).reshape(*lead, -1)
-
-
-def last_slot_of(layer: nn.TransformerEncoderLayer, x: torch.Tensor, padding: torch.Tensor | None) -> torch.Tensor:
-    """`layer(x, src_key_padding_mask=padding)[:, -1]` for a pre-norm layer, computing the query, the attention
-    output and the feed-forward at the last slot only (the one the head answers at): the same numbers, a training
-    step of the checker's two-layer head 1.4x faster on CPU."""
-    y = layer.norm1(x)
-    attended = layer.self_attn(y[:, -1:], y, y, key_padding_mask=padding, need_weights=False)[0]
-    h = x[:, -1:] + layer.dropout1(attended)
-    h = h + layer.dropout2(layer.linear2(layer.dropout(layer.activation(layer.linear1(layer.norm2(h))))))
-    return h[:, 0]
+        keep = None if mask is None else mask.reshape(-1, self.window).bool()
+        return self.layers(x, keep).reshape(*lead, -1)

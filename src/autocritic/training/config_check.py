@@ -64,6 +64,8 @@ RULES: dict[str, tuple[tuple[type, ...], Callable | None, str]] = {
     "head.confidence": ((bool,), None, "true or false"),
     "head.tokens": ((bool,), None, "true or false"),
     "head.members": ((int,), positive, "a positive integer (heads averaged into the score)"),
+    "head.feedforward": ((int,), positive, "a positive integer, or null (4 x head.hidden_dim)"),
+    "head.attention_dropout": ((float, int), fraction, "a number in [0, 1), or null (head.dropout)"),
     "objective.kind": ((str,), lambda x: x in SCHEMA_OF, f"one of {list(SCHEMA_OF)}"),
     "objective.margin": ((float, int), None, "a number"),
     "objective.center_coef": ((float, int), lambda x: x >= 0, "a number ≥ 0"),
