@@ -5,7 +5,8 @@
 Output in `out_dir`: {train,val,test}.jsonl with {"prompt", "response", "label"} where `prompt + response` is
 exactly the sampled sequence; pairs_{train,val,test}.jsonl with {"prompt", "chosen", "rejected"};
 perturbed_train.jsonl, the right answer and near misses of each train problem (`perturbed.py`; read by
-`data=offline-checker`); card.json with counts per split. Skipped when card.json records the same settings, problems and backbone.
+conf/recipe/offline_transfer.yaml); card.json with counts per split. Skipped when card.json records the same settings,
+problems and backbone.
 """
 
 from __future__ import annotations
