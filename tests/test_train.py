@@ -21,8 +21,9 @@ from autocritic.inference.generation import CriticGenerator
 from autocritic.model.backbone import load_backbone, load_tokenizer, unwrap
 from autocritic.model.critic import CriticModel, feature_width
 from autocritic.model.export import HEAD_NAME, head_state, load_critic, read_critic_config
-from autocritic.model.head import HeadSettings
+from autocritic.model.head import CriticHead, HeadSettings
 from autocritic.training import feature_cache, module, run
+from autocritic.training.calibration import last_linears
 from autocritic.training.config_check import PHASES, check_config
 from autocritic.training.module import NonFiniteLossError
 from autocritic.training.objectives import ObjectiveSettings
@@ -132,7 +133,7 @@ def test_finetune_lora_finds_the_transfer_export(tiny_backbone, tiny_data, trans
 
 @pytest.mark.parametrize("members", [1, 2])
 def test_finetune_lora_from_a_head_reading_token_ids(tiny_backbone, tiny_data, tmp_path, capture, members):
-    """The checker's path (`experiment=offline-checker`, then `phase=finetune`): the head's own token embedding
+    """The checker's path (the default head on the offline default, then `phase=finetune`): the head's own token embedding
     (each member's) starts from the transfer export, trains beside LoRA, and the export scores like the trained
     model."""
     transfer = train(
@@ -184,10 +185,20 @@ def test_export_scores_like_the_trained_module_after_real_epochs(tiny_backbone, 
     metrics = json.loads((export.parent / "metrics.json").read_text())
     assert {"test/loss", "test/auroc", "test/accuracy", "test/ece", "test/brier"} <= metrics.keys()
     assert all(math.isfinite(v) for v in metrics.values())
-    # The export's head is the best checkpoint's head, which the test metrics were computed with.
+    # The export's head is the best checkpoint's head, which the test metrics were computed with, with the
+    # calibration (objective.calibrate, on by default) folded into its output layer: score -> scale * score + offset.
     best = torch.load(export.parent / "checkpoints" / "best.ckpt", weights_only=False)["state_dict"]
     exported = load_file(str(export / HEAD_NAME))
-    assert all(torch.equal(best[f"critic.head.{k}"], v) for k, v in exported.items())
+    head = CriticHead(best["critic.head.net.0.weight"].shape[1], HeadSettings(kind="mlp", hidden_dim=16))
+    output_layer = next(n for n, m in head.named_modules() if m is last_linears(head)[0])  # "net.3" of the mlp head
+    weight, bias = f"{output_layer}.weight", f"{output_layer}.bias"
+    for k, v in exported.items():
+        if k not in (weight, bias):
+            assert torch.equal(best[f"critic.head.{k}"], v), k
+    scale = exported[weight].sum() / best[f"critic.head.{weight}"].sum()
+    assert scale > 0 and abs(scale - 1) > 1e-3  # a calibration was fitted and folded
+    assert torch.allclose(exported[weight], scale * best[f"critic.head.{weight}"], rtol=1e-4, atol=1e-7)
+    assert torch.isfinite(exported[bias]).all() and not torch.equal(exported[bias], best[f"critic.head.{bias}"])
 
 
 # ---- feature cache ----

@@ -72,6 +72,7 @@ RULES: dict[str, tuple[tuple[type, ...], Callable | None, str]] = {
     "objective.lm_weight": ((float, int), lambda x: x >= 0, "a number ≥ 0"),
     "objective.replay_weight": ((float, int), lambda x: x >= 0, "a number ≥ 0"),
     "objective.value_weight": ((float, int), lambda x: x >= 0, "a number ≥ 0"),
+    "objective.calibrate": ((bool,), None, "true or false"),
     "data.replay_batch_size": ((int,), positive, "a positive integer"),
     "model.name_or_path": ((str,), lambda x: bool(x.strip()), "a hub id or a local directory"),
     "model.dtype": ((str,), lambda x: x in ("float32", "bfloat16", "float16"), "float32, bfloat16 or float16"),

@@ -53,6 +53,17 @@ class CriticModule(L.LightningModule):
         if self.backbone_frozen:
             unwrap(self.critic).backbone.eval()
 
+    def score_batch(self, batch: dict) -> torch.Tensor:
+        """The critic's scores of a batch as `step` computes them (features, shared prompts or plain rows)."""
+        if "features" in batch:
+            return unwrap(self.critic).score_features(batch["features"])
+        if "prefix_ids" in batch:
+            keys = ("prefix_ids", "prefix_mask", "answer_ids", "answer_mask", "repeat", "response")
+            return unwrap(self.critic).forward_shared(*(batch[k] for k in keys)).score
+        return self.critic(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], prompt_lengths=batch["prompt_lengths"]
+        ).score
+
     def step(self, batch: dict, split: str) -> torch.Tensor:
         target = batch["target"]
         lm_term = value_term = None

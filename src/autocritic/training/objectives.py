@@ -22,6 +22,7 @@ class ObjectiveSettings:
     replay_weight: float = 0.0  # weight of the LM loss on replay documents (data.replay_files), finetune only
     value_weight: float = 0.0  # token-level values (Cobbe et al.): BCE of every response token's value, bce only
     positive_weight: float = 1.0  # bce: weight of the right answers' term (>1 when near misses outnumber them)
+    calibrate: bool = True  # bce: fit the scores' scale and offset on the validation split (training/calibration.py)
 
     def __post_init__(self):
         if self.kind not in KINDS:

@@ -34,6 +34,7 @@ from autocritic.model.head import HeadSettings
 from autocritic.settings import settings_from
 from autocritic.signals import SaveOnSignal, interrupted
 from autocritic.tracking import is_wandb, wandb_mode
+from autocritic.training.calibration import Calibration
 from autocritic.training.config_check import check_config
 from autocritic.training.divergence import LossWatch, divergence
 from autocritic.training.feature_cache import FEATURES, Ranks, cache_key, load_or_compute
@@ -255,6 +256,8 @@ def train(cfg: DictConfig) -> float | None:
     last_checkpoint = run_dir / "checkpoints" / "last.ckpt"
     on_signal, watch = SaveOnSignal(last_checkpoint), LossWatch()
     callbacks = [on_signal, watch, *([FeatureCache(cfg, critic)] if cached else [])]
+    if objective.kind == "bce" and objective.calibrate:
+        callbacks.append(Calibration())
     trainer, checkpoint = build_trainer(cfg, run_dir, callbacks)
     params = {f"params/{k}": v for k, v in count_parameters(critic).items()}
     log.info("parameters: %s", ", ".join(f"{k.split('/')[1]} {v:,}" for k, v in params.items()))
