@@ -5,7 +5,7 @@
 #   1. shared-prompt batches against the same rows run plainly, LoRA with and without checkpointing, Falcon-7B
 #      shapes at 8×1024 tokens, in one run (bench/gpu_check.py);
 #   2. phase=transfer under FSDP with phase.cache_features=false (the frozen forward every step), one epoch;
-#   3. the checker recipe on the GPU: phase=transfer experiment=offline-checker trainer=gpu (bf16-mixed), its
+#   3. the default checker on the GPU: phase=transfer trainer=gpu (bf16-mixed), its
 #      export copied back for the CPU to evaluate.
 set -uo pipefail
 out="${OUT:-gpu_results}"
@@ -30,7 +30,7 @@ step shared_prompts 110 python3 bench/gpu_check.py --batch 8 --seq 1024 --modes 
     --out "$out/gpu_check_b8s1024_shared.json"
 step fsdp_live 90 python3 train.py phase=transfer trainer=fsdp trainer.devices=1 phase.cache_features=false \
     phase.max_epochs=1 "${common[@]}" "paths.run_dir=$runs/fsdp_live"
-step checker 300 python3 train.py phase=transfer experiment=offline-checker trainer=gpu "${common[@]}" \
+step checker 300 python3 train.py phase=transfer trainer=gpu "${common[@]}" \
     "paths.run_dir=$runs/checker"
 grep -h "test/auroc\|export written\|Error" "$runs"/fsdp_live.log "$runs"/checker.log | tail -n 8 | tee -a "$out/summary.txt"
 if [ -d "$runs/checker/export" ]; then  # a frozen export: head, tokenizer, config (the backbone is data/offline's)
