@@ -33,6 +33,7 @@ def train(backbone: Path, data: dict, root: Path, name: str, *overrides: str) ->
 
 def train_py(cwd: Path, *overrides: str, env: dict | None = None) -> subprocess.Popen:
     env = {k: v for k, v in (env or os.environ).items() if k != "HYDRA_FULL_ERROR"}
+    env["PYTHONFAULTHANDLER"] = "1"  # SIGABRT dumps every thread's stack: what a hung run was doing
     return subprocess.Popen(
         [sys.executable, str(REPO / "train.py"), f"paths.outputs={cwd / 'outputs'}", "progress_bar=none", *overrides],
         cwd=cwd,
@@ -47,9 +48,13 @@ def finish(process: subprocess.Popen, timeout: float) -> tuple[str, str]:
     try:
         return process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        process.kill()
-        out, err = process.communicate()
-        pytest.fail(f"train.py still ran after {timeout} s:\n{err[-2000:]}")
+        process.send_signal(signal.SIGABRT)
+        try:
+            out, err = process.communicate(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            out, err = process.communicate()
+        pytest.fail(f"train.py still ran after {timeout} s; its stacks on SIGABRT:\n{err[-6000:]}")
 
 
 @pytest.fixture(scope="module")
