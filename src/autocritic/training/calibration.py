@@ -85,4 +85,6 @@ class Calibration(L.Callback):
             return
         self.fitted = fit_platt(scores, labels)
         fold_into_head(unwrap(pl_module.critic).head, *self.fitted)
-        log.info("calibration on %d validation rows: score -> %.4f * score + %.4f", len(scores), *self.fitted)
+        scale, offset = self.fitted
+        log.info("calibration on %d validation rows: score -> %.4f * score %s %.4f", len(scores), scale,
+                 "-" if offset < 0 else "+", abs(offset))
