@@ -1,7 +1,7 @@
 """The checker's training (cached features -> exported head): the preset it replaced against today's default.
 
-Both sides run `python train.py phase=transfer` on the offline default in this process, on the same feature cache
-(computed before the clock starts), then the rerank suite on the same held-out problems:
+Each side runs `python train.py phase=transfer` on the offline default in a process of its own (after an untimed
+one-epoch run that computes its feature cache), then the rerank suite on the same held-out problems:
 - "preset": the checker as `experiment=offline-checker` trained it until 2026-12-04: PyTorch's `nn.TransformerEncoder`
   layers (read at the last slot), a window of 24 states, feed-forward 256, attention dropout 0.1, batch 128,
   learning rate 1e-3 over 48 epochs with 2000 warmup steps;
@@ -20,6 +20,8 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -106,42 +108,59 @@ def gap_closed(export: Path, problems: int, out: Path) -> float:
     return json.loads((out / "evaluate" / "results.json").read_text())["suites"]["rerank"]["figures"]["gap"]["closed"]
 
 
+def run_side(name: str, overrides: list[str], encoder: type, problems: int, quick: bool) -> dict:
+    with tempfile.TemporaryDirectory() as root:  # untimed first: computes the side's feature cache if missing
+        train_side([*overrides, "phase.max_epochs=1"], encoder, Path(root) / "warm")
+        clock, metrics, export = train_side(overrides, encoder, Path(root) / name)
+        result = {
+            "seconds": clock.ended - clock.started,
+            "per_epoch": statistics.median(clock.epochs[1:] or clock.epochs),
+            "epochs": len(clock.epochs),
+            "within": metrics.get("test/within_auroc"),
+        }
+        if not quick:
+            result["gap"] = gap_closed(export, problems, Path(root) / name)
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--problems", type=int, default=1000)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--side", choices=["preset", "default"], help="run one side here (the parent runs each)")
     args, extra = parser.parse_known_args()
     torch.set_num_threads(2)
     common = ["phase=transfer", "logger=none", "progress_bar=none", *extra]
     sides = {"preset": ([*common, *PRESET], PyTorchEncoder), "default": (common, head_module.WindowEncoder)}
     if args.quick:
         sides = {name: ([*o, "phase.max_epochs=2"], e) for name, (o, e) in sides.items()}
+    if args.side:
+        result = run_side(args.side, *sides[args.side], args.problems, args.quick)
+        print(f"RESULT {json.dumps(result)}", flush=True)
+        return
     prepared_data(compose_config(common))  # the offline default, built if missing
     results = {}
-    with tempfile.TemporaryDirectory() as root:
-        for name, (overrides, encoder) in sides.items():  # untimed: computes each side's feature cache
-            train_side([*overrides, "phase.max_epochs=1"], encoder, Path(root) / f"warm-{name}")
-        for name, (overrides, encoder) in sides.items():
-            clock, metrics, export = train_side(overrides, encoder, Path(root) / name)
-            result = {
-                "seconds": clock.ended - clock.started,
-                "per_epoch": statistics.median(clock.epochs[1:] or clock.epochs),
-                "epochs": len(clock.epochs),
-                "within": metrics.get("test/within_auroc"),
-            }
-            if not args.quick:
-                result["gap"] = gap_closed(export, args.problems, Path(root) / name)
-            results[name] = result
-            print(f"{name}: {json.dumps(result)}", flush=True)
+    for name in sides:  # each side in a process of its own: nothing one leaves behind slows the other
+        command = [sys.executable, __file__, "--side", name, f"--problems={args.problems}", *sys.argv[1:]]
+        done = subprocess.run(command, capture_output=True, text=True)
+        lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+        if done.returncode or not lines:
+            sys.exit(f"the {name} side failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
+        results[name] = json.loads(lines[-1].removeprefix("RESULT "))
+        print(f"{name}: {json.dumps(results[name])}", flush=True)
     preset, default = results["preset"], results["default"]
     if args.quick:
-        print(f"seconds per epoch: {preset['per_epoch']:.1f} vs {default['per_epoch']:.1f}: "
-              f"{preset['per_epoch'] / default['per_epoch']:.2f}x")
+        print(
+            f"seconds per epoch: {preset['per_epoch']:.1f} vs {default['per_epoch']:.1f}: "
+            f"{preset['per_epoch'] / default['per_epoch']:.2f}x"
+        )
         return
-    print(f"training (fit and test): {preset['seconds']:.0f} s vs {default['seconds']:.0f} s: "
-          f"{preset['seconds'] / default['seconds']:.2f}x faster; test within-problem AUROC {preset['within']:.3f} vs "
-          f"{default['within']:.3f}; best-of-8 gap closed on {args.problems} problems {preset['gap']:+.1%} vs "
-          f"{default['gap']:+.1%}")
+    print(
+        f"training (fit and test): {preset['seconds']:.0f} s vs {default['seconds']:.0f} s: "
+        f"{preset['seconds'] / default['seconds']:.2f}x faster; test within-problem AUROC {preset['within']:.3f} vs "
+        f"{default['within']:.3f}; best-of-8 gap closed on {args.problems} problems {preset['gap']:+.1%} vs "
+        f"{default['gap']:+.1%}"
+    )
 
 
 if __name__ == "__main__":
