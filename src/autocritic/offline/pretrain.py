@@ -74,7 +74,7 @@ class PretrainSettings:
     warmup_steps: int = 100
     max_steps: int = 4000
     # None: no cap. A cap stops a run on pace to exceed it with an error; it never changes the weights, so the
-    # fingerprint records it as the value builds before the cap became an error had (FINGERPRINT_AS).
+    # fingerprint records it as the value builds before the cap became an error had (metadata fingerprint_as).
     max_minutes: float | None = field(default=None, metadata={"fingerprint_as": 20.0})
 
     def __post_init__(self) -> None:

@@ -54,15 +54,36 @@ class CriticModule(L.LightningModule):
             unwrap(self.critic).backbone.eval()
 
     def score_batch(self, batch: dict) -> torch.Tensor:
-        """The critic's scores of a batch as `step` computes them (features, shared prompts or plain rows)."""
+        """The critic's scores of a batch, computed as in training (features, shared prompts or plain rows)."""
+        return self.forward_batch(batch)[0]
+
+    def forward_batch(self, batch: dict, want_logits: bool = False, want_values: bool = False):
+        """(scores, members' scores, the forward's output or None for cached features) of a batch of any layout."""
         if "features" in batch:
-            return unwrap(self.critic).score_features(batch["features"])
-        if "prefix_ids" in batch:
-            keys = ("prefix_ids", "prefix_mask", "answer_ids", "answer_mask", "repeat", "response")
-            return unwrap(self.critic).forward_shared(*(batch[k] for k in keys)).score
-        return self.critic(
-            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], prompt_lengths=batch["prompt_lengths"]
-        ).score
+            members = unwrap(self.critic).score_features(batch["features"], members=True)
+            return members.mean(-1), members, None
+        if "prefix_ids" in batch:  # rows that share prompts (data.share_prompts): each prompt runs once
+            out = unwrap(self.critic).forward_shared(
+                batch["prefix_ids"],
+                batch["prefix_mask"],
+                batch["answer_ids"],
+                batch["answer_mask"],
+                batch["repeat"],
+                batch["response"],
+                return_values=want_values,
+                return_logits=want_logits,
+                return_members=True,
+            )
+        else:
+            out = self.critic(
+                input_ids=batch["input_ids"],
+                attention_mask=batch["attention_mask"],
+                prompt_lengths=batch["prompt_lengths"],
+                return_logits=want_logits,
+                return_values=want_values,
+                return_members=True,
+            )
+        return out.score, out.members, out
 
     def step(self, batch: dict, split: str) -> torch.Tensor:
         target = batch["target"]
@@ -71,36 +92,14 @@ class CriticModule(L.LightningModule):
         want_values = self.objective.value_weight > 0
         # Each member of the head (a plain head is one) fits the labels on its own: the loss is the mean of the
         # members' losses; the score is their mean.
-        if "features" in batch:
-            members = unwrap(self.critic).score_features(batch["features"], members=True)
-            scores = members.mean(-1)
-        else:
-            if "prefix_ids" in batch:  # rows that share prompts (data.share_prompts): each prompt runs once
-                out = unwrap(self.critic).forward_shared(
-                    batch["prefix_ids"],
-                    batch["prefix_mask"],
-                    batch["answer_ids"],
-                    batch["answer_mask"],
-                    batch["repeat"],
-                    batch["response"],
-                    return_values=want_values,
-                    return_logits=want_logits,
-                    return_members=True,
-                )
+        scores, members, out = self.forward_batch(batch, want_logits, want_values)
+        if out is not None:
+            if "prefix_ids" in batch:
                 logits, labels, response = out.logits, batch["answer_labels"], batch["response"]
             else:
-                out = self.critic(
-                    input_ids=batch["input_ids"],
-                    attention_mask=batch["attention_mask"],
-                    prompt_lengths=batch["prompt_lengths"],
-                    return_logits=want_logits,
-                    return_values=want_values,
-                    return_members=True,
-                )
                 logits = None if out.logits is None else out.logits[:, :-1]  # position t predicts token t + 1
                 labels = batch["lm_labels"][:, 1:]
                 response = response_positions(batch["attention_mask"], batch["prompt_lengths"])
-            scores, members = out.score, out.members
             if want_logits:
                 lm_term = next_token_loss(logits, labels)
             if want_values:
