@@ -120,6 +120,20 @@ def test_each_conversational_form_reads_as_prompt_and_answers(tmp_path):
     }
 
 
+def test_conversations_read_from_parquet(tmp_path):
+    import pandas as pd
+
+    rows = [{"chosen": [user("q"), assistant("a")], "rejected": [user("q"), assistant("b")]}] * 2
+    file = tmp_path / "pairs.parquet"
+    pd.DataFrame(rows).to_parquet(file, index=False)
+    read = read_rows(settings(file, schema="pairwise"))
+    assert read["val"][0] == {
+        "prompt": conversation(user("q")),
+        "chosen": conversation(assistant("a")),
+        "rejected": conversation(assistant("b")),
+    }
+
+
 def test_an_implicit_prompt_is_the_longest_shared_start(tmp_path):
     chosen = [user("a"), assistant("b"), user("c"), assistant("d")]
     rejected = [user("a"), assistant("b"), user("c"), assistant("e"), assistant("f")]
@@ -173,7 +187,8 @@ BAD_ROWS = {
         {"prompt": "q", "chosen": [assistant("a")], "rejected": [assistant("b")]},
         "a row is all text or all conversation",
     ),
-    "messages not a list": ("pointwise", {"messages": "q a", "label": 1}, "must be text or a non-empty list of messages"),
+    "messages not a list": ("pointwise", {"messages": "q a", "label": 1}, "must be a non-empty list of messages.*CSV"),
+    "no messages": ("pointwise", {"prompt": [], "response": [assistant("a")], "label": 1}, "'prompt' must be a non-empty"),
     "text pairs without a prompt": ("pairwise", {"chosen": "a", "rejected": "b"}, "missing column 'prompt'.*may leave out"),
 }
 GOOD = {

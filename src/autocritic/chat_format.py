@@ -68,9 +68,10 @@ class Conversation:
 def check_messages(value: Any, where: str, column: str) -> tuple[Message, ...]:
     """The messages of a conversational column, or a DataError naming `where`, the column and the message."""
     if not isinstance(value, list) or not value:
+        written = " (CSV cells are text: write conversations as JSON lines or parquet)" if isinstance(value, str) else ""
         raise DataError(
-            f"{where}: column {column!r} must be text or a non-empty list of messages "
-            f'[{{"role": "user", "content": "..."}}, ...], got {type(value).__name__} {_short(value)}.'
+            f'{where}: column {column!r} must be a non-empty list of messages [{{"role": "user", "content": "..."}}, '
+            f"...], got {type(value).__name__} {_short(value)}{written}."
         )
     messages = []
     for number, message in enumerate(value, start=1):
