@@ -59,3 +59,37 @@ def test_segments_tokenize_like_the_prompts_the_model_will_see(tokenizer):
         head = documents.document_text(segments[:-1])
         assert head.endswith("\nThought: ")
         assert pieces == tokenizer(head)["input_ids"] + tokenizer(segments[-1][0])["input_ids"]
+
+
+def test_its_chat_template_writes_the_dialogue_the_model_learns(tokenizer):
+    import random
+
+    from langchain_core.messages import AIMessage, HumanMessage
+
+    from autocritic.chat_format import role_dicts
+    from autocritic.inference.chat import render_dialogue
+
+    rng = random.Random(0)
+    for _ in range(20):
+        problem = tasks.dialogue_problem(rng)
+        turns = [line.split(": ", 1) for line in problem.question.split("\n")]
+        messages = [HumanMessage(text) if who == "Human" else AIMessage(text) for who, text in turns]
+        rendered = tokenizer.apply_chat_template(role_dicts(messages), tokenize=False, add_generation_prompt=True)
+        assert rendered == render_dialogue(messages) == tasks.prompt_of(problem)
+        answer = [{"role": "assistant", "content": tasks.completion_of(problem).removeprefix(" ")}]
+        whole = tokenizer.apply_chat_template(role_dicts(messages) + answer, tokenize=False)
+        assert whole == tasks.render(problem)
+
+
+def test_the_chat_template_changes_no_token(tmp_path):
+    """Only the template file is added: the vocabulary, merges and every id stay those of a tokenizer without it."""
+    texts = [documents.document_text(d) for d in itertools.islice(documents.iter_documents(1, {"dialogue": 1.0}), 50)]
+    with_template = train_tokenizer(texts, vocab_size=300)
+    without = train_tokenizer(texts, vocab_size=300)
+    without.chat_template = None
+    save_tokenizer(with_template, tmp_path / "with")
+    save_tokenizer(without, tmp_path / "without")
+    assert (tmp_path / "with" / "tokenizer.json").read_bytes() == (tmp_path / "without" / "tokenizer.json").read_bytes()
+    written = {p.name for p in (tmp_path / "with").iterdir()}
+    assert written - {p.name for p in (tmp_path / "without").iterdir()} == {"chat_template.jinja"}
+    assert with_template(texts)["input_ids"] == without(texts)["input_ids"]

@@ -5,6 +5,8 @@ padding side does not matter). Pairwise batches stack chosen rows first, then re
 With `share_prompts`, rows with the same prompt come in the same batch and the batch holds each distinct prompt
 once, then the answers (`collate_shared`; the model runs a prompt once, see `CriticModel.forward_shared`).
 After `use_features`, batches carry precomputed final states instead of tokens (the frozen phase's cache).
+Conversational rows are rendered to (prompt text, response text) first (`chat_format.render_exchange`), then
+encoded like text rows.
 """
 
 from __future__ import annotations
@@ -20,15 +22,18 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 from transformers import PreTrainedTokenizerBase
 
+from autocritic.chat_format import Conversation, render_exchange
 from autocritic.data.replay import ReplayCycle, collate_replay, encode_documents, read_replay_files
-from autocritic.data.schemas import check_rows, check_schema, scan_json_lines, scan_text
+from autocritic.data.schemas import ANSWER_FIELDS, check_rows, check_schema, scan_json_lines, scan_text
 from autocritic.data.sharding import BatchShard
 from autocritic.data.template import Template
-from autocritic.errors import DataError
+from autocritic.errors import ConfigError, DataError
 
 BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
 MIN_ROWS_PER_PROMPT = 1.5  # data.share_prompts: below this many sequences per distinct prompt, batches stay plain
 SPLITS = ("train", "val", "test")
+CHAT_TEMPLATES = ("auto", "none")
+PLAIN_TEMPLATE = "{prompt}{response}"
 
 
 @dataclass
@@ -40,7 +45,10 @@ class DataSettings:
     hub_id: str | None = None
     hub_splits: dict[str, str] = field(default_factory=lambda: {"train": "train", "val": "validation", "test": "test"})
     columns: dict[str, str] = field(default_factory=dict)
-    template: str = "{prompt}{response}"
+    template: str = PLAIN_TEMPLATE
+    # Conversational rows: "auto" renders them with the tokenizer's chat template (the Human:/AI: dialogue layout
+    # when it has none), "none" always with the dialogue layout.
+    chat_template: str = "auto"
     max_length: int = 256
     batch_size: int = 32
     eval_batch_size: int = 64
@@ -52,6 +60,13 @@ class DataSettings:
     # Rows that share a prompt (self-generated data: K answers per prompt) share a batch, and the prompt runs once.
     share_prompts: bool = True
     seed: int = 0
+
+    def __post_init__(self):
+        if self.chat_template not in CHAT_TEMPLATES:
+            raise ConfigError(
+                f"data.chat_template={self.chat_template!r} is not valid: expected one of {list(CHAT_TEMPLATES)} "
+                "(auto: the tokenizer's chat template; none: the Human:/AI: dialogue layout)."
+            )
 
 
 class ListDataset(Dataset):
@@ -201,13 +216,38 @@ def read_split(settings: DataSettings, split: str) -> list[dict]:
     if files:
         rows = []
         for file in files:
-            rows += check_rows(read_local_file(file), settings.schema, settings.columns, file)
+            rows += check_template_fits(check_rows(read_local_file(file), settings.schema, settings.columns, file), settings)
         return rows
     if settings.hub_id and split in settings.hub_splits:
         raw = read_hub_split(settings.hub_id, settings.hub_splits[split])
         where = f"{settings.hub_id}[{settings.hub_splits[split]}]"
-        return [] if raw is None else check_rows(raw, settings.schema, settings.columns, where)
+        return [] if raw is None else check_template_fits(check_rows(raw, settings.schema, settings.columns, where), settings)
     return []
+
+
+def check_template_fits(rows: list[dict], settings: DataSettings) -> list[dict]:
+    """A conversation is laid out by its chat template alone; data.template would wrap it a second time (and
+    CriticChatModel's prompts, through the export's template, the same way)."""
+    conversation = next((r["prompt"] for r in rows if isinstance(r["prompt"], Conversation)), None)
+    if conversation is not None and settings.template != PLAIN_TEMPLATE:
+        raise ConfigError(
+            f"{conversation.where} is a conversation, but data.template={settings.template!r} would wrap its chat "
+            f"layout in more text. Set data.template='{PLAIN_TEMPLATE}' to train on conversations."
+        )
+    return rows
+
+
+def text_row(row: dict, tokenizer: PreTrainedTokenizerBase | None) -> dict:
+    """The row with a conversational prompt and answers rendered to text (`render_exchange`); `tokenizer` None
+    renders the dialogue layout. Text rows are returned as they are."""
+    prompt = row["prompt"]
+    if not isinstance(prompt, Conversation):
+        return row
+    out = dict(row)
+    for answer in ANSWER_FIELDS:
+        if answer in row:
+            out["prompt"], out[answer] = render_exchange(prompt, row[answer], tokenizer)
+    return out
 
 
 def read_rows(settings: DataSettings) -> dict[str, list[dict]]:
@@ -254,8 +294,9 @@ class CriticDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.encoded:
             return
+        chat_tokenizer = self.tokenizer if self.settings.chat_template == "auto" else None
         for split, rows in self.prepare_rows().items():
-            self.encoded[split] = self.encode_rows(rows, split)
+            self.encoded[split] = self.encode_rows([text_row(r, chat_tokenizer) for r in rows], split)
         if self.settings.replay_files:
             documents = read_replay_files(as_list(self.settings.replay_files))
             self.replay = encode_documents(documents, self.tokenizer, self.settings.max_length)

@@ -1,6 +1,8 @@
 """CriticChatModel: a LangChain chat model over the critic's backbone, with ReAct tool calling.
 
-Without tools, messages become the dialogue format the offline model was trained on:
+Without tools, messages are rendered by the tokenizer's chat template (`autocritic.chat_format`, as training
+renders conversational rows) or, when it has none, become the dialogue format the offline model was trained on
+(the offline tokenizer's chat template writes the same text):
 
     <system>                           (only when there is a system message)
     Human: My name is Ada.
@@ -48,6 +50,7 @@ from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_openai_tool
 from pydantic import Field
 
+from autocritic.chat_format import dialogue_text, is_summary, render_messages, role_dicts, summary_text
 from autocritic.formats import AI_PREFIX, DIALOGUE_STOP, HUMAN_PREFIX, REACT_STOP, REACT_TEMPLATE
 from autocritic.inference.generation import CriticGenerator, TextGenerator
 from autocritic.inference.llm import GenerationFields, generation_info
@@ -114,18 +117,7 @@ def _text(message: BaseMessage) -> str:
 
 def render_dialogue(messages: Sequence[BaseMessage], human: str = HUMAN_PREFIX, ai: str = AI_PREFIX) -> str:
     """System text first, then "Human: ..." / "AI: ..." lines, ending with "AI:" for the model to continue."""
-    lines = [_line(m, human, ai) for m in _turns(messages)]
-    return "\n".join([*lines, f"{ai}:"])
-
-
-def is_summary(message: BaseMessage) -> bool:
-    """The message LangChain's `SummarizationMiddleware` puts in place of the turns it summarised."""
-    return message.additional_kwargs.get("lc_source") == "summarization"
-
-
-def summary_text(message: BaseMessage) -> str:
-    """The summary alone, without the middleware's "Here is a summary of the conversation to date:" line."""
-    return _text(message).split("\n\n", 1)[-1]
+    return dialogue_text(role_dicts(messages), True, human, ai)
 
 
 def _line(message: BaseMessage, human: str, ai: str) -> str:
@@ -245,9 +237,12 @@ class CriticChatModel(GenerationFields, BaseChatModel):
         return self.bind(tools=specs, tool_choice=tool_choice, **kwargs)
 
     def prompt_for(self, messages: Sequence[BaseMessage], tools: Sequence[ToolSpec] = ()) -> str:
+        """With tools, the ReAct prompt; else the generator's tokenizer's chat template when it has one (what
+        training renders conversational rows with), or the dialogue (`render_dialogue`, where the prefixes apply)."""
         if tools:
             return render_react(messages, tools, self.human_prefix, self.ai_prefix)
-        return render_dialogue(messages, self.human_prefix, self.ai_prefix)
+        tokenizer = getattr(self.generator, "tokenizer", None)
+        return render_messages(role_dicts(messages), tokenizer, True, self.human_prefix, self.ai_prefix)
 
     def _generate(
         self,

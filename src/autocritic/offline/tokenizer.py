@@ -6,6 +6,10 @@ model sees numbers digit by digit and never a rare run such as `+((`, and a cut 
 response " 68") tokenizes like the whole text. Spaces stay attached to words on purpose: isolating them was
 tried and doubled the sequence length and made copying (ReAct inputs, recall) two hops instead of one; the
 tiny model then did not learn to copy at all in the time budget.
+
+Its chat template is the dialogue layout the model learns ("Human: ..." / "AI: ..." lines,
+`autocritic.chat_format.DIALOGUE_CHAT_TEMPLATE`). A tokenizer saved before it had one renders conversations the
+same way: without a template, `chat_format` falls back to that layout.
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ from pathlib import Path
 
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
+
+from autocritic.chat_format import DIALOGUE_CHAT_TEMPLATE
 
 EOS_TOKEN = "<|endoftext|>"
 PAD_TOKEN = "<|pad|>"
@@ -32,7 +38,8 @@ def _pre_tokenizer() -> pre_tokenizers.PreTokenizer:
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int = 1024) -> PreTrainedTokenizerFast:
-    """BPE over the byte alphabet (any text encodes, nothing is unknown); eos ends documents, pad is its own id."""
+    """BPE over the byte alphabet (any text encodes, nothing is unknown); eos ends documents, pad is its own id.
+    The chat template changes no token: the model trained with it is the model trained without."""
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = _pre_tokenizer()
     tokenizer.decoder = decoders.ByteLevel()
@@ -50,6 +57,7 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 1024) -> PreTrainedT
         pad_token=PAD_TOKEN,
         # The default would rewrite " ." and " ," on decode and break decode(encode(x)) == x.
         clean_up_tokenization_spaces=False,
+        chat_template=DIALOGUE_CHAT_TEMPLATE,
     )
 
 

@@ -55,6 +55,7 @@ RULES: dict[str, tuple[tuple[type, ...], Callable | None, str]] = {
     "data.group_by_length": ((bool,), None, "true or false"),
     "data.share_prompts": ((bool,), None, "true or false"),
     "data.template": ((str,), None, "a string with {prompt} and a final {response}"),
+    "data.chat_template": ((str,), lambda x: x in ("auto", "none"), "auto or none"),
     "head.kind": ((str,), lambda x: x in ("linear", "mlp", "attention"), "linear, mlp or attention"),
     "head.window": ((int,), positive, "a positive integer (final states an attention head reads)"),
     "head.layers": ((int,), positive, "a positive integer"),

@@ -17,6 +17,7 @@ from hydra.utils import get_class, instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar, TQDMProgressBar
 from omegaconf import DictConfig, OmegaConf
 
+from autocritic.chat_format import DIALOGUE_CHAT_TEMPLATE, has_chat_template
 from autocritic.data.datamodule import CriticDataModule, DataSettings, as_list
 from autocritic.errors import ConfigError, DivergedError
 from autocritic.model.backbone import (
@@ -99,6 +100,12 @@ def build_critic(cfg: DictConfig, start: Path | None) -> tuple[torch.nn.Module, 
     return critic, head_settings
 
 
+def chat_template_key(cfg: DictConfig) -> dict:
+    """The features' chat layout, named only when it is not the default (the keys of existing caches stay valid)."""
+    layout = cfg.data.get("chat_template", "auto")
+    return {} if layout == "auto" else {"chat_template": layout}
+
+
 class FeatureCache(L.Callback):
     """The frozen phase's features (`feature_cache.load_or_compute`), read or computed once the Trainer has set up
     this process: on its own device, and under data parallelism each rank computes a share of the rows and the
@@ -114,6 +121,7 @@ class FeatureCache(L.Callback):
             cfg.data.template,
             cfg.data.max_length,
             {"dtype": cfg.model.dtype, "schema": cfg.data.schema, "hub": cfg.data.hub_id, "columns": dict(cfg.data.columns),
+             **chat_template_key(cfg),
              "quantization": OmegaConf.to_container(cfg.quantization), "seed": cfg.seed, "features": layout},
         )
         self.cache_dir, self.critic = cfg.paths.cache, critic
@@ -233,6 +241,17 @@ def ensure_offline_inputs(cfg: DictConfig) -> None:
             ensure_replay_documents(cfg, force=False)
 
 
+def chat_tokenizer(cfg: DictConfig, tokenizer):
+    """The tokenizer with the chat template that renders this run's conversations, saved with the export so that
+    CriticChatModel renders them the same way: none for data.chat_template=none (the dialogue layout), and the
+    dialogue layout as a template for an offline backbone built before its tokenizer had one."""
+    if cfg.data.get("chat_template", "auto") == "none":
+        tokenizer.chat_template = None
+    elif uses_offline_backbone(cfg) and not has_chat_template(tokenizer):
+        tokenizer.chat_template = DIALOGUE_CHAT_TEMPLATE
+    return tokenizer
+
+
 def train(cfg: DictConfig) -> float | None:
     check_config(cfg)
     run_dir = Path(cfg.paths.run_dir or cfg.paths.outputs)
@@ -245,7 +264,7 @@ def train(cfg: DictConfig) -> float | None:
     ensure_offline_inputs(cfg)  # builds the offline default when this run uses it
     L.seed_everything(cfg.seed, workers=True)
 
-    tokenizer = load_tokenizer(cfg.model.name_or_path, cfg.model.trust_remote_code)
+    tokenizer = chat_tokenizer(cfg, load_tokenizer(cfg.model.name_or_path, cfg.model.trust_remote_code))
     datamodule = CriticDataModule(data, tokenizer, rows=checked.rows)
     datamodule.setup()  # every row read and checked before the model is loaded
     objective = objective_settings(cfg)
@@ -299,7 +318,8 @@ def train(cfg: DictConfig) -> float | None:
         head_settings=head_settings,
         template=cfg.data.template,
         backbone_mode=backbone_mode,
-        extra={"phase": cfg.phase.name, "test_metrics": metrics, "started_from": str(checked.start) if checked.start else None},
+        extra={"phase": cfg.phase.name, "test_metrics": metrics, "started_from": str(checked.start) if checked.start else None,
+               "chat_template": tokenizer.chat_template},  # what rendered conversations; null: "Human:/AI:" lines
     )
     (run_dir / METRICS_NAME).write_text(json.dumps(metrics | ({"diverged": diverged} if diverged else {}), indent=2))
     log.info("export written to %s", export)
