@@ -321,6 +321,30 @@ def test_no_sequence_classifier_for_a_head_it_cannot_compute(tiny_backbone, toke
     assert not (off / "sequence_classification").exists()
 
 
+def test_a_final_norm_without_a_bias_takes_a_head_without_one(tokenizer, tmp_path):
+    """Llama's RMSNorm has no bias to fold the head's into: written only when the head's bias is 0."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    llama = tmp_path / "llama"
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=1, bos_token_id=0, eos_token_id=0)
+    LlamaForCausalLM(config).save_pretrained(llama)
+    tokenizer.save_pretrained(llama)
+    critic = critic_of(llama, LINEAR)
+    biased = export(critic, tokenizer, tmp_path / "biased", llama, LINEAR, "frozen")
+    entry = read_critic_config(biased)["sequence_classification"]
+    assert entry["written"] is False and "fold" in entry["reason"]
+    with torch.no_grad():
+        critic.head.net.bias.zero_()
+    out = export(critic, tokenizer, tmp_path / "unbiased", llama, LINEAR, "frozen")
+    path = out / "sequence_classification"
+    assert json.loads((path / "config.json").read_text())["architectures"] == ["LlamaForSequenceClassification"]
+    texts = [*TEXTS, ENDS_IN_EOS]
+    ours = scores(critic, tokenizer, texts)
+    assert (sequence_scores(path, texts, batched=True) - ours).abs().max() <= TOL
+
+
 # ---- 7. devices ----
 def test_auto_device_and_dtype(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)

@@ -51,13 +51,14 @@ def model_card(config: dict, has: set[str]) -> str:
         f"- Base model: `{base}`" + (" (a local directory, relative to this export)" if backbone.get("local") else ""),
         f"- Backbone: {describe_mode(backbone, has)}",
         f"- Phase: {config.get('phase') or 'unknown'}" + started_from(config),
-        f"- Head: {settings_text(config['head'])}",
+        f"- Head: {settings_text(head_settings(config['head']))}",
         f"- Objective: {settings_text(config['objective']) if config.get('objective') else 'unknown'}",
         f"- Template: `{json.dumps(config['template'])[1:-1]}`",
     ]
     lines += data_section(config.get("data"))
     lines += metrics_section(config.get("test_metrics"))
-    lines += usage_section(base, has, config.get("sequence_classification"))
+    loadable = backbone.get("absolute_path", base) if backbone.get("local") else base
+    lines += usage_section(loadable, has, config.get("sequence_classification"))
     return "\n".join(lines) + "\n"
 
 
@@ -73,6 +74,16 @@ def describe_mode(backbone: dict, has: set[str]) -> str:
 
 def started_from(config: dict) -> str:
     return f", starting from the head of `{config['started_from']}`" if config.get("started_from") else ""
+
+
+ATTENTION_ONLY = ("window", "layers", "attention_heads", "tokens", "feedforward", "attention_dropout")
+
+
+def head_settings(settings: dict) -> dict:
+    """The settings that mean something for this kind of head."""
+    kind = settings.get("kind")
+    unused = (ATTENTION_ONLY if kind != "attention" else ()) + (("hidden_dim",) if kind == "linear" else ())
+    return {k: v for k, v in settings.items() if k not in unused}
 
 
 def settings_text(settings: dict) -> str:
@@ -118,6 +129,17 @@ def usage_section(base: str, has: set[str], sequence_classification: dict | None
         'print(critic.score_texts(["<prompt>"], ["<response>"]))',
         "```",
     ]
+    if "backbone" in has:
+        lines += [
+            "",
+            "The language model alone (the critic head is `head.safetensors`):",
+            "",
+            "```python",
+            "from transformers import AutoModelForCausalLM",
+            "",
+            'model = AutoModelForCausalLM.from_pretrained("<this directory>/backbone")',
+            "```",
+        ]
     if "adapter" in has:
         lines += [
             "",
