@@ -211,10 +211,12 @@ class FakeHub:
         monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
 
 
-def test_push_export_uploads_the_export_folder(tiny_backbone, tokenizer, tmp_path, monkeypatch):
+def test_push_export_uploads_the_export_folder(tiny_backbone, tokenizer, tmp_path, monkeypatch, caplog):
     fake = FakeHub(monkeypatch)
     out = export(lora_of(tiny_backbone, MLP), tokenizer, tmp_path / "export", tiny_backbone, MLP, "lora")
-    url = hub.push_export(out, "user/critic", private=True)
+    with caplog.at_level("WARNING", logger="autocritic"):
+        url = hub.push_export(out, "user/critic", private=True)
+    assert "local directory" in caplog.text  # who loads it elsewhere needs the backbone too
     assert url == "https://huggingface.co/user/critic/commit/abc"
     assert fake.repos == [{"repo_id": "user/critic", "private": True, "repo_type": "model", "exist_ok": True}]
     (upload,) = fake.uploads
@@ -258,7 +260,7 @@ def test_a_hub_id_offline_without_a_cache_is_one_clear_line(tmp_path, monkeypatc
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty_cache"))
-    with pytest.raises(CheckpointError, match="not in the hub cache") as error:
+    with pytest.raises(CheckpointError, match="no export directory here, and as a hub id it is not in the hub cache") as error:
         hub.AutoCritic.from_pretrained("user/never-downloaded")
     assert "\n" not in str(error.value)
     with pytest.raises(CheckpointError, match="neither an export directory nor a hub id"):

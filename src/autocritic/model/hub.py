@@ -43,11 +43,15 @@ def locate_export(name_or_path: str | Path, revision: str | None = None, token: 
         return Path(snapshot_download(name, revision=revision, token=token))
     except (LocalEntryNotFoundError, OfflineModeIsEnabled) as error:
         raise CheckpointError(
-            f"the critic {name} is not in the hub cache and the hub cannot be reached ({type(error).__name__}): "
-            "download it once with hub access (unset HF_HUB_OFFLINE), or pass its export directory."
+            f"{name} is no export directory here, and as a hub id it is not in the hub cache while the hub cannot be "
+            f"reached ({type(error).__name__}): check the path, or download it once with hub access (unset "
+            "HF_HUB_OFFLINE)."
         ) from None
     except (HfHubHTTPError, HFValidationError) as error:
-        raise CheckpointError(f"the critic {name} could not be downloaded from the hub: {error}".splitlines()[0]) from None
+        first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise CheckpointError(
+            f"{name} is no export directory here, and as a hub id it could not be downloaded: {first_line}"
+        ) from None
 
 
 class AutoCritic:

@@ -10,7 +10,8 @@ only a head whose bias is 0 is written.
 Those models pool the rightmost token that is not `config.pad_token_id`. Falcon has no pad token, and pad = eos
 would skip a real final eos; the classification model gets a pad token of its own that text never produces
 (appending one embedding row when the vocabulary is full, read only at padded positions), and its tokenizer pads
-on the right, where positions match the critic's.
+on the right, where positions match the critic's. Its weights keep the backbone's dtype: in bfloat16 the folded
+bias is rounded like any other weight.
 """
 
 from __future__ import annotations
@@ -74,8 +75,9 @@ def save_sequence_classification(
     decoder = backbone.base_model
     prefix = model.base_model_prefix
     state = {f"{prefix}.{k}": v for k, v in decoder.state_dict().items()}
-    dtype = backbone.get_input_embeddings().weight.dtype
-    weight, bias = linear_form(head)
+    reference = backbone.get_input_embeddings().weight
+    weight, bias = (x.to(reference.device) for x in linear_form(head))
+    dtype = reference.dtype
     state["score.weight"] = weight[None].to(dtype)
     if score.bias is not None:
         state["score.bias"] = bias[None].to(dtype)
@@ -102,6 +104,6 @@ def save_sequence_classification(
         model.config.vocab_size = own.pad_token_id + 1
     model.config.pad_token_id = own.pad_token_id
     setattr(model, prefix, decoder)  # shared, not copied; the changed tensors are in `state`
-    model.score = nn.Linear(width, 1, bias=score.bias is not None)
+    model.score = nn.Linear(width, 1, bias=score.bias is not None, device=reference.device)
     model.save_pretrained(out_dir, state_dict=state)
     return None
