@@ -22,6 +22,7 @@ from safetensors.torch import load_file
 from autocritic.evaluation.metrics import auroc
 from autocritic.inference.generation import CriticGenerator
 from autocritic.model.backbone import load_backbone
+from autocritic.model.reference import resolve_backbone
 
 TOLERANCE = 0.01  # bf16-mixed test inside the run vs fp32 scoring of the export
 
@@ -34,7 +35,7 @@ def moved(export: Path, config: dict) -> float | None:
         return max(float(v.abs().max()) for k, v in adapter.items() if "lora_B" in k)
     if mode == "full":
         tuned = load_backbone(str(export / "backbone")).state_dict()
-        start = load_backbone(config["backbone"]["name_or_path"]).state_dict()
+        start = load_backbone(resolve_backbone(export, config["backbone"])).state_dict()
         return max(float((tuned[k].float() - start[k].float()).abs().max()) for k in start)
     return None
 

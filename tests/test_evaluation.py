@@ -250,9 +250,9 @@ def test_incompatible_checkpoint_is_a_clear_error(tiny_export, tmp_path, damage)
         expected = "does not fit this backbone"
     else:  # a frozen export whose backbone was moved away
         config = json.loads((broken / CONFIG_NAME).read_text())
-        config["backbone"]["name_or_path"] = str(tmp_path / "moved")
+        config["backbone"] |= {"name_or_path": str(tmp_path / "moved"), "absolute_path": str(tmp_path / "moved")}
         (broken / CONFIG_NAME).write_text(json.dumps(config))
-        expected = "cannot be loaded"
+        expected = "backbone of the export .* is missing"
     cfg = compose_eval([f"ckpt={broken}", "suites=[prompts]", f"paths.run_dir={tmp_path / 'run'}"])
     with pytest.raises(CheckpointError, match=expected):
         evaluate(cfg)

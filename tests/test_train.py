@@ -93,8 +93,13 @@ def test_transfer_trains_the_head_only(tiny_backbone, tiny_data, tmp_path, captu
         assert not torch.equal(capture["before"][f"head.{name}"], p.detach()), f"head.{name} did not train"
     export = run_dir / "export"
     config = read_critic_config(export)
-    assert config["backbone"] == {"name_or_path": str(tiny_backbone.resolve()), "mode": "frozen"}
+    assert config["backbone"] | {"name_or_path": None} == {
+        "name_or_path": None, "local": True, "absolute_path": str(tiny_backbone.resolve()), "mode": "frozen"
+    }
+    assert (export / config["backbone"]["name_or_path"]).resolve() == tiny_backbone.resolve()  # relative to the export
     assert config["phase"] == "transfer" and config["test_metrics"]
+    card = (export / "README.md").read_text()
+    assert "transfer" in card and config["data"]["train_files"][0]["sha256"] in card and "test/auroc" in card
     assert (run_dir / "metrics.json").is_file()
     assert_export_scores_like(trained, export)
 

@@ -205,10 +205,25 @@ class CriticGenerator:
         self._lock = _lock_of(self.model)
 
     @classmethod
-    def from_export(cls, path: str | Path, batch_size: int = 16, **load_kwargs) -> CriticGenerator:
-        from autocritic.model.export import load_critic
+    def from_export(
+        cls,
+        path: str | Path,
+        batch_size: int = 16,
+        device: str | torch.device = "cpu",
+        dtype: str = "float32",
+        **load_kwargs,
+    ) -> CriticGenerator:
+        """Load an export directory or hub id (`AutoCritic.from_pretrained`). `device` and `dtype` may be "auto":
+        the GPU in bfloat16 when there is one, else the CPU in float32. `load_kwargs`: `merge`, `backbone`,
+        `revision`, `token`.
 
-        loaded = load_critic(path, **load_kwargs)
+        Example:
+            critic = CriticGenerator.from_export("outputs/transfer/<run>/export", device="auto", dtype="auto")
+            critic.score_texts(["Q: 2+3=? A:"], [" 5"])
+        """
+        from autocritic.model.hub import AutoCritic
+
+        loaded = AutoCritic.from_pretrained(path, device=device, dtype=dtype, **load_kwargs)
         return cls(loaded.model, loaded.tokenizer, loaded.template, batch_size=batch_size)
 
     @property

@@ -29,6 +29,7 @@ from autocritic.model.backbone import (
     load_backbone,
     load_tokenizer,
 )
+from autocritic.model.card import file_facts
 from autocritic.model.critic import CriticModel
 from autocritic.model.export import load_head, read_critic_config, save_critic
 from autocritic.model.head import HeadSettings
@@ -252,6 +253,22 @@ def chat_tokenizer(cfg: DictConfig, tokenizer):
     return tokenizer
 
 
+def export_facts(cfg: DictConfig, data: DataSettings, metrics: dict, start: Path | None) -> dict:
+    """What the export's critic_config.json and model card say about this run."""
+    return {
+        "phase": cfg.phase.name,
+        "test_metrics": metrics,
+        "started_from": str(start) if start else None,
+        "objective": OmegaConf.to_container(cfg.objective, resolve=True),
+        "data": {
+            **{f"{split}_files": file_facts(getattr(data, f"{split}_files")) for split in ("train", "val", "test")},
+            "hub_id": data.hub_id,
+            "schema": data.schema,
+        },
+        "license": OmegaConf.select(cfg, "export.license", default=None),
+    }
+
+
 def train(cfg: DictConfig) -> float | None:
     check_config(cfg)
     run_dir = Path(cfg.paths.run_dir or cfg.paths.outputs)
@@ -314,12 +331,14 @@ def train(cfg: DictConfig) -> float | None:
         exported,
         tokenizer,
         run_dir / "export",
-        backbone_name_or_path=str(Path(cfg.model.name_or_path).resolve()) if Path(cfg.model.name_or_path).exists() else cfg.model.name_or_path,
+        backbone_name_or_path=cfg.model.name_or_path,
         head_settings=head_settings,
         template=cfg.data.template,
         backbone_mode=backbone_mode,
-        extra={"phase": cfg.phase.name, "test_metrics": metrics, "started_from": str(checked.start) if checked.start else None,
-               "chat_template": tokenizer.chat_template},  # what rendered conversations; null: "Human:/AI:" lines
+        # chat_template: what rendered conversations; null: "Human:/AI:" lines
+        extra=export_facts(cfg, data, metrics, checked.start) | {"chat_template": tokenizer.chat_template},
+        merged=bool(OmegaConf.select(cfg, "export.merged", default=False)),
+        sequence_classification=bool(OmegaConf.select(cfg, "export.sequence_classification", default=True)),
     )
     (run_dir / METRICS_NAME).write_text(json.dumps(metrics | ({"diverged": diverged} if diverged else {}), indent=2))
     log.info("export written to %s", export)
