@@ -228,3 +228,14 @@ def test_train_py_unknown_key_is_hydras_error(tmp_path):
     assert result.returncode != 0
     assert "no_such_key" in result.stderr
     assert "Traceback" not in result.stderr + result.stdout
+
+
+@pytest.mark.parametrize("phase", ["pretrain", "generate"])
+def test_offline_phases_pass_the_checks_without_a_trainer_section_of_their_own(monkeypatch, phase):
+    """trainer.max_epochs reads ${phase.max_epochs}, which the offline phases do not define."""
+    from autocritic.offline import pipeline
+
+    built = []
+    monkeypatch.setattr(pipeline, "run_offline_phase", lambda cfg: built.append(cfg.phase.name))
+    run.train(compose_train([f"phase={phase}", "logger=none"]))
+    assert built == [phase]

@@ -10,7 +10,8 @@ from collections.abc import Callable
 
 from omegaconf import DictConfig, open_dict
 
-from autocritic.errors import AlreadyDone, AutocriticError
+from autocritic.errors import AlreadyDone, AutocriticError, ConfigError
+from autocritic.progress import is_quiet, set_quiet
 
 log = logging.getLogger("autocritic")
 
@@ -33,6 +34,17 @@ def quiet_libraries() -> None:
     datasets.utils.logging.set_verbosity_error()
 
 
+def apply_quiet(cfg: DictConfig) -> None:
+    """`quiet=true` or AUTOCRITIC_QUIET=1: no progress bars, ours nor Lightning's."""
+    quiet = cfg.get("quiet", False)
+    if not isinstance(quiet, bool):
+        raise ConfigError(f"quiet={quiet!r} is not valid: expected true or false.")
+    set_quiet(quiet)
+    if is_quiet() and "progress_bar" in cfg:
+        with open_dict(cfg):
+            cfg.progress_bar = "none"
+
+
 def task(job: Callable[[DictConfig], float | None], cfg: DictConfig) -> float | None:
     """Run `job`; a user mistake ends with its message and exit code 2 (a diverged run 3, a signal 128 + its
     number), never a traceback."""
@@ -43,6 +55,7 @@ def task(job: Callable[[DictConfig], float | None], cfg: DictConfig) -> float | 
         with open_dict(cfg):
             cfg.paths.run_dir = HydraConfig.get().runtime.output_dir
     try:
+        apply_quiet(cfg)
         return job(cfg)
     except AlreadyDone as done:
         log.info("%s", done)

@@ -35,6 +35,7 @@ from autocritic.inference.generation import GenerationSettings, Sample, TextGene
 from autocritic.inference.rerank import best_of_n
 from autocritic.offline.labelling import extract_answer, is_correct
 from autocritic.offline.tasks import Problem
+from autocritic.progress import track
 
 LM_TOOL_NAME = "Language Model"
 LM_TOOL_DESCRIPTION = "use this tool for general purpose queries and logic"
@@ -158,7 +159,12 @@ def run_direct_critic(
 
 
 def run_classic(
-    ctx: EvalContext, problems: list[Problem], settings: Settings, generator: TextGenerator, lm_tool: bool
+    ctx: EvalContext,
+    problems: list[Problem],
+    settings: Settings,
+    generator: TextGenerator,
+    lm_tool: bool,
+    name: str = "classic",
 ) -> list[Outcome]:
     from langchain_classic.agents import AgentExecutor, create_react_agent
 
@@ -180,7 +186,7 @@ def run_classic(
         return_intermediate_steps=True,
     )
     outcomes = []
-    for problem in problems:
+    for problem in track(problems, desc=f"agent: {name}"):
         result = executor.invoke({"input": problem.question})
         steps, output = result["intermediate_steps"], str(result["output"])
         limit = output.startswith(STOPPED)
@@ -200,7 +206,7 @@ def run_classic(
 
 
 def run_create_agent(
-    ctx: EvalContext, problems: list[Problem], settings: Settings, generator: TextGenerator
+    ctx: EvalContext, problems: list[Problem], settings: Settings, generator: TextGenerator, name: str = "create_agent"
 ) -> list[Outcome]:
     from langchain.agents import create_agent
     from langchain.agents.middleware import ModelCallLimitMiddleware
@@ -211,7 +217,7 @@ def run_create_agent(
         middleware=[ModelCallLimitMiddleware(run_limit=settings.max_iterations, exit_behavior="end")],
     )
     outcomes = []
-    for problem in problems:
+    for problem in track(problems, desc=f"agent: {name}"):
         messages = agent.invoke({"messages": [HumanMessage(problem.question)]})["messages"]
         replies = [m for m in messages if isinstance(m, AIMessage) and "finish_reason" in m.response_metadata]
         final = messages[-1]
@@ -254,10 +260,10 @@ def run(ctx: EvalContext, settings: Settings) -> SuiteResult:
     runners: dict[str, Callable[[], list[Outcome]]] = {
         "direct": lambda: run_direct(ctx, problems, settings),
         "classic": lambda: run_classic(ctx, problems, settings, ctx.generator, lm_tool=False),
-        "classic_lm_tool": lambda: run_classic(ctx, problems, settings, ctx.generator, lm_tool=True),
-        "classic_critic": lambda: run_classic(ctx, problems, settings, guided, lm_tool=False),
+        "classic_lm_tool": lambda: run_classic(ctx, problems, settings, ctx.generator, True, "classic_lm_tool"),
+        "classic_critic": lambda: run_classic(ctx, problems, settings, guided, False, "classic_critic"),
         "create_agent": lambda: run_create_agent(ctx, problems, settings, ctx.generator),
-        "create_agent_critic": lambda: run_create_agent(ctx, problems, settings, guided),
+        "create_agent_critic": lambda: run_create_agent(ctx, problems, settings, guided, "create_agent_critic"),
     }
     figures: dict = {
         "n_problems": len(problems),

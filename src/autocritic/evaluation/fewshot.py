@@ -31,6 +31,7 @@ from autocritic.evaluation.report import SuiteResult, Table
 from autocritic.formats import ANSWER_PREFIX, ARITHMETIC_STOP, QUESTION_PREFIX, SHOT_SEPARATOR
 from autocritic.offline.labelling import extract_answer, is_correct
 from autocritic.offline.tasks import Problem
+from autocritic.progress import track
 
 SELECTORS = ("random", "similarity", "mmr")
 EXAMPLE_PROMPT = PromptTemplate.from_template(f"{QUESTION_PREFIX}{{question}}\n{ANSWER_PREFIX} {{answer}}")
@@ -121,9 +122,9 @@ def run(ctx: EvalContext, settings: Settings) -> SuiteResult:
     table: dict[str, dict[int, float | None]] = {}
     for name in settings.selectors:
         table[name] = {0: zero} if 0 in settings.shots else {}
-        for k in shots:
-            selector = make_selector(name, k, pool, store, settings.fetch_k, ctx.seed)
-            table[name][k] = accuracy(few_shot_template(selector))
+    for name, k in track([(n, k) for n in settings.selectors for k in shots], desc="fewshot: selectors x shots"):
+        selector = make_selector(name, k, pool, store, settings.fetch_k, ctx.seed)
+        table[name][k] = accuracy(few_shot_template(selector))
 
     columns = sorted(settings.shots)
     rows = [[name, *(table[name].get(k) for k in columns)] for name in settings.selectors]

@@ -36,6 +36,7 @@ from autocritic.formats import AI_PREFIX, DIALOGUE_STOP, HUMAN_PREFIX
 from autocritic.inference.chat import is_summary, summary_text
 from autocritic.inference.generation import GenerationSettings, Sample, TextGenerator
 from autocritic.offline.tasks import Problem
+from autocritic.progress import track
 
 KINDS = ("buffer", "window", "summary", "graph_buffer", "graph_window", "graph_summary")
 APIS = {
@@ -356,7 +357,7 @@ def run(ctx: EvalContext, settings: Settings) -> SuiteResult:
             if kind.startswith("graph_")
             else ClassicRunner(ctx, kind, settings)
         )
-        traces = [runner(d) for d in dialogues]
+        traces = [runner(d) for d in track(dialogues, desc=f"memory: {kind}")]
         reach = settings.window if kind in WINDOW_KINDS else None
         figures[kind] = measure(ctx, traces, dialogues, reach) | {"seconds": time.perf_counter() - started}
         if "summary" in kind:

@@ -20,6 +20,7 @@ from autocritic.evaluation.metrics import auroc, rate
 from autocritic.evaluation.report import SuiteResult, Table
 from autocritic.formats import ANSWER_PREFIX, ARITHMETIC_STOP, QUESTION_PREFIX
 from autocritic.offline.labelling import extract_answer, is_correct
+from autocritic.progress import track
 
 NOTEBOOK_TEMPLATE = (
     "You are an intelligent chatbot. Help the following question with brilliant answers.\n"
@@ -60,7 +61,7 @@ def run(ctx: EvalContext, settings: Settings) -> SuiteResult:
     llm = ctx.llm(max_new_tokens=settings.max_new_tokens, stop=list(ARITHMETIC_STOP))
     figures: dict = {"n_problems": len(problems)}
     summary_rows, example_rows = [], []
-    for name, template in TEMPLATES.items():
+    for name, template in track(TEMPLATES.items(), total=len(TEMPLATES), desc="prompts: templates"):
         lcel, legacy, scores = run_template(llm, template, [p.question for p in problems])
         right = [is_correct(extract_answer(t), p.answer) for t, p in zip(lcel, problems, strict=True)]
         scored = [(s, r) for s, r in zip(scores, right, strict=True) if s is not None]

@@ -69,10 +69,35 @@ def find_export(cfg: DictConfig) -> Path:
     )
 
 
+DEVICES = ("cpu", "cuda", "auto")
+DTYPES = ("float32", "bfloat16", "float16", "auto")
+
+
+def resolve_device(device: str, dtype: str) -> tuple[str, str]:
+    """`device` and `dtype` as the model is loaded: auto is the GPU in bfloat16 when CUDA is there, else the CPU in
+    float32. Unknown names, and cuda on a machine without it, are ConfigErrors before anything is loaded."""
+    if device not in DEVICES:
+        raise ConfigError(f"device={device!r} is not one of {', '.join(DEVICES)}: e.g. device=auto.")
+    if dtype not in DTYPES:
+        raise ConfigError(f"dtype={dtype!r} is not one of {', '.join(DTYPES)}: e.g. dtype=auto.")
+    has_cuda = torch.cuda.is_available()
+    if device == "cuda" and not has_cuda:
+        raise ConfigError(
+            f"device=cuda but torch {torch.__version__} sees no CUDA device: use device=cpu or device=auto, or "
+            "install a CUDA build of torch."
+        )
+    if device == "auto":
+        device = "cuda" if has_cuda else "cpu"
+    if dtype == "auto":
+        dtype = "bfloat16" if device == "cuda" else "float32"
+    return device, dtype
+
+
 def load_generator(path: Path, cfg: DictConfig) -> CriticGenerator:
     """Any failure to rebuild the export becomes one clear CheckpointError naming the export."""
+    device, dtype = resolve_device(str(cfg.get("device", "cpu")), str(cfg.dtype))
     try:
-        return CriticGenerator.from_export(path, batch_size=cfg.batch_size, dtype=cfg.dtype)
+        return CriticGenerator.from_export(path, batch_size=cfg.batch_size, dtype=dtype, device=device)
     except CheckpointError:
         raise
     except AutocriticError as error:
@@ -150,6 +175,7 @@ def evaluate(cfg: DictConfig) -> float | None:
     # The classic chains and memories are run on purpose (parity with LangChain 1.x): their notices are noise here.
     warnings.filterwarnings("ignore", category=LangChainDeprecationWarning)
     torch.set_num_threads(int(cfg.threads))
+    resolve_device(str(cfg.get("device", "cpu")), str(cfg.dtype))  # a wrong name fails before any loading
     suites = check_suites(cfg)
     settings = {
         name: suite_settings(
@@ -191,6 +217,7 @@ def evaluate(cfg: DictConfig) -> float | None:
         "settings": {name: dataclasses.asdict(s) for name, s in settings.items()},
         "threads": torch.get_num_threads(),
         "device": str(generator.device),
+        "dtype": str(next(generator.model.parameters()).dtype).removeprefix("torch."),
         "machine": platform.machine(),
         "torch": torch.__version__,
         "seconds": time.perf_counter() - started,

@@ -44,6 +44,7 @@ from autocritic.model.critic import (
     running_confidence,
 )
 from autocritic.model.sampling import prefill_for_samples
+from autocritic.progress import track
 
 FINISH_REASONS = ("stop", "eos", "length")  # stop string found, eos generated, max_new_tokens reached
 
@@ -242,7 +243,9 @@ class CriticGenerator:
         per_batch = max(1, self.batch_size // rows_per_prompt)
         order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
         results: list[list[Sample]] = [[] for _ in prompts]
-        for start in range(0, len(order), per_batch):
+        starts = range(0, len(order), per_batch)
+        # A call of one batch is over quickly (an agent's step): only longer ones get a bar, gone when done.
+        for start in track(starts, desc="generating", enabled=len(starts) > 1, leave=False):
             indices = order[start : start + per_batch]
             samples = self._generate_rows([encoded[i] for i in indices], settings, rows_per_prompt)
             for row, sample in enumerate(samples):

@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from autocritic.model.sampling import prefill_for_samples
+from autocritic.progress import track
 
 
 def cut_at_stop(text: str, stop: Sequence[str]) -> str:
@@ -52,7 +52,7 @@ def complete(
     try:
         with torch.random.fork_rng():
             torch.manual_seed(seed)
-            for start in tqdm(range(0, len(order), per_batch), desc=desc, disable=not progress):
+            for start in track(range(0, len(order), per_batch), desc=desc, enabled=progress):
                 indices = order[start : start + per_batch]
                 batch = tokenizer(
                     [prompts[i] for i in indices], return_tensors="pt", padding=True, add_special_tokens=False

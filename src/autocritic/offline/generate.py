@@ -29,6 +29,7 @@ from autocritic.offline.labelling import LabelFn, label_offline
 from autocritic.offline.perturbed import perturbed_rows
 from autocritic.offline.pretrain import BUILD_INFO, recorded_fingerprint
 from autocritic.offline.tasks import SPLITS, Problem, few_shot_prompts, make_splits
+from autocritic.progress import track
 
 CARD = "card.json"
 PERTURBED = "perturbed_train.jsonl"
@@ -101,12 +102,18 @@ def label_split(
     label_fn: LabelFn,
     max_pairs_per_problem: int,
     seed: int,
+    progress: bool = False,
+    desc: str = "labelling",
 ) -> tuple[list[dict], list[dict], dict]:
     """Pointwise rows, pairwise rows and counts; drops empty responses, exact duplicates and unjudgeable ones."""
     rng = random.Random(f"{seed}|pairs")
     rows, pairs = [], []
     counts = dict.fromkeys(("generated", "empty", "duplicates", "unlabelled", "problems_with_both"), 0)
-    for problem, prompt, samples in zip(problems, prompts, responses, strict=True):
+    # A label_fn may be slow (a judge model, a test run): the bar counts problems.
+    problem_rows = track(
+        zip(problems, prompts, responses, strict=True), total=len(problems), desc=desc, enabled=progress
+    )
+    for problem, prompt, samples in problem_rows:
         right, wrong = [], []
         for response in samples:
             counts["generated"] += 1
@@ -216,7 +223,7 @@ def build_critic_data(
             batch_size=settings.batch_size,
             seed=settings.seed + index,
             progress=progress,
-            desc=f"critic data: {split}",
+            desc=f"critic data: sampling {split}",
         )
         rows, pairs, counts = label_split(
             split_problems,
@@ -225,6 +232,8 @@ def build_critic_data(
             label_fn,
             settings.max_pairs_per_problem,
             settings.seed + index,
+            progress=progress,
+            desc=f"critic data: labelling {split}",
         )
         counts["seconds"] = round(time.perf_counter() - split_start, 1)
         card["splits"][split] = counts

@@ -31,6 +31,7 @@ from transformers import FalconConfig, FalconForCausalLM, PreTrainedTokenizerFas
 from autocritic.errors import ConfigError
 from autocritic.offline.documents import check_mix, document_text, iter_documents
 from autocritic.offline.tokenizer import save_tokenizer, train_tokenizer
+from autocritic.progress import track
 from autocritic.signals import SaveOnSignal, interrupted
 
 log = logging.getLogger("autocritic")
@@ -211,6 +212,31 @@ class PretrainModule(L.LightningModule):
             )
 
 
+class StepBar(L.Callback):
+    """A bar over the `max_steps` optimiser steps with the loss and the pace. Lightning's own bar cannot tell how far
+    along an endless document stream is."""
+
+    def __init__(self, total: int, enabled: bool = True):
+        self.total, self.enabled = total, enabled
+        self.bar = None
+
+    def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self.bar = track(total=self.total, desc="pretraining", enabled=self.enabled)
+
+    def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, outputs, batch, batch_idx: int) -> None:
+        elapsed = time.perf_counter() - module.started
+        pace = f"{module.tokens / elapsed:.0f}"
+        self.bar.set_postfix(loss=f"{module.losses[-1]:.3f}", tokens_per_s=pace, refresh=False)
+        self.bar.update(trainer.global_step - self.bar.n)
+
+    def on_train_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self.bar.close()
+
+    def on_exception(self, trainer: L.Trainer, module: L.LightningModule, exception: BaseException) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
 def make_model(settings: PretrainSettings, tokenizer: PreTrainedTokenizerFast) -> FalconForCausalLM:
     config = FalconConfig(
         vocab_size=len(tokenizer),
@@ -270,7 +296,7 @@ def train_model(
     module = PretrainModule(make_model(settings, tokenizer), settings)
     on_signal = SaveOnSignal(None)
     trainer = L.Trainer(
-        callbacks=[on_signal],
+        callbacks=[on_signal, StepBar(settings.max_steps, enabled=progress)],
         accelerator="cpu",
         devices=1,
         max_steps=settings.max_steps,
@@ -278,7 +304,7 @@ def train_model(
         logger=False,
         enable_checkpointing=False,
         enable_model_summary=False,
-        enable_progress_bar=progress,
+        enable_progress_bar=False,  # StepBar
         log_every_n_steps=10,
     )
     loader = DataLoader(PackedDocuments(tokenizer, settings), batch_size=settings.batch_size)

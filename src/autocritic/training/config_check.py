@@ -104,7 +104,9 @@ RULES: dict[str, tuple[tuple[type, ...], Callable | None, str]] = {
 
 
 def check_value(cfg: DictConfig, key: str) -> None:
-    value = OmegaConf.select(cfg, key, default=None)
+    # A key that does not resolve belongs to a part this phase does not use (phase=pretrain has no max_epochs for
+    # trainer.max_epochs: ${phase.max_epochs}); a phase that uses it fails on it with its own message.
+    value = OmegaConf.select(cfg, key, default=None, throw_on_resolution_failure=False)
     if value is None:
         return
     if isinstance(value, ListConfig):

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from rich.progress import track
 from safetensors.torch import load_file, save_file
 
 from autocritic.data.datamodule import SPLITS, CriticDataModule, padded, prompt_prefix
@@ -30,6 +29,7 @@ from autocritic.model.critic import (
     last_token_index,
     positions_from_mask,
 )
+from autocritic.progress import track
 
 log = logging.getLogger("autocritic")
 
@@ -131,7 +131,7 @@ def shared_prefix_features(
         batches.append(batch)
     width = feature_width(critic.backbone.config.hidden_size, critic.window, critic.reads_tokens)
     out = torch.empty(len(sequences), width)
-    for batch in track(batches, description=f"Caching {split} features", transient=True):
+    for batch in track(batches, desc=f"caching {split} features", leave=False):
         members = [index for _, indices in batch for index in indices]
         answers = [sequences[index][0][len(prefix) :] for prefix, indices in batch for index in indices]
         # How many leading answer tokens still belong to the prompt (only when the prompt is the whole sequence).
