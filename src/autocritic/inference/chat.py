@@ -104,7 +104,7 @@ class ToolSpec:
         if isinstance(parsed, dict):
             return parsed
         if strict:
-            raise ValueError(f"{self.name} takes a JSON object with {', '.join(names)}, got {tool_input!r}")
+            raise ValueError(f"expected a JSON object with {', '.join(names)}, got {tool_input!r}")
         required = self.parameters.get("required") or names
         return {required[0]: tool_input}
 
