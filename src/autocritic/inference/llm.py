@@ -49,7 +49,8 @@ def sampling_of(temperature: float | None, do_sample: bool | None) -> tuple[bool
                 "temperature > 0 to sample, or leave do_sample unset."
             )
         return bool(do_sample), 1.0
-    return (True if do_sample is None else do_sample), float(temperature)
+    sample = True if do_sample is None else do_sample
+    return sample, float(temperature) if sample else 1.0  # greedy ignores it: one greedy setting, not many
 
 
 class GenerationFields(BaseModel):
