@@ -477,7 +477,17 @@ async def test_llm_astream_matches_the_stream(generator):
 
 
 async def test_an_async_stream_stopped_early_ends_the_generation(generator):
-    chat = CriticChatModel(generator=generator, max_tokens=200)
-    async for _ in chat.astream("hi"):
-        break  # the worker closes the generator's stream, which cancels the generation and frees the model
-    assert (await chat.ainvoke("hi", max_tokens=2)).usage_metadata["output_tokens"] == 2
+    """The worker closes the generator's stream, which cancels the generation: far fewer than 200 decoder steps
+    run before the next call gets the model."""
+    steps = []
+    hook = generator.model.backbone.base_model.register_forward_hook(lambda *args: steps.append(1))
+    try:
+        chat = CriticChatModel(generator=generator, max_tokens=200, dialogue_stop=[])
+        stream = chat.astream("hi")
+        async for _ in stream:
+            break
+        await stream.aclose()
+        assert (await chat.ainvoke("hi", max_tokens=2)).usage_metadata["output_tokens"] == 2
+    finally:
+        hook.remove()
+    assert len(steps) < 100
