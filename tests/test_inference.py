@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from helpers import ScriptedGenerator
+from langchain_core.messages import HumanMessage
 from langchain_core.output_parsers import StrOutputParser
 from langchain_core.prompts import PromptTemplate
 from tokenizers import Tokenizer, decoders, models
@@ -348,6 +349,36 @@ def test_llm_streams_token_by_token(generator):
     assert len(chunks) > 2 and "".join(chunks) == text
     *_, last = llm._stream(PROMPTS[1])
     assert last.text == "" and set(last.generation_info) == {"critic_score", "finish_reason"}
+
+
+def test_llm_streaming_true_streams_inside_invoke(generator):
+    from langchain_core.callbacks import BaseCallbackHandler
+
+    class Tokens(BaseCallbackHandler):
+        def __init__(self):
+            self.tokens = []
+
+        def on_llm_new_token(self, token, **kwargs):
+            self.tokens.append(token)
+
+    handler = Tokens()
+    llm = CriticLLM(generator=generator, max_tokens=10, temperature=1.5, streaming=True)
+    result = llm.generate([PROMPTS[1]], callbacks=[handler])
+    [[generation]] = result.generations
+    [[sample]] = generator.generate(PROMPTS[1:2], llm.generation_settings())
+    assert len(handler.tokens) > 2 and "".join(handler.tokens) == generation.text == sample.text
+    assert generation.generation_info["critic_score"] == pytest.approx(sample.score, abs=TOL)
+    usage = result.llm_output["token_usage"]
+    assert usage["completion_tokens"] == len(sample.token_ids) and usage["prompt_tokens"] == len(
+        generator.tokenizer(PROMPTS[1])["input_ids"]
+    )
+
+
+def test_chat_streams_one_reply_only():
+    chat = CriticChatModel(generator=ScriptedGenerator(["a", "b"]), n=2)
+    assert len(chat.generate([[HumanMessage("hi")]]).generations[0]) == 2
+    with pytest.raises(ValueError, match="streaming gives one reply"):
+        list(chat.stream("hi"))
 
 
 def test_llm_in_runnable_pipe_and_legacy_llmchain(generator):

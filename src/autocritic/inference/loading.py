@@ -82,6 +82,7 @@ def shared_generator(name: str, device: str | None = None, dtype: str = "float32
 
 
 def clear_generators() -> None:
-    """Forget every loaded generator (their memory is freed once no adapter holds one)."""
+    """Forget every loaded generator (their memory is freed once no adapter holds one). Needed after exporting
+    again into a directory already loaded: the cache is keyed by the path, not by what the files hold."""
     with _GENERATORS_LOCK:
         _GENERATORS.clear()
