@@ -66,6 +66,10 @@ class TestCriticChatModelIntegration(_OnTinyExport, ChatModelIntegrationTests):
     def supports_json_mode(self) -> bool:
         return False  # json_mode is not a method here: structured output goes through a forced tool call
 
+    @property
+    def supports_anthropic_inputs(self) -> bool:
+        return True  # list content with tool_use and thinking blocks, Anthropic-format tools: all rendered as text
+
     # A forced call is prefixed up to "Action Input:": the model still has to write the input.
     @pytest.mark.parametrize("model", [{}, {"output_version": "v1"}], indirect=True)
     @pytest.mark.xfail(reason=QUALITY.format("3 as magic_function's integer input"))
