@@ -80,3 +80,18 @@ def tiny_data(tmp_path_factory) -> dict[str, Path]:
         "val": write_jsonl(root / "val.jsonl", arithmetic_rows(32, 1)),
         "test": write_jsonl(root / "test.jsonl", arithmetic_rows(32, 2)),
     }
+
+
+@pytest.fixture(scope="session")
+def tiny_export(tiny_backbone, tmp_path_factory) -> Path:
+    """An export of the tiny Falcon with an untrained critic head (frozen backbone: the export refers to it)."""
+    from autocritic.model.backbone import load_backbone, load_tokenizer
+    from autocritic.model.critic import CriticModel
+    from autocritic.model.export import save_critic
+    from autocritic.model.head import HeadSettings
+
+    torch.manual_seed(0)
+    model = CriticModel(load_backbone(str(tiny_backbone)), head_settings=HeadSettings())
+    out = tmp_path_factory.mktemp("tiny_export") / "export"
+    tokenizer = load_tokenizer(str(tiny_backbone))
+    return save_critic(model, tokenizer, out, str(tiny_backbone), HeadSettings(), "{prompt}{response}", "frozen")

@@ -12,10 +12,14 @@ from pathlib import Path
 import pytest
 import torch
 from helpers import ScriptedGenerator
+from langchain_core.messages import HumanMessage
 from langchain_core.output_parsers import StrOutputParser
 from langchain_core.prompts import PromptTemplate
 from tokenizers import Tokenizer, decoders, models
 
+from autocritic.errors import CheckpointError, ConfigError
+from autocritic.inference import loading
+from autocritic.inference.chat import CriticChatModel
 from autocritic.inference.generation import (
     CriticGenerator,
     GenerationSettings,
@@ -24,6 +28,7 @@ from autocritic.inference.generation import (
     held_back,
 )
 from autocritic.inference.llm import CriticLLM
+from autocritic.inference.loading import clear_generators
 from autocritic.inference.rerank import best_of_n, majority_vote
 from autocritic.model.backbone import load_backbone, load_tokenizer
 from autocritic.model.critic import CriticModel
@@ -346,6 +351,36 @@ def test_llm_streams_token_by_token(generator):
     assert last.text == "" and set(last.generation_info) == {"critic_score", "finish_reason"}
 
 
+def test_llm_streaming_true_streams_inside_invoke(generator):
+    from langchain_core.callbacks import BaseCallbackHandler
+
+    class Tokens(BaseCallbackHandler):
+        def __init__(self):
+            self.tokens = []
+
+        def on_llm_new_token(self, token, **kwargs):
+            self.tokens.append(token)
+
+    handler = Tokens()
+    llm = CriticLLM(generator=generator, max_tokens=10, temperature=1.5, streaming=True)
+    result = llm.generate([PROMPTS[1]], callbacks=[handler])
+    [[generation]] = result.generations
+    [[sample]] = generator.generate(PROMPTS[1:2], llm.generation_settings())
+    assert len(handler.tokens) > 2 and "".join(handler.tokens) == generation.text == sample.text
+    assert generation.generation_info["critic_score"] == pytest.approx(sample.score, abs=TOL)
+    usage = result.llm_output["token_usage"]
+    assert usage["completion_tokens"] == len(sample.token_ids) and usage["prompt_tokens"] == len(
+        generator.tokenizer(PROMPTS[1])["input_ids"]
+    )
+
+
+def test_chat_streams_one_reply_only():
+    chat = CriticChatModel(generator=ScriptedGenerator(["a", "b"]), n=2)
+    assert len(chat.generate([[HumanMessage("hi")]]).generations[0]) == 2
+    with pytest.raises(ValueError, match="streaming gives one reply"):
+        list(chat.stream("hi"))
+
+
 def test_llm_in_runnable_pipe_and_legacy_llmchain(generator):
     from langchain_classic.chains import LLMChain
 
@@ -384,3 +419,106 @@ def test_majority_vote():
     assert majority_vote(["4", "5", "5"], weights=[0.9, 0.2, 0.3]) == "4"
     with pytest.raises(ValueError):
         majority_vote(["4"], weights=[1.0, 2.0])
+
+
+# ---- sampling under LangChain's convention ----
+
+
+@pytest.mark.parametrize(
+    "fields, do_sample, temperature",
+    [
+        ({}, False, 1.0),  # unset: greedy, as before
+        ({"temperature": 0}, False, 1.0),
+        ({"temperature": 0.7}, True, 0.7),  # temperature > 0 samples
+        ({"temperature": 0.7, "do_sample": False}, False, 1.0),  # do_sample decides when set
+        ({"do_sample": True}, True, 1.0),
+    ],
+)
+def test_temperature_above_zero_samples(fields, do_sample, temperature):
+    settings = CriticLLM(generator=ScriptedGenerator([]), **fields).generation_settings()
+    assert (settings.do_sample, settings.temperature) == (do_sample, temperature)
+
+
+def test_sampling_settings_at_call_time_and_the_aliases():
+    llm = CriticLLM(generator=ScriptedGenerator([]), max_new_tokens=7)
+    assert llm.max_tokens == llm.max_new_tokens == 7 and CriticLLM(generator=llm.generator, max_tokens=5).max_tokens == 5
+    called = llm.generation_settings(temperature=0.5, max_tokens=3)
+    assert called.do_sample and called.temperature == 0.5 and called.max_new_tokens == 3
+    with pytest.raises(ConfigError, match="temperature=0 with do_sample=True"):
+        CriticLLM(generator=llm.generator, temperature=0, do_sample=True)
+    with pytest.raises(ConfigError, match="temperature=-1"):
+        llm.generation_settings(temperature=-1)
+
+
+# ---- model=: an export or a hub id, loaded at first use and shared ----
+
+
+def test_model_loads_at_first_use_and_is_shared(tiny_export):
+    clear_generators()
+    chat = CriticChatModel(model=str(tiny_export), max_tokens=4)
+    llm = CriticLLM(model_name=str(tiny_export), max_new_tokens=4)
+    assert loading._GENERATORS == {}  # construction loads nothing
+    reply = chat.invoke("hi")
+    text = llm.invoke("Human: hi\nAI:")
+    generator = chat.active_generator()
+    assert llm.active_generator() is generator and len(loading._GENERATORS) == 1  # one copy of the weights
+    assert text == generator.generate(["Human: hi\nAI:"], max_new_tokens=4)[0][0].text
+    assert reply.response_metadata["model_name"] == str(tiny_export)
+    input_tokens = generator.prompt_tokens("Human: hi\nAI:")
+    assert reply.usage_metadata == {"input_tokens": input_tokens, "output_tokens": 4, "total_tokens": input_tokens + 4}
+    assert CriticLLM(model=str(tiny_export), batch_size=2).active_generator().model is generator.model
+
+
+def test_a_hub_id_is_downloaded_once_at_first_use(tiny_export, monkeypatch):
+    import huggingface_hub
+
+    clear_generators()
+    asked = []
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda repo: asked.append(repo) or str(tiny_export))
+    chat = CriticChatModel(model="someone/critic", max_tokens=2)
+    assert asked == []
+    chat.invoke("hi")
+    CriticLLM(model="someone/critic", max_tokens=2).invoke("hi")
+    assert asked == ["someone/critic"] * 2 and len(loading._GENERATORS) == 1  # the same snapshot, loaded once
+
+
+def test_a_bad_model_is_one_clear_error(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    with pytest.raises(CheckpointError, match=f"{tmp_path}.*critic_config.json is missing"):
+        CriticChatModel(model=str(tmp_path))  # a directory, not an export: found at construction
+    with pytest.raises(ConfigError, match="no such directory, and not a hub id"):
+        CriticLLM(model=str(tmp_path / "nowhere"))
+    with pytest.raises(ConfigError, match="give model="):
+        CriticLLM()
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    chat = CriticChatModel(model="someone/absent-critic")  # a hub id: looked up at first use
+    with pytest.raises(ConfigError, match="'someone/absent-critic'.*HF_HUB_OFFLINE=1 and it is not in the local"):
+        chat.invoke("hi")
+
+
+# ---- async ----
+
+
+async def test_llm_astream_matches_the_stream(generator):
+    llm = CriticLLM(generator=generator, max_tokens=10, temperature=1.5)
+    chunks = [chunk async for chunk in llm.astream(PROMPTS[1])]
+    assert len(chunks) > 2 and "".join(chunks) == "".join(llm.stream(PROMPTS[1])) == await llm.ainvoke(PROMPTS[1])
+
+
+async def test_an_async_stream_stopped_early_ends_the_generation(generator):
+    """The worker closes the generator's stream, which cancels the generation: far fewer than 200 decoder steps
+    run before the next call gets the model."""
+    steps = []
+    hook = generator.model.backbone.base_model.register_forward_hook(lambda *args: steps.append(1))
+    try:
+        chat = CriticChatModel(generator=generator, max_tokens=200, dialogue_stop=[])
+        stream = chat.astream("hi")
+        async for _ in stream:
+            break
+        await stream.aclose()
+        assert (await chat.ainvoke("hi", max_tokens=2)).usage_metadata["output_tokens"] == 2
+    finally:
+        hook.remove()
+    assert len(steps) < 100

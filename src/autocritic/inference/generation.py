@@ -304,6 +304,10 @@ class CriticGenerator:
             yield sample.text[len(emitted) :]
         yield sample
 
+    def prompt_tokens(self, prompt: str) -> int:
+        """How many tokens the model reads for `prompt` (rendered with the template), as `generate` encodes it."""
+        return len(self._encode_prompt(prompt))
+
     def _encode_prompt(self, prompt: str) -> list[int]:
         ids = self.tokenizer(self.template.render_prompt(prompt))["input_ids"]
         if not ids:
