@@ -412,12 +412,15 @@ class CriticChatModel(GenerationFields, BaseChatModel):
         forced_choice(tool_choice, [ToolSpec.of(t) for t in specs])  # a choice naming no tool fails here
         return self.bind(tools=specs, tool_choice=tool_choice, **kwargs)
 
-    def prompt_for(self, messages: Sequence[BaseMessage], tools: Sequence[ToolSpec] = ()) -> str:
-        """With tools, the ReAct prompt; else the generator's tokenizer's chat template when it has one (what
-        training renders conversational rows with), or the dialogue (`render_dialogue`, where the prefixes apply)."""
+    def prompt_for(
+        self, messages: Sequence[BaseMessage], tools: Sequence[ToolSpec] = (), generator: TextGenerator | None = None
+    ) -> str:
+        """With tools, the ReAct prompt; else the chat template of the generator's tokenizer when it has one (what
+        training renders conversational rows with), or the dialogue (`render_dialogue`, where the prefixes apply).
+        `generator`: the one of this call (default: this adapter's own, loaded at first use)."""
         if tools:
             return render_react(messages, tools, self.human_prefix, self.ai_prefix)
-        tokenizer = getattr(self.generator, "tokenizer", None)
+        tokenizer = getattr(generator or self.active_generator(), "tokenizer", None)
         return render_messages(role_dicts(messages), tokenizer, True, self.human_prefix, self.ai_prefix)
 
     def _plan(
@@ -435,11 +438,10 @@ class CriticChatModel(GenerationFields, BaseChatModel):
         model = kwargs.pop("model", None)
         format_stop = self.react_stop if specs else self.dialogue_stop
         settings = self.generation_settings([*format_stop, *(stop or [])], **kwargs)
-        prompt = self.prompt_for(messages, specs)
+        generator = self.active_generator(model)
+        prompt = self.prompt_for(messages, specs, generator)
         prefix = forced_prefix(prompt, forced) if forced else ""
-        return _Call(
-            self.active_generator(model), prompt + prefix, prefix, settings, specs, forced, self.label(model)
-        )
+        return _Call(generator, prompt + prefix, prefix, settings, specs, forced, self.label(model))
 
     def _generate(
         self,
