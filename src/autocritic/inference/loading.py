@@ -16,6 +16,7 @@ from pathlib import Path
 
 from autocritic.errors import CheckpointError, ConfigError
 from autocritic.inference.generation import CriticGenerator
+from autocritic.model.hub import locate_export
 
 EXPORT_CONFIG = "critic_config.json"  # the file that makes a directory an export (model/export.py writes it)
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -42,25 +43,10 @@ def check_model(name: str) -> None:
 
 
 def resolve_model(name: str) -> Path:
-    """The export directory of `name`: the local directory itself, or the hub snapshot of a repository id."""
+    """The export directory of `name`: the local directory itself, or the hub snapshot of a repository id
+    (`locate_export`: its cache, `HF_HUB_OFFLINE` and errors)."""
     check_model(name)
-    path = Path(name).expanduser()
-    if path.exists():
-        return path.resolve()
-    from huggingface_hub import constants, snapshot_download
-
-    try:
-        local = Path(snapshot_download(name))
-    except (OSError, ValueError) as error:
-        why = (
-            "HF_HUB_OFFLINE=1 and it is not in the local hub cache"
-            if constants.HF_HUB_OFFLINE
-            else f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
-        )
-        raise ConfigError(
-            f"model={name!r}: no such local directory, and the hub repository could not be fetched ({why}). "
-            "Pass an export directory, or download the repository first."
-        ) from None
+    local = locate_export(name).resolve()
     if not (local / EXPORT_CONFIG).is_file():
         raise CheckpointError(f"model={name!r}: the hub repository has no {EXPORT_CONFIG}: not an export.")
     return local
