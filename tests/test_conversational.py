@@ -21,6 +21,7 @@ from autocritic.chat_format import (
     render_exchange,
     render_messages,
     role_dicts,
+    without_turn_end,
 )
 from autocritic.data.datamodule import CriticDataModule, DataSettings, read_rows
 from autocritic.data.schemas import check_rows, scan_json_lines
@@ -237,9 +238,23 @@ def test_the_dialogue_template_writes_render_dialogue_byte_for_byte(tokenizers):
 
 def test_the_response_text_is_what_the_whole_conversation_adds(tokenizers):
     prompt, answer = conversation(SYSTEM, user("q")), conversation(assistant("a"))
-    assert render_exchange(prompt, answer, tokenizers["tiny"]) == ("(system) be brief.\n(user) q.\n(assistant)", " a.\n")
+    # the trailing whitespace a template writes after each turn is not scored: generation stops before it
+    assert render_exchange(prompt, answer, tokenizers["tiny"]) == ("(system) be brief.\n(user) q.\n(assistant)", " a.")
     for layout in ("none", "dialogue"):  # no template, or the dialogue layout's: the same text
         assert render_exchange(prompt, answer, tokenizers[layout]) == ("be brief\nHuman: q\nAI:", " a")
+
+
+def test_the_end_of_turn_tokens_of_a_template_are_not_scored(tokenizers):
+    tokenizer = load_tokenizer(tokenizers["tiny"].name_or_path)
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<|im_end|>"]})
+    tokenizer.chat_template = (
+        "{%- for m in messages -%}{{ '(' + m['role'] + ')' + m['content'] + '<|im_end|>\\n' }}{%- endfor -%}"
+        "{%- if add_generation_prompt -%}{{ '(assistant)' }}{%- endif -%}"
+    )
+    prompt, answer = conversation(user("q")), conversation(assistant("a b"))
+    assert render_exchange(prompt, answer, tokenizer) == ("(user)q<|im_end|>\n(assistant)", "a b")
+    assert without_turn_end("a<|im_end|>\n<|im_end|> \n", tokenizer) == "a"
+    assert without_turn_end("a<|im_end|>x", tokenizer) == "a<|im_end|>x"  # only at the end
 
 
 def test_a_template_that_is_not_prefix_consistent_is_refused(tokenizers):
@@ -303,7 +318,7 @@ def test_a_data_file_and_the_chat_model_score_the_same_tokens(tiny_backbone, tok
         prompt = chat.prompt_for(as_langchain(before))
         whole = render_messages(row["messages"], tokenizer, False)
         assert whole.startswith(prompt)
-        response = whole[len(prompt) :]
+        response = whole[len(prompt) :].split("\n")[0]  # what the chat model keeps: its stop ends the turn
         assert item["ids"][0] == tokenizer(prompt + response)["input_ids"]
         assert item["prompt_len"][0] == len(tokenizer(prompt)["input_ids"])
         assert answer["content"] in response

@@ -201,12 +201,25 @@ def render_exchange(prompt: Conversation, answer: Conversation, tokenizer: Any) 
             "data.chat_template=none (the Human:/AI: dialogue layout), or use a tokenizer whose template renders "
             "a prompt as the start of its conversation."
         )
-    response_text = whole[len(prompt_text) :]
+    response_text = without_turn_end(whole[len(prompt_text) :], tokenizer)
     if not response_text.strip():
         raise DataError(
             f"{prompt.where}: the tokenizer's chat template renders the answer as no text: nothing is left to score."
         )
     return prompt_text, response_text
+
+
+def without_turn_end(text: str, tokenizer: Any) -> str:
+    """The answer without what a template writes after every assistant turn: trailing whitespace and special tokens
+    such as "<|im_end|>\n". Generation stops at those tokens and scores the last token it keeps, so training must
+    score the same token."""
+    special = sorted({t for t in getattr(tokenizer, "all_special_tokens", ()) or () if t}, key=len, reverse=True)
+    while True:
+        stripped = text.rstrip()
+        stripped = next((stripped[: -len(t)] for t in special if stripped.endswith(t)), stripped)
+        if stripped == text:
+            return text
+        text = stripped
 
 
 # ---- LangChain messages ----
