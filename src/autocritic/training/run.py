@@ -286,10 +286,25 @@ def ensure_offline_inputs(cfg: DictConfig) -> None:
             ensure_replay_documents(cfg, force=False)
 
 
+def label_your_problems(cfg: DictConfig) -> None:
+    """phase=generate on the user's problems (autocritic.labelling); the offline backbone is built only if it is
+    the model that answers them."""
+    from autocritic.labelling.run import label_your_problems, prepare
+
+    prepared = prepare(cfg)  # checker, problems and settings: before the offline build or any model load
+    if uses_offline_backbone(cfg):
+        from autocritic.offline.pipeline import ensure_backbone
+
+        ensure_backbone(cfg, force=False)
+    return label_your_problems(cfg, prepared)
+
+
 def train(cfg: DictConfig) -> float | None:
     use_template_file(cfg)
     check_config(cfg)
     run_dir = Path(cfg.paths.run_dir or cfg.paths.outputs)
+    if cfg.phase.name == "generate" and OmegaConf.select(cfg, "generate.problems"):
+        return label_your_problems(cfg)
     if cfg.phase.name in ("pretrain", "generate"):
         from autocritic.offline.pipeline import run_offline_phase
 
