@@ -168,3 +168,11 @@ def test_a_bad_checker_fails_before_any_model_loads(tmp_path, offline_forbidden,
     with pytest.raises(DataError, match="has no number for generate.checker=numeric"):
         run.train(compose_train([*default_model, f"generate.problems={tmp_path / 'words.jsonl'}"]))
     assert not (tmp_path / "offline").exists()
+
+
+@pytest.mark.parametrize("phase", ["generate", "pretrain"])
+def test_the_build_phases_pass_the_config_check(phase):
+    """They build no Trainer: trainer.max_epochs (${phase.max_epochs}) is not theirs to resolve."""
+    from autocritic.training.config_check import check_config
+
+    check_config(compose_train([f"phase={phase}"]))

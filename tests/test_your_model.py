@@ -133,6 +133,15 @@ def test_a_template_with_colons_braces_and_newlines_reaches_the_export(tiny_back
     assert read_critic_config(tmp_path / "outputs" / "transfer" / "t" / "export")["template"] == "Q: {prompt}\nA: {response}"
 
 
+def test_a_template_with_a_typed_backslash_n_is_warned_about(caplog):
+    # What bash passes for 'data.template="Q: {prompt}\nA: {response}"': a backslash and an n.
+    cfg = compose_train(["data=files", 'data.template="Q: {prompt}\\nA: {response}"'])
+    assert cfg.data.template == "Q: {prompt}\\nA: {response}"
+    caplog.set_level(logging.WARNING, logger="autocritic")
+    run.use_template_file(cfg)
+    assert "pass data.template_file=<file>" in caplog.text
+
+
 def test_a_bad_template_file_is_a_clear_error(tmp_path):
     from autocritic.errors import ConfigError
 

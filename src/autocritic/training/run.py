@@ -57,6 +57,11 @@ def use_template_file(cfg: DictConfig) -> None:
     if path:
         with open_dict(cfg):
             cfg.data.template = read_template_file(path)
+    elif "\\n" in (OmegaConf.select(cfg, "data.template", default="") or ""):
+        log.warning(
+            "data.template holds a backslash followed by n, not a newline (a shell passes '\\n' as two characters): "
+            "write the template in a file and pass data.template_file=<file>, or use bash's $'...' quoting"
+        )
 
 
 def head_settings_of(cfg: DictConfig) -> HeadSettings:
