@@ -32,7 +32,6 @@ from autocritic.evaluation.metrics import auroc, calibration, roc_points, sigmoi
 from autocritic.evaluation.report import SuiteResult, Table
 
 AUTO = "auto"
-SCORE_FIELDS = ("score", "probability", "chosen_score", "rejected_score")
 
 
 @dataclass
