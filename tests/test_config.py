@@ -62,8 +62,20 @@ BAD = {
     "finetune without transfer": (
         ["phase=finetune"],
         CheckpointError,
-        "Run `python train.py phase=transfer` first",
+        "none was found under",
     ),
+    "finetune without transfer names the one word to add": (
+        ["phase=finetune"],
+        CheckpointError,
+        "Add phase.init_from=scratch",
+    ),
+    "init_from unknown": (["phase=finetune", "phase.init_from=nothing"], ConfigError, "phase.init_from='nothing'"),
+    "ckpt with init_from scratch": (
+        ["phase=finetune", "phase.init_from=scratch", "ckpt=/x"],
+        ConfigError,
+        "starts a new head",
+    ),
+    "export neither best nor last": (["checkpoint.export=first"], ConfigError, "checkpoint.export='first'"),
     "ckpt not an export": (["phase=finetune", "ckpt=/"], CheckpointError, "is not an autocritic export"),
     "nf4 full finetune": (
         ["phase=finetune", "peft=none", "quantization=nf4"],

@@ -10,11 +10,12 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "autocritic"
 FORBIDDEN = {
-    "model": ("data", "inference", "training", "evaluation", "offline", "formats", "settings", "tracking"),
-    "inference": ("offline", "training", "evaluation"),
+    "model": ("data", "inference", "training", "evaluation", "offline", "labelling", "formats", "settings", "tracking"),
+    "inference": ("offline", "training", "evaluation", "labelling"),
     "training": ("evaluation", "inference"),
     "evaluation": ("training",),
-    "data": ("inference", "training", "evaluation", "offline"),
+    "data": ("inference", "training", "evaluation", "offline", "labelling"),
+    "labelling": ("offline", "inference", "training", "evaluation"),  # your problems: nothing of the toy world
 }
 
 

@@ -10,7 +10,7 @@ import torch
 from helpers import tiny_pretrain_settings
 from transformers import AutoTokenizer, FalconForCausalLM
 
-from autocritic.offline.complete import complete, cut_at_stop
+from autocritic.model.complete import complete, cut_at_stop
 from autocritic.offline.generate import (
     CARD,
     GenerateSettings,

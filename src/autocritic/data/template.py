@@ -7,6 +7,7 @@ A template is a format string with `{prompt}` and, at its very end, `{response}`
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from autocritic.errors import ConfigError
 
@@ -29,3 +30,17 @@ class Template:
 
     def render(self, prompt: str, response: str) -> str:
         return self.render_prompt(prompt) + response
+
+
+def read_template_file(path: str | Path) -> str:
+    """A template written in a file, exactly (newlines, colons and braces need no quoting); one final newline, which
+    editors add, is dropped so that the text still ends with {response}."""
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise ConfigError(f"data.template_file={str(path)!r} is not a file: write the template into a text file.")
+    try:
+        text = file.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"data.template_file={str(path)!r} is not UTF-8 text.") from None
+    text = text.removesuffix("\n").removesuffix("\r")
+    return Template(text).text

@@ -43,14 +43,20 @@ def best_of_n_plot(path: Path, curve: Mapping[str, Mapping[int, Mapping]], greed
     return _save(fig, path)
 
 
-def roc_plot(path: Path, fpr: Sequence[float], tpr: Sequence[float], auroc: float | None) -> str:
+def roc_plot(
+    path: Path,
+    fpr: Sequence[float],
+    tpr: Sequence[float],
+    auroc: float | None,
+    title: str = "Critic ROC on sampled answers",
+) -> str:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(4.5, 4.5))
     ax.plot(fpr, tpr, label=f"critic (AUROC {auroc:.3f})" if auroc is not None else "critic")
     ax.plot([0, 1], [0, 1], color="grey", linestyle=":", label="chance")
     ax.set_xlabel("false positive rate")
     ax.set_ylabel("true positive rate")
-    ax.set_title("Critic ROC on sampled answers")
+    ax.set_title(title)
     ax.legend(loc="lower right")
     return _save(fig, path)
 

@@ -1,6 +1,9 @@
 """`python evaluate.py`: load an export, run the suites, write results.json, report.md and the plots.
 
-export ──load_critic──► CriticGenerator ──► prompts, fewshot, agent, memory, rerank ──► run dir
+export ──load_critic──► CriticGenerator ──► prompts, fewshot, agent, memory, rerank, score ──► run dir
+
+A suite module holds `Settings` and `run(ctx, settings)`; an optional `check(settings)` reads its inputs (the score
+suite's files) before the model is loaded.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import torch
 from omegaconf import DictConfig
 
 from autocritic.errors import AutocriticError, CheckpointError, ConfigError, is_of_kind
-from autocritic.evaluation import agent, fewshot, memory, prompts, rerank
+from autocritic.evaluation import agent, fewshot, memory, prompts, rerank, score
 from autocritic.evaluation.context import EvalContext
 from autocritic.evaluation.report import (
     REPORT_NAME,
@@ -42,6 +45,7 @@ SUITES: dict[str, ModuleType] = {
     "agent": agent,
     "memory": memory,
     "rerank": rerank,
+    "score": score,
 }
 SEARCHED_PHASES = ("finetune", "transfer")  # the first phase with an export wins, its newest run
 ZERO_ALLOWED = {"shots"}  # may be 0; every other whole-number setting of a suite is a count, at least 1
@@ -183,6 +187,9 @@ def evaluate(cfg: DictConfig) -> float | None:
         )
         for name in suites
     }
+    for name in suites:
+        if hasattr(SUITES[name], "check"):
+            SUITES[name].check(settings[name])  # a suite's own inputs, before the model loads
     use_wandb = check_logger(cfg)
     export = find_export(cfg)
     log.info("evaluating %s (suites: %s)", export, ", ".join(suites))

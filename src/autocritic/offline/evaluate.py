@@ -16,7 +16,7 @@ import torch
 from transformers import AutoTokenizer, FalconForCausalLM
 
 from autocritic.formats import ARITHMETIC_STOP, CALCULATOR_NAME, DIALOGUE_STOP, REACT_STOP, format_number
-from autocritic.offline.complete import complete
+from autocritic.model.complete import complete
 from autocritic.offline.labelling import extract_answer, is_correct
 from autocritic.offline.tasks import (
     QA_FAMILIES,

@@ -24,7 +24,7 @@ from pathlib import Path
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from autocritic.formats import ARITHMETIC_STOP
-from autocritic.offline.complete import complete
+from autocritic.model.complete import complete
 from autocritic.offline.labelling import LabelFn, label_offline
 from autocritic.offline.perturbed import perturbed_rows
 from autocritic.offline.pretrain import BUILD_INFO, recorded_fingerprint

@@ -11,6 +11,14 @@ from autocritic.tracking import is_wandb, wandb_mode
 from autocritic.training.objectives import SCHEMA_OF
 
 PHASES = ("transfer", "finetune", "pretrain", "generate")
+SCRATCH = "scratch"  # phase.init_from=scratch: a new head (and, in finetune, the whole model from the backbone)
+INIT_FROM = (SCRATCH, "transfer", "finetune")
+EXPORTS = ("best", "last")  # checkpoint.export: the epoch whose weights are tested and exported
+
+
+def starts_from_scratch(cfg: DictConfig) -> bool:
+    """No export to start from: phase.init_from is scratch (null and none say the same)."""
+    return OmegaConf.select(cfg, "phase.init_from") in (None, SCRATCH, "none")
 
 
 def positive(x) -> bool:
@@ -48,6 +56,8 @@ RULES: dict[str, tuple[tuple[type, ...], Callable | None, str]] = {
     "phase.freeze_backbone": ((bool,), None, "true or false"),
     "phase.cache_features": ((bool,), None, "true or false"),
     "phase.optimizer": ((str,), lambda x: x in ("adamw", "adamw8bit"), "adamw or adamw8bit"),
+    "phase.init_from": ((str,), lambda x: x in (*INIT_FROM, "none"), "scratch (a new head) or transfer (the latest "
+                        "transfer export)"),
     "data.batch_size": ((int,), positive, "a positive integer"),
     "data.eval_batch_size": ((int,), positive, "a positive integer"),
     "data.max_length": ((int,), positive, "a positive integer"),
@@ -100,6 +110,7 @@ RULES: dict[str, tuple[tuple[type, ...], Callable | None, str]] = {
     "trainer.devices": ((int, str, list), device_spec, "a positive integer, -1, auto, or a list of device indices"),
     "checkpoint.save_top_k": ((int,), lambda x: x >= -1, "an integer ≥ -1 (-1 keeps every epoch, 0 none)"),
     "checkpoint.every_n_train_steps": ((int,), positive, "a positive integer, or null"),
+    "checkpoint.export": ((str,), lambda x: x in EXPORTS, "best (the best validation epoch) or last (the last epoch)"),
 }
 
 
@@ -138,17 +149,21 @@ def check_config(cfg: DictConfig) -> None:
     phase = OmegaConf.select(cfg, "phase.name")
     if phase not in PHASES:
         raise ConfigError(f"phase={phase!r} is unknown: use one of {list(PHASES)}, e.g. `python train.py phase=transfer`.")
+    builds = phase in ("pretrain", "generate")  # no Trainer: trainer.max_epochs refers to a phase.max_epochs absent here
     for key in RULES:
-        check_value(cfg, key)
-    check_trainer_keys(cfg)
+        if not (builds and key.startswith(("trainer.", "phase."))):
+            check_value(cfg, key)
+    if not builds:
+        check_trainer_keys(cfg)
     if is_wandb(cfg.get("logger")):
         wandb_mode(cfg.logger.get("offline", True))  # an online run without a key fails here, before any compute
     if phase in ("pretrain", "generate"):
         return
-    if cfg.get("ckpt") and OmegaConf.select(cfg, "phase.init_from") is None:
+    if cfg.get("ckpt") and starts_from_scratch(cfg):
         raise ConfigError(
-            f"ckpt={cfg.ckpt!r} is read by phases that start from an export (phase=finetune); phase={phase} starts "
-            "a new head. Remove ckpt=, or use phase=finetune ckpt=<export dir>."
+            f"ckpt={cfg.ckpt!r} is read by phases that start from an export (phase=finetune); phase={phase} "
+            f"(phase.init_from={OmegaConf.select(cfg, 'phase.init_from')}) starts a new head. Remove ckpt=, or use "
+            "phase=finetune ckpt=<export dir>."
         )
     head_kind, window = OmegaConf.select(cfg, "head.kind"), OmegaConf.select(cfg, "head.window", default=1)
     if head_kind != "attention" and window != 1:

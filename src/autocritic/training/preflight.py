@@ -19,6 +19,7 @@ from autocritic.data.replay import read_replay_files
 from autocritic.errors import AlreadyDone, CheckpointError
 from autocritic.model.backbone import check_model_source
 from autocritic.model.export import CONFIG_NAME, HEAD_NAME, read_critic_config, read_safetensors
+from autocritic.training.config_check import SCRATCH, starts_from_scratch
 
 log = logging.getLogger("autocritic")
 
@@ -65,17 +66,17 @@ def check_export(path: Path) -> Path:
 
 
 def find_start_export(cfg: DictConfig) -> Path | None:
-    """phase=finetune starts from `ckpt` or, if unset, the latest transfer export."""
-    if cfg.phase.init_from is None:
+    """phase=finetune starts from `ckpt` or, if unset, the latest transfer export; phase.init_from=scratch from none."""
+    if starts_from_scratch(cfg):
         return None
     if cfg.ckpt:
         return check_export(Path(cfg.ckpt).expanduser())
     found = latest(f"{cfg.phase.init_from}/*/export/{CONFIG_NAME}", Path(cfg.paths.outputs))
     if found is None:
         raise CheckpointError(
-            f"phase={cfg.phase.name} starts from a {cfg.phase.init_from} checkpoint, but none was found under "
-            f"{cfg.paths.outputs}/{cfg.phase.init_from}/. Run `python train.py phase={cfg.phase.init_from}` first, "
-            "or pass ckpt=<export dir>."
+            f"phase={cfg.phase.name} starts from the latest {cfg.phase.init_from} export, but none was found under "
+            f"{cfg.paths.outputs}/{cfg.phase.init_from}/. Add phase.init_from={SCRATCH} to train a new head with the "
+            f"whole model, run `python train.py phase={cfg.phase.init_from}` first, or pass ckpt=<export dir>."
         )
     log.info("starting from the latest %s export: %s", cfg.phase.init_from, found.parent)
     return check_export(found.parent)

@@ -15,10 +15,11 @@ import lightning as L
 import torch
 from hydra.utils import get_class, instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar, TQDMProgressBar
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from autocritic.chat_format import DIALOGUE_CHAT_TEMPLATE, has_chat_template
 from autocritic.data.datamodule import CriticDataModule, DataSettings, as_list
+from autocritic.data.template import read_template_file
 from autocritic.errors import ConfigError, DivergedError
 from autocritic.model.backbone import (
     LoraSettings,
@@ -49,7 +50,20 @@ log = logging.getLogger("autocritic")
 
 def data_settings(cfg: DictConfig) -> DataSettings:
     extra = {} if replays(cfg) else {"replay_files": []}  # a frozen backbone or no replay loss: nothing reads them
-    return settings_from(DataSettings, cfg.data, "data", skip=("offline_default",), seed=cfg.seed, **extra)
+    return settings_from(DataSettings, cfg.data, "data", skip=("offline_default", "template_file"), seed=cfg.seed, **extra)
+
+
+def use_template_file(cfg: DictConfig) -> None:
+    """data.template_file: the template read from a file replaces data.template (one value for the whole run)."""
+    path = OmegaConf.select(cfg, "data.template_file", default=None)
+    if path:
+        with open_dict(cfg):
+            cfg.data.template = read_template_file(path)
+    elif "\\n" in (OmegaConf.select(cfg, "data.template", default="") or ""):
+        log.warning(
+            "data.template holds a backslash followed by n, not a newline (a shell passes '\\n' as two characters): "
+            "write the template in a file and pass data.template_file=<file>, or use bash's $'...' quoting"
+        )
 
 
 def head_settings_of(cfg: DictConfig) -> HeadSettings:
@@ -141,12 +155,56 @@ class FeatureCache(L.Callback):
         datamodule.use_features(features)
 
 
-def build_trainer(cfg: DictConfig, run_dir: Path, extra_callbacks: list[L.Callback] | None = None) -> tuple[L.Trainer, ModelCheckpoint]:
+RANKING_MONITORS = ("val/auroc", "val/within_auroc")
+
+
+def checkpoint_monitor(cfg: DictConfig, rows: dict[str, list[dict]] | None) -> tuple[str, str]:
+    """objective.monitor and its mode, unless the validation rows cannot rank the epochs with it: an AUROC over
+    labels of one class is the same every epoch, and the first epoch would be exported however the run went on.
+    The validation loss ranks them then."""
+    monitor, mode = cfg.objective.monitor, cfg.objective.mode
+    labels = {row["label"] >= 0.5 for row in (rows or {}).get("val", []) if "label" in row}
+    if monitor in RANKING_MONITORS and len(labels) == 1:
+        log.warning(
+            "every validation label is %s: %s cannot tell the epochs apart, the best epoch is chosen by val/loss",
+            int(labels.pop()), monitor,
+        )
+        return "val/loss", "min"
+    return monitor, mode
+
+
+def run_summary(cfg: DictConfig, start: Path | None, monitor: str, mode: str) -> str:
+    """One line saying what this run trains, on which losses, from where, and which epoch it exports."""
+    frozen = cfg.phase.freeze_backbone
+    trains = "the head (backbone frozen)" if frozen else f"head and backbone ({'LoRA' if cfg.peft.mode == 'lora' else 'full'})"
+    losses = [f"{cfg.objective.kind} critic loss"]
+    if not frozen and cfg.objective.lm_weight > 0:
+        losses.append(f"{cfg.objective.lm_weight:g} × LM loss on right/chosen responses (objective.lm_weight=0: off)")
+    if replays(cfg):
+        losses.append(f"{cfg.objective.replay_weight:g} × LM loss on data.replay_files")
+    origin = f"the export {start}" if start else "a new head (phase.init_from=scratch)"
+    exported = (
+        "the last epoch" if cfg.checkpoint.export == "last" else f"the best epoch by {monitor} ({mode})"
+    )
+    return (
+        f"phase={cfg.phase.name}: trains {trains} of {cfg.model.name_or_path} on {' + '.join(losses)}; "
+        f"starts from {origin}; exports {exported} (checkpoint.export)"
+    )
+
+
+def build_trainer(
+    cfg: DictConfig,
+    run_dir: Path,
+    extra_callbacks: list[L.Callback] | None = None,
+    monitor: tuple[str, str] | None = None,
+) -> tuple[L.Trainer, ModelCheckpoint]:
+    """`monitor`: (metric, mode) choosing the best checkpoint; objective.monitor and objective.mode by default."""
+    metric, mode = monitor or (cfg.objective.monitor, cfg.objective.mode)
     checkpoint = ModelCheckpoint(
         dirpath=run_dir / "checkpoints",
         filename="best",
-        monitor=cfg.objective.monitor,
-        mode=cfg.objective.mode,
+        monitor=metric,
+        mode=mode,
         save_top_k=cfg.checkpoint.save_top_k,
     )
     # last.ckpt comes from callbacks without a monitor: since Lightning 2.6 a monitored callback rewrites last.ckpt
@@ -269,9 +327,25 @@ def export_facts(cfg: DictConfig, data: DataSettings, metrics: dict, start: Path
     }
 
 
+def label_your_problems(cfg: DictConfig) -> None:
+    """phase=generate on the user's problems (autocritic.labelling); the offline backbone is built only if it is
+    the model that answers them."""
+    from autocritic.labelling.run import label_your_problems, prepare
+
+    prepared = prepare(cfg)  # checker, problems and settings: before the offline build or any model load
+    if uses_offline_backbone(cfg):
+        from autocritic.offline.pipeline import ensure_backbone
+
+        ensure_backbone(cfg, force=False)
+    return label_your_problems(cfg, prepared)
+
+
 def train(cfg: DictConfig) -> float | None:
+    use_template_file(cfg)
     check_config(cfg)
     run_dir = Path(cfg.paths.run_dir or cfg.paths.outputs)
+    if cfg.phase.name == "generate" and OmegaConf.select(cfg, "generate.problems"):
+        return label_your_problems(cfg)
     if cfg.phase.name in ("pretrain", "generate"):
         from autocritic.offline.pipeline import run_offline_phase
 
@@ -294,7 +368,9 @@ def train(cfg: DictConfig) -> float | None:
     callbacks = [on_signal, watch, *([FeatureCache(cfg, critic)] if cached else [])]
     if objective.kind == "bce" and objective.calibrate:
         callbacks.append(Calibration())
-    trainer, checkpoint = build_trainer(cfg, run_dir, callbacks)
+    monitor, mode = checkpoint_monitor(cfg, checked.rows)
+    trainer, checkpoint = build_trainer(cfg, run_dir, callbacks, (monitor, mode))
+    log.info("%s", run_summary(cfg, checked.start, monitor, mode))
     params = {f"params/{k}": v for k, v in count_parameters(critic).items()}
     log.info("parameters: %s", ", ".join(f"{k.split('/')[1]} {v:,}" for k, v in params.items()))
     if trainer.logger:
@@ -305,12 +381,11 @@ def train(cfg: DictConfig) -> float | None:
         trainer.fit(module, datamodule=datamodule, ckpt_path=checked.resume)
     best_score = checkpoint.best_model_score  # the monitored validation metric, before test() resets the metrics
     best = checkpoint.best_model_path or None
-    if cfg.trainer.fast_dev_run:
-        best = None  # fast_dev_run saves no checkpoint
+    if cfg.trainer.fast_dev_run or cfg.checkpoint.export == "last":
+        best = None  # fast_dev_run saves no checkpoint; export=last tests and exports the weights as they end
     with interrupted(on_signal, resume_hint):
         tested = trainer.test(module, datamodule=datamodule, ckpt_path=best, weights_only=False) if best else trainer.test(module, datamodule=datamodule)
     metrics = tested[0] if tested else {}
-    monitor = cfg.objective.monitor
     value = best_score if best_score is not None else trainer.callback_metrics.get(monitor)
     diverged = divergence(watch, metrics)
     if diverged and not cfg.export_diverged:

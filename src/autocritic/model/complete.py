@@ -57,7 +57,7 @@ def complete(
                 batch = tokenizer(
                     [prompts[i] for i in indices], return_tensors="pt", padding=True, add_special_tokens=False
                 )
-                input_ids, attention_mask = batch["input_ids"], batch["attention_mask"]
+                input_ids, attention_mask = batch["input_ids"].to(model.device), batch["attention_mask"].to(model.device)
                 prefilled = prefill_for_samples(model, input_ids, attention_mask, num_samples)
                 output = model.generate(
                     input_ids=input_ids.repeat_interleave(num_samples, 0),
