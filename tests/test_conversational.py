@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import write_jsonl
-from helpers import compose_train, tiny_overrides
+from helpers import CONF_DIR, compose_train, tiny_overrides
+from hydra import compose, initialize_config_dir
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
 
 from autocritic.chat_format import (
@@ -26,6 +27,7 @@ from autocritic.chat_format import (
 from autocritic.data.datamodule import CriticDataModule, DataSettings, read_rows
 from autocritic.data.schemas import check_rows, scan_json_lines
 from autocritic.errors import ConfigError, DataError
+from autocritic.evaluation.run import evaluate
 from autocritic.inference.chat import CriticChatModel
 from autocritic.inference.generation import CriticGenerator
 from autocritic.model.backbone import load_backbone, load_tokenizer
@@ -376,6 +378,23 @@ def test_conversational_pairs_train_and_the_export_records_the_template(chat_bac
     chat = CriticChatModel.from_export(export)
     expected = "(user) x.\n(assistant)" if chat_template == "auto" else "Human: x\nAI:"
     assert chat.prompt_for([HumanMessage("x")]) == expected
+    # ... and `evaluate.py suites=[score]` scores the file with it: the chat model's rendering, the same scores.
+    run_dir = tmp_path / "evaluate"
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        eval_cfg = compose("evaluate", overrides=[f"ckpt={export}", f"paths.run_dir={run_dir}", "suites=[score]",
+                                                  f"score.files=[{data['val']}]"])
+    evaluate(eval_cfg)
+    figures = json.loads((run_dir / "results.json").read_text())["suites"]["score"]["figures"]["val"]
+    assert figures["schema"] == "pairwise" and 0 <= figures["pairwise_accuracy"] <= 1
+    scored = [json.loads(line) for line in (run_dir / "scores_val.jsonl").read_text().splitlines()]
+    generator = chat.active_generator()
+    for row, out in zip(pair_rows(8), scored, strict=True):
+        prompt = row.get("prompt") or row["chosen"][:-1]
+        rendered = chat.prompt_for(as_langchain(prompt))
+        for side in ("chosen", "rejected"):
+            whole = render_messages(prompt + row[side][-1:], generator.tokenizer, False)
+            response = whole[len(rendered) :].split("\n")[0]  # what the chat model keeps: its stop ends the turn
+            assert out[f"{side}_score"] == pytest.approx(generator.score_texts([rendered], [response])[0], abs=1e-5)
 
 
 def test_an_offline_backbone_saved_without_a_template_trains_with_the_dialogue_one(tiny_backbone):

@@ -157,3 +157,11 @@ def test_bad_score_settings_fail_before_the_model_loads(tmp_path, overrides, err
     cfg = compose_eval([f"ckpt={tmp_path / 'never-loaded'}", "suites=[score]", *overrides])
     with pytest.raises(error, match=message):
         evaluate(cfg)
+
+
+def test_a_conversation_is_refused_by_an_export_that_wraps_prompts_in_a_template(export, tmp_path):
+    messages = [{"role": "user", "content": "1+1"}, {"role": "assistant", "content": "2"}]
+    chats = write_jsonl(tmp_path / "chats.jsonl", [{"messages": messages, "label": 1}])
+    cfg = compose_eval([f"ckpt={export}", f"paths.run_dir={tmp_path / 'run'}", "suites=[score]", f"score.files=[{chats}]"])
+    with pytest.raises(DataError, match=r"chats.jsonl, row 1 is a conversation, but this export wraps every prompt"):
+        evaluate(cfg)

@@ -23,7 +23,8 @@ from pathlib import Path
 import torch
 from torchmetrics.functional import pearson_corrcoef, spearman_corrcoef
 
-from autocritic.data.datamodule import read_local_file
+from autocritic.chat_format import Conversation
+from autocritic.data.datamodule import PLAIN_TEMPLATE, read_local_file, text_row
 from autocritic.data.schemas import SCHEMAS, check_rows
 from autocritic.errors import DataError
 from autocritic.evaluation import plots
@@ -105,9 +106,25 @@ def correlation(fn, scores: Sequence[float], targets: Sequence[float]) -> float 
     return value if math.isfinite(value) else None
 
 
+def as_text(ctx: EvalContext, scored: ScoredFile) -> list[dict]:
+    """The rows with conversations rendered as training renders them: the export's tokenizer and its chat template
+    (none: the Human:/AI: dialogue layout)."""
+    conversation = next((r["prompt"] for r in scored.rows if isinstance(r["prompt"], Conversation)), None)
+    if conversation is None:
+        return scored.rows
+    template = getattr(getattr(ctx.generator, "template", None), "text", PLAIN_TEMPLATE)
+    if template != PLAIN_TEMPLATE:
+        raise DataError(
+            f"{conversation.where} is a conversation, but this export wraps every prompt in its template "
+            f"{template!r}: score conversations with an export trained on conversations (data.template="
+            f"'{PLAIN_TEMPLATE}'), or write the file as text prompts and responses."
+        )
+    return [text_row(row, ctx.generator.tokenizer) for row in scored.rows]
+
+
 def score_file(ctx: EvalContext, scored: ScoredFile, settings: Settings, stem: str) -> tuple[dict, list[dict], list[str]]:
     """(figures, output rows, plot files) of one file."""
-    rows, figures, plot_files = scored.rows, {"schema": scored.schema, "rows": len(scored.rows)}, []
+    rows, figures, plot_files = as_text(ctx, scored), {"schema": scored.schema, "rows": len(scored.rows)}, []
     if "chosen" in rows[0]:
         prompts = [r["prompt"] for r in rows]
         chosen = ctx.generator.score_texts(prompts, [r["chosen"] for r in rows])
