@@ -402,3 +402,13 @@ def test_an_offline_backbone_saved_without_a_template_trains_with_the_dialogue_o
     assert run.chat_tokenizer(offline, load_tokenizer(str(tiny_backbone))).chat_template == DIALOGUE_CHAT_TEMPLATE
     other = compose_train([f"model.name_or_path={tiny_backbone}", "model.offline_default=false"])
     assert run.chat_tokenizer(other, load_tokenizer(str(tiny_backbone))).chat_template is None
+
+
+def test_a_conversation_longer_than_max_length_is_refused_naming_its_row(tokenizers, tmp_path):
+    file = write_jsonl(tmp_path / "chat.jsonl", chat_rows(3))
+    short = CriticDataModule(settings(file, val_files=[str(file)], max_length=12), tokenizers["tiny"])
+    with pytest.raises(DataError, match=r"chat.jsonl, row 1: the conversation \(response\) is \d+ tokens, longer than data.max_length=12"):
+        short.setup()
+    fits = CriticDataModule(settings(file, val_files=[str(file)], max_length=512), tokenizers["tiny"])
+    fits.setup()
+    assert fits.stats["data/val_truncated"] == 0

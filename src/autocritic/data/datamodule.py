@@ -296,11 +296,28 @@ class CriticDataModule(L.LightningDataModule):
             return
         chat_tokenizer = self.tokenizer if self.settings.chat_template == "auto" else None
         for split, rows in self.prepare_rows().items():
-            self.encoded[split] = self.encode_rows([text_row(r, chat_tokenizer) for r in rows], split)
+            texts = [text_row(r, chat_tokenizer) for r in rows]
+            self.check_conversations_fit(rows, texts)
+            self.encoded[split] = self.encode_rows(texts, split)
         if self.settings.replay_files:
             documents = read_replay_files(as_list(self.settings.replay_files))
             self.replay = encode_documents(documents, self.tokenizer, self.settings.max_length)
             self.stats["data/replay_documents"] = len(self.replay)
+
+    def check_conversations_fit(self, rows: list[dict], texts: list[dict]) -> None:
+        """A conversation longer than data.max_length is refused (a text row keeps its end): cutting its start
+        would drop the system message and the first turns, which is another conversation."""
+        for row, text in zip(rows, texts, strict=True):
+            if not isinstance(row["prompt"], Conversation):
+                continue
+            for answer in ANSWER_FIELDS:
+                if answer in text:
+                    length = len(self.tokenizer(self.template.render(text["prompt"], text[answer]))["input_ids"])
+                    if length > self.settings.max_length:
+                        raise DataError(
+                            f"{row['prompt'].where}: the conversation ({answer}) is {length} tokens, longer than "
+                            f"data.max_length={self.settings.max_length}. Raise data.max_length or shorten it."
+                        )
 
     # ---- tokenization ----
     def encode_texts(self, pairs: list[tuple[str, str]]) -> list[tuple[list[int], int, bool]]:
