@@ -290,3 +290,14 @@ def test_the_same_command_twice_gives_the_same_weights_and_metrics(tiny_backbone
         [export] = (root / "outputs").glob("*/*/export")
         results.append(((export / HEAD_NAME).read_bytes(), json.loads((export.parent / "metrics.json").read_text())))
     assert results[0] == results[1]
+
+
+def test_a_collapse_is_one_score_for_every_row_not_an_auroc_of_one_half():
+    from autocritic.training.divergence import LossWatch, divergence
+
+    watch = LossWatch()
+    chance = {"test/auroc": 0.5, "test/score_mean": 0.3, "test/score_spread": 0.8}  # 30 of 60 pairs right
+    assert divergence(watch, chance) is None
+    collapsed = {"test/auroc": 0.5, "test/score_mean": 1e12, "test/score_spread": 0.0}
+    assert divergence(watch, collapsed) == "every test row gets the same score (the head collapsed)"
+    assert divergence(watch, {"test/score_mean": -2.0, "test/score_spread": 0.0}) is not None  # mse: no AUROC

@@ -122,6 +122,8 @@ class CriticModule(L.LightningModule):
         self.log(f"{split}/loss", loss, prog_bar=split != "test", batch_size=batch_size, sync_dist=split != "train")
         if split != "train":
             self.log(f"{split}/score_mean", scores.detach().mean(), batch_size=batch_size, sync_dist=True)
+            spread = scores.detach().max() - scores.detach().min()  # 0 in every batch: the head gives one score
+            self.log(f"{split}/score_spread", spread, batch_size=batch_size, sync_dist=True, reduce_fx="max")
         return loss
 
     def log_epoch_metrics(self, split: str) -> None:
