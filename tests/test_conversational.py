@@ -364,6 +364,7 @@ def test_conversational_pairs_train_and_the_export_records_the_template(chat_bac
             "objective=pairwise",
             "data.schema=pairwise",
             f"data.chat_template={chat_template}",
+            "data.max_length=128",  # the whole conversation: a longer one is refused, not cut
             "phase.max_epochs=1",
         ]
     )
