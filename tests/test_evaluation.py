@@ -544,3 +544,16 @@ def test_wandb_logger_gets_the_tables_and_plots(tmp_path):
     images = list((run_dir / "files" / "media").rglob("*.png"))
     tables = list((run_dir / "files" / "media").rglob("*.table.json"))
     assert len(images) == len(result.plots) and len(tables) == len(result.tables)
+
+
+def test_ckpt_may_be_a_hub_id(tiny_export, tmp_path, monkeypatch):
+    import huggingface_hub
+
+    from autocritic.evaluation.run import find_export
+
+    asked = []
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda repo, **_: asked.append(repo) or str(tiny_export))
+    assert find_export(compose_eval(["ckpt=someone/critic"])) == tiny_export and asked == ["someone/critic"]
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda repo, **_: str(tmp_path))  # not an export
+    with pytest.raises(CheckpointError, match="is not an autocritic export"):
+        find_export(compose_eval(["ckpt=someone/other"]))

@@ -34,6 +34,7 @@ from autocritic.evaluation.report import (
 )
 from autocritic.inference.generation import CriticGenerator
 from autocritic.model.export import CONFIG_NAME, read_critic_config
+from autocritic.model.hub import locate_export
 from autocritic.settings import settings_from
 from autocritic.tracking import is_wandb, wandb_mode
 
@@ -51,15 +52,21 @@ SEARCHED_PHASES = ("finetune", "transfer")  # the first phase with an export win
 ZERO_ALLOWED = {"shots"}  # may be 0; every other whole-number setting of a suite is a count, at least 1
 
 
+def looks_like_hub_id(name: str) -> bool:
+    """owner/name, and no such local path: a hub repository."""
+    return name.count("/") == 1 and not name.startswith((".", "/", "~")) and not Path(name).exists()
+
+
 def find_export(cfg: DictConfig) -> Path:
-    """`ckpt`, or the newest export of outputs/finetune, else of outputs/transfer."""
+    """`ckpt` (an export directory or a hub id), or the newest export of outputs/finetune, else of outputs/transfer."""
     if cfg.ckpt:
         path = Path(str(cfg.ckpt)).expanduser()
-        if not path.is_dir():
+        if not path.is_dir() and not looks_like_hub_id(str(cfg.ckpt)):
             raise CheckpointError(
                 f"ckpt={cfg.ckpt} does not exist. Pass the export directory of a training run, e.g. "
-                f"ckpt={cfg.paths.outputs}/transfer/<run>/export."
+                f"ckpt={cfg.paths.outputs}/transfer/<run>/export, or the hub id it was pushed to."
             )
+        path = locate_export(path if path.is_dir() else str(cfg.ckpt))  # a hub id: its snapshot
         read_critic_config(path)  # says clearly when the directory is not an export
         return path
     root = Path(cfg.paths.outputs)
