@@ -161,3 +161,31 @@ def test_the_offline_world_samples_and_fine_tunes_without_the_true_answers(tiny_
     assert any((before[k] != after[k]).any() for k in before)  # the generator learned from the kept answers
     with pytest.raises(AssertionError, match="true answer"):
         world.judge(0, " 1")
+
+
+def test_your_problems_run_a_round_from_questions_without_answers(tiny_export, tmp_path):
+    """A questions file with no answer column is enough to improve on; the labelled file refreshes the critic
+    (an ordinary phase=transfer run) and measures the round."""
+    from autocritic.improve.yours import YourSettings, YourWorld
+
+    questions = tmp_path / "questions.jsonl"
+    questions.write_text("".join(json.dumps({"question": f"Q: {a}+{a}=? A:"}) + "\n" for a in range(6)))
+    labelled = tmp_path / "labelled.jsonl"
+    labelled.write_text("".join(json.dumps({"question": f"Q: {a}+1=? A:", "answer": str(a + 1)}) + "\n" for a in range(10)))
+    world = YourWorld(
+        YourSettings(questions=str(questions), labelled=str(labelled), stop=("\n",)),
+        tiny_export,
+        SamplingSettings(max_new_tokens=3, batch_size=16, eval_samples=2),
+        GeneratorSettings(epochs=1, batch_size=4),
+        replay_files=[],
+        critic_overrides=["phase.max_epochs=1", "data.batch_size=8", "progress_bar=none", f"paths.outputs={tmp_path}"],
+    )
+    assert world.improving_prompts()[0] == "Q: 0+0=? A:"
+    rounds = run_rounds(world, LoopSettings(rounds=1, samples=2, audit=False), tmp_path / "run", tiny_export)
+    export = tmp_path / "run" / "round_1" / "export"
+    assert rounds[1]["export"] == str(export)
+    config = json.loads((export / "critic_config.json").read_text())
+    assert config["backbone"]["mode"] == "full" and (export / "backbone").is_dir()  # the round's export stands alone
+    assert set(rounds[1]["metrics"]) >= {"greedy_accuracy", "pass@2", "best_of_2_critic", "critic_auroc", "distinct_answers"}
+    with pytest.raises(Exception, match="improve.yours.questions lacks"):
+        world.judge(0, " 0")

@@ -4,6 +4,7 @@ and after each round rounds.json and accuracy_by_round.png written in the run di
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -14,6 +15,7 @@ from autocritic.improve.filters import FILTERS
 from autocritic.improve.generator import GeneratorSettings
 from autocritic.improve.loop import ROUNDS, LoopSettings, read_rounds, run_rounds
 from autocritic.improve.world import OfflineWorld, ProblemSettings, SamplingSettings
+from autocritic.improve.yours import YourSettings, YourWorld
 from autocritic.model.export import read_critic_config
 from autocritic.settings import settings_from
 from autocritic.training.preflight import latest
@@ -49,7 +51,7 @@ def plot_rounds(run_dir: Path, rounds: list[dict], samples: int) -> None:
 def improve(cfg: DictConfig) -> float | None:
     section = cfg.improve
     loop = settings_from(
-        LoopSettings, section, "improve", skip=("critic", "problems", "sampling", "generator", "critic_refresh", "replay_files")
+        LoopSettings, section, "improve", skip=("critic", "problems", "sampling", "generator", "critic_refresh", "replay_files", "yours")
     )
     if loop.filter not in FILTERS:
         raise ConfigError(f"improve.filter={loop.filter!r} is not valid: expected one of {', '.join(FILTERS)}.")
@@ -57,18 +59,26 @@ def improve(cfg: DictConfig) -> float | None:
         raise ConfigError("improve.critic is not set: pass the round-0 export, e.g. improve.critic=outputs/transfer/<run>/export.")
     start = Path(section.critic).expanduser()
     read_critic_config(start)  # a clear error now, not after the problems are built
-    world = OfflineWorld(
-        settings_from(ProblemSettings, section.problems, "improve.problems"),
-        settings_from(SamplingSettings, section.sampling, "improve.sampling"),
-        settings_from(GeneratorSettings, section.generator, "improve.generator"),
-        OmegaConf.to_container(section.replay_files, resolve=True) or [],
-        OmegaConf.to_container(section.critic_refresh.overrides, resolve=True) or [],
-    )
+    sampling = settings_from(SamplingSettings, section.sampling, "improve.sampling")
+    generator = settings_from(GeneratorSettings, section.generator, "improve.generator")
+    replay_files = OmegaConf.to_container(section.replay_files, resolve=True) or []
+    critic_overrides = OmegaConf.to_container(section.critic_refresh.overrides, resolve=True) or []
+    yours = settings_from(YourSettings, section.get("yours"), "improve.yours")
+    if yours.questions:
+        if loop.filter == "oracle":
+            raise ConfigError("improve.filter=oracle needs the true answers, which improve.yours.questions lacks: use critic, likelihood or none.")
+        if loop.audit:
+            log.info("improve.audit is off: your questions have no answers to audit the kept ones against")
+            loop = replace(loop, audit=False)
+        world = YourWorld(yours, start, sampling, generator, replay_files, critic_overrides)
+    else:
+        problems = settings_from(ProblemSettings, section.problems, "improve.problems")
+        world = OfflineWorld(problems, sampling, generator, replay_files, critic_overrides)
     run_dir = run_dir_of(cfg)
     done = read_rounds(run_dir)
     if done and done[-1]["round"] >= loop.rounds:
         raise AlreadyDone(f"{run_dir} has finished its {loop.rounds} rounds; raise improve.rounds to go on.")
-    log.info("phase=improve in %s: %d rounds, filter=%s, %d improving problems", run_dir, loop.rounds, loop.filter, len(world.improving))
+    log.info("phase=improve in %s: %d rounds, filter=%s, %d improving problems", run_dir, loop.rounds, loop.filter, len(world.improving_prompts()))
     samples = world.sampling.eval_samples
     rounds = run_rounds(world, loop, run_dir, start, on_round=lambda r: plot_rounds(run_dir, r, samples))
     plot_rounds(run_dir, rounds, samples)

@@ -18,6 +18,7 @@ from pathlib import Path
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from autocritic.data.replay import encode_documents, read_replay_files
+from autocritic.data.template import Template
 from autocritic.errors import ConfigError
 from autocritic.evaluation.rerank import mean_logprob
 from autocritic.formats import ARITHMETIC_STOP
@@ -30,14 +31,14 @@ from autocritic.model.backbone import unwrap
 from autocritic.model.complete import complete
 from autocritic.model.export import load_critic
 from autocritic.offline.generate import label_split
-from autocritic.offline.labelling import is_right, label_offline
+from autocritic.offline.labelling import extract_answer, is_right, label_offline
 from autocritic.offline.tasks import Problem, few_shot_prompts, make_splits
 
 
 @dataclass(frozen=True)
 class ProblemSettings:
     seed: int = 7  # of the improving and labelled sets (the critic data uses offline.generate.seed)
-    improving: int = 600
+    improving: int = 1000
     labelled: int = 300
     val_fraction: float = 0.2  # of the labelled problems: the critic refresh's validation rows
     held_out: int = 300
@@ -74,30 +75,15 @@ def problem_sets(settings: ProblemSettings) -> tuple[list[Problem], list[Problem
     return improving, labelled, held_out
 
 
-class OfflineWorld:
-    def __init__(
-        self,
-        problems: ProblemSettings,
-        sampling: SamplingSettings,
-        generator: GeneratorSettings,
-        replay_files: Sequence[str],
-        critic_overrides: Sequence[str],
-    ):
-        self.settings, self.sampling, self.generator = problems, sampling, generator
-        self.improving, self.labelled, self.held_out = problem_sets(problems)
-        self.replay_files, self.critic_overrides = list(replay_files), list(critic_overrides)
-        self._replay: list | None = None
-        self.stop = tuple(ARITHMETIC_STOP)
-        # Few-shot examples come from the labelled set: an improving question's own answer is never shown.
-        self._improving_prompts = few_shot_prompts(self.improving, self.labelled, problems.shots, problems.seed)
-        self.labelled_prompts = few_shot_prompts(self.labelled, self.labelled, problems.shots, problems.seed + 1)
-        self.held_out_prompts = few_shot_prompts(self.held_out, self.labelled, problems.shots, problems.held_out_seed)
+class ModelSteps:
+    """The steps every world shares: sampling scored answers from an export, and fine-tuning its generator on the
+    kept ones. Prompts are questions; the export's template renders them, as the critic saw them in training."""
 
-    def improving_prompts(self) -> list[str]:
-        return self._improving_prompts
-
-    def judge(self, problem: int, text: str) -> bool:
-        return is_right(self.improving[problem], text)
+    sampling: SamplingSettings
+    generator: GeneratorSettings
+    replay_files: list[str]
+    stop: tuple[str, ...]
+    _replay: list | None = None
 
     def sample(self, export: Path, prompts: Sequence[str], samples: int, seed: int) -> list[list[Candidate]]:
         loaded = load_critic(export)
@@ -119,11 +105,11 @@ class OfflineWorld:
 
     def fine_tune(self, export: Path, kept: Sequence[Kept], prompts: Sequence[str], out: Path, seed: int) -> Path:
         loaded = load_critic(export)
-        model, tokenizer = unwrap(loaded.model).backbone, loaded.tokenizer
+        model, tokenizer, template = unwrap(loaded.model).backbone, loaded.tokenizer, Template(loaded.template)
         model.requires_grad_(True)
         rows = encode_answers(
-            tokenizer, [prompts[k.problem] for k in kept], [k.text for k in kept], self.generator.answer_end,
-            self.generator.max_length,
+            tokenizer, [template.render_prompt(prompts[k.problem]) for k in kept], [k.text for k in kept],
+            self.generator.answer_end, self.generator.max_length,
         )
         facts = fine_tune_generator(model, tokenizer, rows, self.replay(tokenizer), self.generator, seed)
         target = out / "generator"
@@ -132,16 +118,45 @@ class OfflineWorld:
         (out / "generator.json").write_text(json.dumps(facts | {"answers": len(rows)}, indent=2) + "\n")
         return target
 
-    def labelled_rows(self, generator: Path, seed: int) -> tuple[list[dict], list[dict], dict]:
-        """The new generator's checked answers to the labelled problems: (train rows, validation rows, counts)."""
+    def sample_labelled(self, generator: Path, prompts: Sequence[str], seed: int) -> list[list[str]]:
+        """The new generator's answers to the labelled questions (rendered prompts), to be checked."""
         tokenizer = AutoTokenizer.from_pretrained(generator)
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
         model = AutoModelForCausalLM.from_pretrained(generator).eval()
-        responses = complete(
-            model, tokenizer, self.labelled_prompts, max_new_tokens=self.sampling.max_new_tokens, stop=self.stop,
+        return complete(
+            model, tokenizer, prompts, max_new_tokens=self.sampling.max_new_tokens, stop=self.stop,
             temperature=self.sampling.temperature, num_samples=8, batch_size=self.sampling.batch_size, seed=seed,
         )
+
+
+class OfflineWorld(ModelSteps):
+    def __init__(
+        self,
+        problems: ProblemSettings,
+        sampling: SamplingSettings,
+        generator: GeneratorSettings,
+        replay_files: Sequence[str],
+        critic_overrides: Sequence[str],
+    ):
+        self.settings, self.sampling, self.generator = problems, sampling, generator
+        self.improving, self.labelled, self.held_out = problem_sets(problems)
+        self.replay_files, self.critic_overrides = list(replay_files), list(critic_overrides)
+        self.stop = tuple(ARITHMETIC_STOP)
+        # Few-shot examples come from the labelled set: an improving question's own answer is never shown.
+        self._improving_prompts = few_shot_prompts(self.improving, self.labelled, problems.shots, problems.seed)
+        self.labelled_prompts = few_shot_prompts(self.labelled, self.labelled, problems.shots, problems.seed + 1)
+        self.held_out_prompts = few_shot_prompts(self.held_out, self.labelled, problems.shots, problems.held_out_seed)
+
+    def improving_prompts(self) -> list[str]:
+        return self._improving_prompts
+
+    def judge(self, problem: int, text: str) -> bool:
+        return is_right(self.improving[problem], text)
+
+    def labelled_rows(self, generator: Path, seed: int) -> tuple[list[dict], list[dict], dict]:
+        """The new generator's checked answers to the labelled problems: (train rows, validation rows, counts)."""
+        responses = self.sample_labelled(generator, self.labelled_prompts, seed)
         rows, _, counts = label_split(
             self.labelled, self.labelled_prompts, responses, label_offline, self.sampling.max_pairs_per_problem, seed
         )
@@ -156,6 +171,8 @@ class OfflineWorld:
 
     def measure(self, export: Path) -> dict:
         return measure_export(
-            export, self.held_out, self.held_out_prompts, self.sampling.eval_samples, self.sampling.temperature,
-            self.sampling.max_new_tokens, self.stop, self.sampling.batch_size, self.sampling.eval_seed,
+            export, self.held_out_prompts, [p.answer for p in self.held_out],
+            lambda i, text: is_right(self.held_out[i], text), extract_answer, self.sampling.eval_samples,
+            self.sampling.temperature, self.sampling.max_new_tokens, self.stop, self.sampling.batch_size,
+            self.sampling.eval_seed,
         )
