@@ -189,3 +189,24 @@ def test_your_problems_run_a_round_from_questions_without_answers(tiny_export, t
     assert set(rounds[1]["metrics"]) >= {"greedy_accuracy", "pass@2", "best_of_2_critic", "critic_auroc", "distinct_answers"}
     with pytest.raises(Exception, match="improve.yours.questions lacks"):
         world.judge(0, " 0")
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ([], "improve.critic is not set"),
+        (["improve.filter=best", "improve.critic=/x"], "improve.filter='best' is not valid"),
+        (["improve.critic=/nowhere"], "is not an autocritic export"),
+        (["improve.generator.lr=fast"], "improve.generator.lr"),
+    ],
+)
+def test_phase_improve_refuses_a_bad_config_before_any_compute(overrides, message, tiny_export):
+    from autocritic.errors import AutocriticError
+    from autocritic.improve.run import improve
+    from tests.helpers import compose_train
+
+    overrides = [o.replace("improve.critic=/x", f"improve.critic={tiny_export}") for o in overrides]
+    if overrides == ["improve.generator.lr=fast"]:
+        overrides.append(f"improve.critic={tiny_export}")
+    with pytest.raises(AutocriticError, match=message):
+        improve(compose_train(["phase=improve", *overrides]))
