@@ -35,7 +35,8 @@ def test_the_critic_keeps_its_best_answer_per_problem_above_the_threshold():
 
 def test_likelihood_none_and_oracle_choose_by_their_own_signal():
     assert [k.text for k in select(POOLS, "likelihood")] == [" 1", " 8"]
-    assert len(select(POOLS, "none")) == 5
+    assert [k.text for k in select(POOLS, "none")] == [" 1", " 7"]  # the first sample: a random one
+    assert len(select(POOLS, "none", keep=8)) == 5  # every distinct sample
     right = {(0, " 3"), (1, " 7")}
     assert [k.text for k in select(POOLS, "oracle", judge=lambda i, t: (i, t) in right)] == [" 3", " 7"]
     with pytest.raises(ConfigError, match="improve.filter='best'"):

@@ -2,7 +2,8 @@
 
     critic       the critic's probability that the answer is right (sigmoid of its score)
     likelihood   the generator's own per-token probability of the answer (exp of its mean token log-prob)
-    none         every sample (plain self-distillation: the control with no filter at all)
+    none         no signal: the first `keep` distinct samples of each problem, a random draw (samples are
+                 independent); keep=K trains on every distinct sample (plain self-distillation)
     oracle       the checker's label (the true answer): the upper bound, ReST-EM's filter
 
 Every filter but `oracle` decides without the true answer; the selection never calls `judge` for them.
@@ -49,7 +50,7 @@ def filter_value(name: str, candidate: Candidate) -> float:
         if candidate.mean_logprob is None:
             raise ConfigError("improve.filter=likelihood needs log-probabilities, but the sampler returned none.")
         return math.exp(candidate.mean_logprob)
-    return 1.0
+    raise ConfigError(f"improve.filter={name} gives no value to a sample.")
 
 
 def select(
@@ -60,8 +61,8 @@ def select(
     judge: Callable[[int, str], bool] | None = None,
 ) -> list[Kept]:
     """The answers to train on: per problem, the `keep` distinct best by the filter whose value reaches
-    `threshold` (critic and likelihood; null: no bar). `none` keeps every sample; `oracle` keeps `keep` distinct
-    right answers and is the only filter that calls `judge(problem index, text)`."""
+    `threshold` (critic and likelihood; null: no bar). `none` keeps the first `keep` distinct samples; `oracle`
+    keeps `keep` distinct right answers and is the only filter that calls `judge(problem index, text)`."""
     if name not in FILTERS:
         raise ConfigError(f"improve.filter={name!r} is not valid: expected one of {', '.join(FILTERS)}.")
     if name == "oracle" and judge is None:
@@ -70,9 +71,8 @@ def select(
     for index, pool in enumerate(pools):
         nonempty = [c for c in pool if c.text.strip()]
         if name == "none":
-            kept += [Kept(index, c.text, 1.0) for c in nonempty]
-            continue
-        if name == "oracle":
+            ranked = [(1.0, c) for c in nonempty]
+        elif name == "oracle":
             ranked = [(1.0, c) for c in nonempty if judge(index, c.text)]
         else:
             # Sorted by value; Python's sort is stable, so ties keep sampling order.
