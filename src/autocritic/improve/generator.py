@@ -20,7 +20,7 @@ from autocritic.data.replay import collate_replay
 @dataclass(frozen=True)
 class GeneratorSettings:
     epochs: int = 2
-    lr: float = 5.0e-4
+    lr: float = 1.0e-4
     batch_size: int = 16
     weight_decay: float = 0.0
     replay_batch_size: int = 8

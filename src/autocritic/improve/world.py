@@ -38,10 +38,10 @@ from autocritic.offline.tasks import Problem, few_shot_prompts, make_splits
 @dataclass(frozen=True)
 class ProblemSettings:
     seed: int = 7  # of the improving and labelled sets (the critic data uses offline.generate.seed)
-    improving: int = 1000
+    improving: int = 3000
     labelled: int = 300
     val_fraction: float = 0.2  # of the labelled problems: the critic refresh's validation rows
-    held_out: int = 300
+    held_out: int = 1000
     held_out_seed: int = 0  # offline.generate.seed: the rerank suite's test problems
     shots: int = 2
 
