@@ -211,3 +211,11 @@ def test_phase_improve_refuses_a_bad_config_before_any_compute(overrides, messag
         overrides.append(f"improve.critic={tiny_export}")
     with pytest.raises(AutocriticError, match=message):
         improve(compose_train(["phase=improve", *overrides]))
+
+
+def test_the_plot_of_accuracy_by_round_is_written(tmp_path):
+    from autocritic.improve.run import PLOT, plot_rounds
+
+    rounds = [{"round": r, "metrics": {"greedy_accuracy": 0.2 + r / 100, "pass@8": 0.5}} for r in range(3)]
+    plot_rounds(tmp_path, rounds, 8, "critic")
+    assert (tmp_path / PLOT).stat().st_size > 0

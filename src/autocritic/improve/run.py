@@ -41,11 +41,11 @@ def run_dir_of(cfg: DictConfig) -> Path:
     return path
 
 
-def plot_rounds(run_dir: Path, rounds: list[dict], samples: int) -> None:
+def plot_rounds(run_dir: Path, rounds: list[dict], samples: int, filter_name: str) -> None:
     keys = [k.format(k=samples) for k in PLOTTED]
     series = {key: [r["metrics"].get(key) for r in rounds] for key in keys}
     lines_plot(run_dir / PLOT, series, [r["round"] for r in rounds], "round", "accuracy on held-out problems",
-               "critic-filtered self-training")
+               f"self-training, improve.filter={filter_name}")
 
 
 def improve(cfg: DictConfig) -> float | None:
@@ -80,6 +80,6 @@ def improve(cfg: DictConfig) -> float | None:
         raise AlreadyDone(f"{run_dir} has finished its {loop.rounds} rounds; raise improve.rounds to go on.")
     log.info("phase=improve in %s: %d rounds, filter=%s, %d improving problems", run_dir, loop.rounds, loop.filter, len(world.improving_prompts()))
     samples = world.sampling.eval_samples
-    rounds = run_rounds(world, loop, run_dir, start, on_round=lambda r: plot_rounds(run_dir, r, samples))
-    plot_rounds(run_dir, rounds, samples)
+    rounds = run_rounds(world, loop, run_dir, start, on_round=lambda r: plot_rounds(run_dir, r, samples, loop.filter))
+    plot_rounds(run_dir, rounds, samples, loop.filter)
     return rounds[-1]["metrics"].get("greedy_accuracy")
