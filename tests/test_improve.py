@@ -108,6 +108,8 @@ def test_resume_goes_on_at_the_next_round(tmp_path):
     assert len(again.trained) == 1 and ("measure", "start") not in again.calls  # round 0 and 1 not redone
     assert again.calls[0] == ("sample", "export")  # from round 1's export
     assert not (tmp_path / "round_2" / "stale").exists()
+    with pytest.raises(ConfigError, match="ran with improve.filter=critic, not none"):
+        run_rounds(ScriptedWorld(), LoopSettings(rounds=3, samples=2, filter="none"), tmp_path, tmp_path / "start")
 
 
 def test_a_round_that_keeps_nothing_says_so_and_leaves_the_last_export(tmp_path):

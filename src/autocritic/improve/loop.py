@@ -17,11 +17,11 @@ import logging
 import shutil
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Protocol
 
-from autocritic.errors import AutocriticError, CheckpointError
+from autocritic.errors import AutocriticError, CheckpointError, ConfigError
 from autocritic.improve.filters import Candidate, Kept, select
 
 log = logging.getLogger("autocritic")
@@ -83,8 +83,20 @@ def read_rounds(run_dir: Path) -> list[dict]:
 def write_rounds(run_dir: Path, settings: LoopSettings, rounds: Sequence[dict]) -> None:
     path = Path(run_dir) / ROUNDS
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"settings": settings.__dict__, "rounds": list(rounds)}, indent=2) + "\n")
+    tmp.write_text(json.dumps({"settings": asdict(settings), "rounds": list(rounds)}, indent=2) + "\n")
     tmp.replace(path)
+
+
+def check_same_filter(run_dir: Path, settings: LoopSettings) -> None:
+    """A resumed run keeps its filter (another would mix two runs in one table); rounds, threshold, keep and the
+    rest may change (a round that kept nothing is resumed with a lower threshold)."""
+    path = Path(run_dir) / ROUNDS
+    before = json.loads(path.read_text()).get("settings", {}).get("filter") if path.is_file() else None
+    if before is not None and before != settings.filter:
+        raise ConfigError(
+            f"resume: {run_dir} ran with improve.filter={before}, not {settings.filter}: resume it with "
+            f"improve.filter={before}, or start a new run."
+        )
 
 
 def precision(kept: Sequence[Kept], judge: Callable[[int, str], bool]) -> float | None:
@@ -103,6 +115,7 @@ def run_rounds(
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     rounds = read_rounds(run_dir)
+    check_same_filter(run_dir, settings)
     if not rounds:
         log.info("round 0: measuring the start export %s", start)
         rounds = [{"round": 0, "export": str(start), "metrics": world.measure(Path(start))}]
