@@ -11,15 +11,13 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from autocritic.entry import task
+from autocritic.entry import task, train_job
 from autocritic.training.sweep_args import sanitize_overrides
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    from autocritic.training.run import train
-
-    return task(train, cfg)
+    return task(train_job, cfg)
 
 
 if __name__ == "__main__":

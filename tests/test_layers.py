@@ -1,5 +1,7 @@
 """The package's layers, read from the import statements: data flows one way (model → inference → evaluation,
-data → training), and training and evaluation meet only through the export on disk."""
+data → training), and training and evaluation meet only through the export on disk. `improve` (phase=improve)
+sits above them all: it drives training and evaluation in turn, each round handing over an export on disk, and
+nothing but the entry point imports it."""
 
 from __future__ import annotations
 
@@ -39,6 +41,15 @@ def test_a_layer_imports_nothing_downstream(layer):
         for path in sorted((PACKAGE / layer).glob("*.py"))
     }
     assert not {k: v for k, v in wrong.items() if v}
+
+
+def test_only_the_entry_point_imports_the_improve_loop():
+    importers = {
+        str(path.relative_to(PACKAGE))
+        for path in sorted(PACKAGE.rglob("*.py"))
+        if "improve" in imported_layers(path) and path.parent.name != "improve"
+    }
+    assert importers == {"entry.py"}
 
 
 def test_the_rule_sees_an_import():

@@ -12,15 +12,13 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from autocritic.entry import task
+from autocritic.entry import task, train_job
 from autocritic.training.sweep_args import sanitize_overrides
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def _train(cfg: DictConfig) -> float | None:
-    from autocritic.training.run import train
-
-    return task(train, cfg)
+    return task(train_job, cfg)
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")

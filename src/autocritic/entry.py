@@ -76,3 +76,15 @@ def task(job: Callable[[DictConfig], float | None], cfg: DictConfig) -> float | 
                 wandb.finish()
         except ImportError:
             pass
+
+
+def train_job(cfg: DictConfig) -> float | None:
+    """What `python train.py` runs: phase=improve's rounds (autocritic.improve, which drives training and
+    evaluation both), any other phase one training run."""
+    if cfg.phase.name == "improve":
+        from autocritic.improve.run import improve
+
+        return improve(cfg)
+    from autocritic.training.run import train
+
+    return train(cfg)

@@ -1,0 +1,223 @@
+"""phase=improve: the filters, the rounds on a scripted world (what is kept, what is never read, resume, a round
+that keeps nothing), and the offline world's sampling and fine-tuning on a tiny model without the true answers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from autocritic.errors import ConfigError
+from autocritic.improve import world as world_module
+from autocritic.improve.filters import Candidate, select
+from autocritic.improve.generator import GeneratorSettings
+from autocritic.improve.loop import ROUNDS, LoopSettings, NothingKept, read_rounds, run_rounds
+from autocritic.improve.world import OfflineWorld, ProblemSettings, SamplingSettings
+from autocritic.offline.tasks import Problem
+
+
+def pool(*answers: tuple[str, float, float]) -> list[Candidate]:
+    return [Candidate(text, score, logprob) for text, score, logprob in answers]
+
+
+POOLS = [
+    pool((" 1", -2.0, -0.1), (" 2", 3.0, -0.9), (" 3", 1.0, -0.5)),
+    pool((" 7", -4.0, -0.2), (" 8", -3.0, -0.05)),
+]
+
+
+def test_the_critic_keeps_its_best_answer_per_problem_above_the_threshold():
+    assert [(k.problem, k.text) for k in select(POOLS, "critic")] == [(0, " 2"), (1, " 8")]
+    assert [(k.problem, k.text) for k in select(POOLS, "critic", threshold=0.5)] == [(0, " 2")]
+    assert [k.text for k in select(POOLS, "critic", keep=2)] == [" 2", " 3", " 8", " 7"]
+
+
+def test_likelihood_none_and_oracle_choose_by_their_own_signal():
+    assert [k.text for k in select(POOLS, "likelihood")] == [" 1", " 8"]
+    assert [k.text for k in select(POOLS, "none")] == [" 1", " 7"]  # the first sample: a random one
+    assert len(select(POOLS, "none", keep=8)) == 5  # every distinct sample
+    right = {(0, " 3"), (1, " 7")}
+    assert [k.text for k in select(POOLS, "oracle", judge=lambda i, t: (i, t) in right)] == [" 3", " 7"]
+    with pytest.raises(ConfigError, match="improve.filter='best'"):
+        select(POOLS, "best")
+
+
+class ScriptedWorld:
+    """Two problems; answer i of a problem scores i, so the critic keeps the last sample. Records each call."""
+
+    def __init__(self, judge_raises: bool = False):
+        self.judge_raises, self.calls, self.trained = judge_raises, [], []
+
+    def improving_prompts(self):
+        return ["Q: a", "Q: b"]
+
+    def sample(self, export, prompts, samples, seed):
+        self.calls.append(("sample", Path(export).name))
+        return [[Candidate(f"{p}-{i}", float(i - 2), -float(i)) for i in range(samples)] for p in prompts]
+
+    def judge(self, problem, text):
+        if self.judge_raises:
+            raise AssertionError("the true answer of an improving problem was read")
+        return text.endswith("-0")
+
+    def fine_tune(self, export, kept, prompts, out, seed):
+        self.trained.append([(prompts[k.problem], k.text) for k in kept])
+        (out / "generator").mkdir()
+        return out / "generator"
+
+    def refresh_critic(self, generator, previous, out, seed):
+        (out / "export").mkdir()
+        (out / "export" / "critic_config.json").write_text("{}")
+        return out / "export"
+
+    def measure(self, export):
+        self.calls.append(("measure", Path(export).parent.name))
+        return {"greedy_accuracy": 0.1 * len(self.calls)}
+
+
+def test_a_round_trains_on_exactly_the_critics_choices(tmp_path):
+    world = ScriptedWorld()
+    rounds = run_rounds(world, LoopSettings(rounds=2, samples=4), tmp_path, tmp_path / "start")
+    assert world.trained == [[("Q: a", "Q: a-3"), ("Q: b", "Q: b-3")]] * 2
+    assert [r["round"] for r in rounds] == [0, 1, 2]
+    assert rounds[2]["export"] == str(tmp_path / "round_2" / "export")
+    assert ("sample", "export") in world.calls  # round 2 samples from round 1's export
+    assert rounds[1]["filter_precision"] == 0.0  # the audit: the kept "-3" answers are wrong
+    assert json.loads((tmp_path / ROUNDS).read_text())["rounds"] == rounds
+
+
+@pytest.mark.parametrize("name", ["critic", "likelihood", "none"])
+def test_the_improving_labels_are_never_read(tmp_path, name):
+    world = ScriptedWorld(judge_raises=True)
+    run_rounds(world, LoopSettings(rounds=1, samples=3, filter=name, audit=False), tmp_path, tmp_path / "start")
+    assert world.trained
+    with pytest.raises(AssertionError, match="true answer"):  # the check can fail: oracle reads them
+        run_rounds(ScriptedWorld(judge_raises=True), LoopSettings(rounds=1, filter="oracle", audit=False),
+                   tmp_path / "oracle", tmp_path / "start")
+
+
+def test_resume_goes_on_at_the_next_round(tmp_path):
+    first = ScriptedWorld()
+    run_rounds(first, LoopSettings(rounds=1, samples=2), tmp_path, tmp_path / "start")
+    (tmp_path / "round_2").mkdir()  # a round cut short: started over
+    (tmp_path / "round_2" / "stale").write_text("x")
+    again = ScriptedWorld()
+    rounds = run_rounds(again, LoopSettings(rounds=2, samples=2), tmp_path, tmp_path / "start")
+    assert [r["round"] for r in rounds] == [0, 1, 2]
+    assert len(again.trained) == 1 and ("measure", "start") not in again.calls  # round 0 and 1 not redone
+    assert again.calls[0] == ("sample", "export")  # from round 1's export
+    assert not (tmp_path / "round_2" / "stale").exists()
+    with pytest.raises(ConfigError, match="ran with improve.filter=critic, not none"):
+        run_rounds(ScriptedWorld(), LoopSettings(rounds=3, samples=2, filter="none"), tmp_path, tmp_path / "start")
+
+
+def test_a_round_that_keeps_nothing_says_so_and_leaves_the_last_export(tmp_path):
+    world = ScriptedWorld()
+    run_rounds(world, LoopSettings(rounds=1, samples=2), tmp_path, tmp_path / "start")
+    before = (tmp_path / "round_1" / "export" / "critic_config.json").read_text()
+    with pytest.raises(NothingKept, match=r"round 2: improve.filter=critic kept none.*round_1/export, is intact"):
+        run_rounds(world, LoopSettings(rounds=2, samples=2, threshold=0.99), tmp_path, tmp_path / "start")
+    assert (tmp_path / "round_1" / "export" / "critic_config.json").read_text() == before
+    assert [r["round"] for r in read_rounds(tmp_path)] == [0, 1]
+
+
+class Unlabelled:
+    """An improving problem whose true answer must not be read."""
+
+    def __init__(self, problem: Problem):
+        self._problem = problem
+
+    def __getattr__(self, name):
+        if name == "answer":
+            raise AssertionError("the true answer of an improving problem was read")
+        return getattr(self._problem, name)
+
+
+def test_the_offline_world_samples_and_fine_tunes_without_the_true_answers(tiny_export, monkeypatch, tmp_path):
+    from safetensors.torch import load_file
+
+    real = world_module.problem_sets
+
+    def guarded(settings):
+        improving, labelled, held_out = real(settings)
+        return [Unlabelled(p) for p in improving], labelled, held_out
+
+    monkeypatch.setattr(world_module, "problem_sets", guarded)
+    world = OfflineWorld(
+        ProblemSettings(improving=3, labelled=4, held_out=2),
+        SamplingSettings(max_new_tokens=3, batch_size=8),
+        GeneratorSettings(epochs=1, lr=1e-2, batch_size=2),
+        replay_files=[],
+        critic_overrides=[],
+    )
+    prompts = world.improving_prompts()
+    pools = world.sample(tiny_export, prompts, samples=2, seed=0)
+    assert [len(p) for p in pools] == [2, 2, 2]
+    assert all(c.score is not None and c.mean_logprob is not None for p in pools for c in p)
+    kept = select(pools, "critic")
+    out = tmp_path / "round_1"
+    out.mkdir()
+    generator = world.fine_tune(tiny_export, kept, prompts, out, seed=0)
+    before = load_file(str(Path(json.loads((tiny_export / "critic_config.json").read_text())["backbone"]["absolute_path"]) / "model.safetensors"))
+    after = load_file(str(generator / "model.safetensors"))
+    assert any((before[k] != after[k]).any() for k in before)  # the generator learned from the kept answers
+    with pytest.raises(AssertionError, match="true answer"):
+        world.judge(0, " 1")
+
+
+def test_your_problems_run_a_round_from_questions_without_answers(tiny_export, tmp_path):
+    """A questions file with no answer column is enough to improve on; the labelled file refreshes the critic
+    (an ordinary phase=transfer run) and measures the round."""
+    from autocritic.improve.yours import YourSettings, YourWorld
+
+    questions = tmp_path / "questions.jsonl"
+    questions.write_text("".join(json.dumps({"question": f"Q: {a}+{a}=? A:"}) + "\n" for a in range(6)))
+    labelled = tmp_path / "labelled.jsonl"
+    labelled.write_text("".join(json.dumps({"question": f"Q: {a}+1=? A:", "answer": str(a + 1)}) + "\n" for a in range(10)))
+    world = YourWorld(
+        YourSettings(questions=str(questions), labelled=str(labelled), stop=("\n",)),
+        tiny_export,
+        SamplingSettings(max_new_tokens=3, batch_size=16, eval_samples=2),
+        GeneratorSettings(epochs=1, batch_size=4),
+        replay_files=[],
+        critic_overrides=["phase.max_epochs=1", "data.batch_size=8", "progress_bar=none", f"paths.outputs={tmp_path}"],
+    )
+    assert world.improving_prompts()[0] == "Q: 0+0=? A:"
+    rounds = run_rounds(world, LoopSettings(rounds=1, samples=2, audit=False), tmp_path / "run", tiny_export)
+    export = tmp_path / "run" / "round_1" / "export"
+    assert rounds[1]["export"] == str(export)
+    config = json.loads((export / "critic_config.json").read_text())
+    assert config["backbone"]["mode"] == "full" and (export / "backbone").is_dir()  # the round's export stands alone
+    assert set(rounds[1]["metrics"]) >= {"greedy_accuracy", "pass@2", "best_of_2_critic", "critic_auroc", "distinct_answers"}
+    with pytest.raises(Exception, match="improve.yours.questions lacks"):
+        world.judge(0, " 0")
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ([], "improve.critic is not set"),
+        (["improve.filter=best", "improve.critic=/x"], "improve.filter='best' is not valid"),
+        (["improve.critic=/nowhere"], "is not an autocritic export"),
+        (["improve.generator.lr=fast"], "improve.generator.lr"),
+    ],
+)
+def test_phase_improve_refuses_a_bad_config_before_any_compute(overrides, message, tiny_export):
+    from autocritic.errors import AutocriticError
+    from autocritic.improve.run import improve
+    from tests.helpers import compose_train
+
+    overrides = [o.replace("improve.critic=/x", f"improve.critic={tiny_export}") for o in overrides]
+    if overrides == ["improve.generator.lr=fast"]:
+        overrides.append(f"improve.critic={tiny_export}")
+    with pytest.raises(AutocriticError, match=message):
+        improve(compose_train(["phase=improve", *overrides]))
+
+
+def test_the_plot_of_accuracy_by_round_is_written(tmp_path):
+    from autocritic.improve.run import PLOT, plot_rounds
+
+    rounds = [{"round": r, "metrics": {"greedy_accuracy": 0.2 + r / 100, "pass@8": 0.5}} for r in range(3)]
+    plot_rounds(tmp_path, rounds, 8, "critic")
+    assert (tmp_path / PLOT).stat().st_size > 0
