@@ -4,6 +4,7 @@ that keeps nothing), and the offline world's sampling and fine-tuning on a tiny 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -197,13 +198,13 @@ def test_your_problems_run_a_round_from_questions_without_answers(tiny_export, t
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        ([], "improve.critic is not set"),
+        ([], "improve.critic is not set and no transfer export was found under"),
         (["improve.filter=best", "improve.critic=/x"], "improve.filter='best' is not valid"),
         (["improve.critic=/nowhere"], "is not an autocritic export"),
         (["improve.generator.lr=fast"], "improve.generator.lr"),
     ],
 )
-def test_phase_improve_refuses_a_bad_config_before_any_compute(overrides, message, tiny_export):
+def test_phase_improve_refuses_a_bad_config_before_any_compute(overrides, message, tiny_export, tmp_path):
     from autocritic.errors import AutocriticError
     from autocritic.improve.run import improve
     from tests.helpers import compose_train
@@ -212,7 +213,7 @@ def test_phase_improve_refuses_a_bad_config_before_any_compute(overrides, messag
     if overrides == ["improve.generator.lr=fast"]:
         overrides.append(f"improve.critic={tiny_export}")
     with pytest.raises(AutocriticError, match=message):
-        improve(compose_train(["phase=improve", *overrides]))
+        improve(compose_train(["phase=improve", f"paths.outputs={tmp_path}", *overrides]))
 
 
 def test_the_plot_of_accuracy_by_round_is_written(tmp_path):
@@ -221,3 +222,12 @@ def test_the_plot_of_accuracy_by_round_is_written(tmp_path):
     rounds = [{"round": r, "metrics": {"greedy_accuracy": 0.2 + r / 100, "pass@8": 0.5}} for r in range(3)]
     plot_rounds(tmp_path, rounds, 8, "critic")
     assert (tmp_path / PLOT).stat().st_size > 0
+
+
+def test_round_zero_defaults_to_the_latest_transfer_export(tiny_export, tmp_path):
+    from autocritic.improve.run import latest_transfer_export
+    from tests.helpers import compose_train
+
+    shutil.copytree(tiny_export, tmp_path / "transfer" / "run1" / "export")
+    cfg = compose_train(["phase=improve", f"paths.outputs={tmp_path}"])
+    assert latest_transfer_export(cfg) == tmp_path / "transfer" / "run1" / "export"

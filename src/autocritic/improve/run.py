@@ -16,7 +16,7 @@ from autocritic.improve.generator import GeneratorSettings
 from autocritic.improve.loop import ROUNDS, LoopSettings, read_rounds, run_rounds
 from autocritic.improve.world import OfflineWorld, ProblemSettings, SamplingSettings
 from autocritic.improve.yours import YourSettings, YourWorld
-from autocritic.model.export import read_critic_config
+from autocritic.model.export import CONFIG_NAME, read_critic_config
 from autocritic.settings import settings_from
 from autocritic.training.preflight import latest
 
@@ -48,6 +48,18 @@ def plot_rounds(run_dir: Path, rounds: list[dict], samples: int, filter_name: st
                f"self-training, improve.filter={filter_name}")
 
 
+def latest_transfer_export(cfg: DictConfig) -> Path:
+    """Round 0 when improve.critic is unset: the newest transfer export, as phase=finetune starts."""
+    found = latest(f"transfer/*/export/{CONFIG_NAME}", Path(cfg.paths.outputs))
+    if found is None:
+        raise ConfigError(
+            f"improve.critic is not set and no transfer export was found under {cfg.paths.outputs}/transfer/: run "
+            "`python train.py phase=transfer` first, or pass the round-0 export, improve.critic=<export dir>."
+        )
+    log.info("round 0: the latest transfer export, %s", found.parent)
+    return found.parent
+
+
 def improve(cfg: DictConfig) -> float | None:
     section = cfg.improve
     loop = settings_from(
@@ -55,9 +67,7 @@ def improve(cfg: DictConfig) -> float | None:
     )
     if loop.filter not in FILTERS:
         raise ConfigError(f"improve.filter={loop.filter!r} is not valid: expected one of {', '.join(FILTERS)}.")
-    if not section.critic:
-        raise ConfigError("improve.critic is not set: pass the round-0 export, e.g. improve.critic=outputs/transfer/<run>/export.")
-    start = Path(section.critic).expanduser()
+    start = Path(section.critic).expanduser() if section.critic else latest_transfer_export(cfg)
     read_critic_config(start)  # a clear error now, not after the problems are built
     sampling = settings_from(SamplingSettings, section.sampling, "improve.sampling")
     generator = settings_from(GeneratorSettings, section.generator, "improve.generator")
