@@ -205,9 +205,10 @@ def test_your_problems_run_a_round_from_questions_without_answers(tiny_export, t
     ],
 )
 def test_phase_improve_refuses_a_bad_config_before_any_compute(overrides, message, tiny_export, tmp_path):
+    from helpers import compose_train
+
     from autocritic.errors import AutocriticError
     from autocritic.improve.run import improve
-    from tests.helpers import compose_train
 
     overrides = [o.replace("improve.critic=/x", f"improve.critic={tiny_export}") for o in overrides]
     if overrides == ["improve.generator.lr=fast"]:
@@ -225,8 +226,9 @@ def test_the_plot_of_accuracy_by_round_is_written(tmp_path):
 
 
 def test_round_zero_defaults_to_the_latest_transfer_export(tiny_export, tmp_path):
+    from helpers import compose_train
+
     from autocritic.improve.run import latest_transfer_export
-    from tests.helpers import compose_train
 
     shutil.copytree(tiny_export, tmp_path / "transfer" / "run1" / "export")
     cfg = compose_train(["phase=improve", f"paths.outputs={tmp_path}"])
