@@ -413,3 +413,20 @@ def test_a_conversation_longer_than_max_length_is_refused_naming_its_row(tokeniz
     fits = CriticDataModule(settings(file, val_files=[str(file)], max_length=512), tokenizers["tiny"])
     fits.setup()
     assert fits.stats["data/val_truncated"] == 0
+
+
+def test_a_template_closing_turns_with_a_special_token_lets_a_reply_span_lines(tokenizers):
+    from types import SimpleNamespace
+
+    chatml = load_tokenizer(tokenizers["tiny"].name_or_path)
+    chatml.add_special_tokens({"additional_special_tokens": ["<|im_end|>"]})
+    chatml.chat_template = (
+        "{%- for m in messages -%}{{ '(' + m['role'] + ')' + m['content'] + '<|im_end|>\\n' }}{%- endfor -%}"
+        "{%- if add_generation_prompt -%}{{ '(assistant)' }}{%- endif -%}"
+    )
+    stops = {}
+    for name, tokenizer in [("chatml", chatml), ("tiny", tokenizers["tiny"]), ("dialogue", tokenizers["dialogue"])]:
+        chat = CriticChatModel(generator=SimpleNamespace(tokenizer=tokenizer))
+        stops[name] = chat._plan([HumanMessage("x")], None, None, None, {}).settings.stop
+    # the end-of-turn token is an eos of such a model; the others end a reply at the line's end
+    assert stops == {"chatml": (), "tiny": ("\n",), "dialogue": ("\n",)}

@@ -60,7 +60,15 @@ from langchain_core.utils.function_calling import convert_to_openai_tool
 from langchain_core.utils.json import parse_partial_json
 from pydantic import Field
 
-from autocritic.chat_format import dialogue_text, is_summary, render_messages, role_dicts, summary_text
+from autocritic.chat_format import (
+    DIALOGUE_CHAT_TEMPLATE,
+    dialogue_text,
+    has_chat_template,
+    is_summary,
+    render_messages,
+    role_dicts,
+    summary_text,
+)
 from autocritic.formats import AI_PREFIX, DIALOGUE_STOP, HUMAN_PREFIX, REACT_STOP, REACT_TEMPLATE
 from autocritic.inference.background import iterate_in_thread
 from autocritic.inference.generation import GenerationSettings, Sample, TextGenerator
@@ -160,6 +168,19 @@ def react_tools_renderer(tools: Sequence[BaseTool]) -> str:
 
 
 # ---- messages → prompt text ----
+
+
+def closes_turns_with_a_special_token(tokenizer: Any) -> bool:
+    """Whether the tokenizer's chat template writes a special token after an assistant's text."""
+    if not has_chat_template(tokenizer) or tokenizer.chat_template == DIALOGUE_CHAT_TEMPLATE:
+        return False
+    marker = "\u2063reply\u2063"  # text no template writes itself
+    probe = [{"role": "user", "content": "question"}, {"role": "assistant", "content": marker}]
+    try:
+        after = render_messages(probe, tokenizer, False).rsplit(marker, 1)[-1]
+    except Exception:  # a template that refuses this probe: keep the line stop
+        return False
+    return any(token and token in after for token in getattr(tokenizer, "all_special_tokens", ()) or ())
 
 
 def _text(message: BaseMessage) -> str:
@@ -412,6 +433,13 @@ class CriticChatModel(GenerationFields, BaseChatModel):
         forced_choice(tool_choice, [ToolSpec.of(t) for t in specs])  # a choice naming no tool fails here
         return self.bind(tools=specs, tool_choice=tool_choice, **kwargs)
 
+    def turn_stop(self, generator: TextGenerator) -> list[str]:
+        """What ends a reply: the dialogue layout's line end (`dialogue_stop`), or nothing for a chat template that
+        closes an assistant turn with a special token (`<|im_end|>`, `<|eot_id|>`...): that token ends generation
+        as an eos, and a reply may span lines."""
+        tokenizer = getattr(generator, "tokenizer", None)
+        return [] if closes_turns_with_a_special_token(tokenizer) else self.dialogue_stop
+
     def prompt_for(
         self, messages: Sequence[BaseMessage], tools: Sequence[ToolSpec] = (), generator: TextGenerator | None = None
     ) -> str:
@@ -436,9 +464,9 @@ class CriticChatModel(GenerationFields, BaseChatModel):
         if forced == "none":
             specs, forced = [], None
         model = kwargs.pop("model", None)
-        format_stop = self.react_stop if specs else self.dialogue_stop
-        settings = self.generation_settings([*format_stop, *(stop or [])], **kwargs)
         generator = self.active_generator(model)
+        format_stop = self.react_stop if specs else self.turn_stop(generator)
+        settings = self.generation_settings([*format_stop, *(stop or [])], **kwargs)
         prompt = self.prompt_for(messages, specs, generator)
         prefix = forced_prefix(prompt, forced) if forced else ""
         return _Call(generator, prompt + prefix, prefix, settings, specs, forced, self.label(model))
