@@ -246,13 +246,19 @@ def test_the_response_text_is_what_the_whole_conversation_adds(tokenizers):
         assert render_exchange(prompt, answer, tokenizers[layout]) == ("be brief\nHuman: q\nAI:", " a")
 
 
-def test_the_end_of_turn_tokens_of_a_template_are_not_scored(tokenizers):
+def chatml_tokenizer(tokenizers):
+    """The tiny tokenizer with a template closing each turn with a special token, as ChatML's <|im_end|>."""
     tokenizer = load_tokenizer(tokenizers["tiny"].name_or_path)
     tokenizer.add_special_tokens({"additional_special_tokens": ["<|im_end|>"]})
     tokenizer.chat_template = (
         "{%- for m in messages -%}{{ '(' + m['role'] + ')' + m['content'] + '<|im_end|>\\n' }}{%- endfor -%}"
         "{%- if add_generation_prompt -%}{{ '(assistant)' }}{%- endif -%}"
     )
+    return tokenizer
+
+
+def test_the_end_of_turn_tokens_of_a_template_are_not_scored(tokenizers):
+    tokenizer = chatml_tokenizer(tokenizers)
     prompt, answer = conversation(user("q")), conversation(assistant("a b"))
     assert render_exchange(prompt, answer, tokenizer) == ("(user)q<|im_end|>\n(assistant)", "a b")
     assert without_turn_end("a<|im_end|>\n<|im_end|> \n", tokenizer) == "a"
@@ -418,12 +424,7 @@ def test_a_conversation_longer_than_max_length_is_refused_naming_its_row(tokeniz
 def test_a_template_closing_turns_with_a_special_token_lets_a_reply_span_lines(tokenizers):
     from types import SimpleNamespace
 
-    chatml = load_tokenizer(tokenizers["tiny"].name_or_path)
-    chatml.add_special_tokens({"additional_special_tokens": ["<|im_end|>"]})
-    chatml.chat_template = (
-        "{%- for m in messages -%}{{ '(' + m['role'] + ')' + m['content'] + '<|im_end|>\\n' }}{%- endfor -%}"
-        "{%- if add_generation_prompt -%}{{ '(assistant)' }}{%- endif -%}"
-    )
+    chatml = chatml_tokenizer(tokenizers)
     stops = {}
     for name, tokenizer in [("chatml", chatml), ("tiny", tokenizers["tiny"]), ("dialogue", tokenizers["dialogue"])]:
         chat = CriticChatModel(generator=SimpleNamespace(tokenizer=tokenizer))

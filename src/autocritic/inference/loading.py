@@ -16,9 +16,9 @@ from pathlib import Path
 
 from autocritic.errors import CheckpointError, ConfigError
 from autocritic.inference.generation import CriticGenerator
+from autocritic.model.export import CONFIG_NAME
 from autocritic.model.hub import locate_export
 
-EXPORT_CONFIG = "critic_config.json"  # the file that makes a directory an export (model/export.py writes it)
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 _GENERATORS: dict[tuple[str, str, str], CriticGenerator] = {}
@@ -30,9 +30,9 @@ def check_model(name: str) -> None:
     is no local path must look like a hub id. Whether a hub id exists is found out at first use."""
     path = Path(name).expanduser()
     if path.exists():
-        if not (path / EXPORT_CONFIG).is_file():
+        if not (path / CONFIG_NAME).is_file():
             raise CheckpointError(
-                f"model={name!r}: {path} is not an autocritic export ({EXPORT_CONFIG} is missing). Pass the export "
+                f"model={name!r}: {path} is not an autocritic export ({CONFIG_NAME} is missing). Pass the export "
                 "directory that `python train.py` writes at <run dir>/export."
             )
     elif not _HUB_ID.match(name):
@@ -47,8 +47,8 @@ def resolve_model(name: str) -> Path:
     (`locate_export`: its cache, `HF_HUB_OFFLINE` and errors)."""
     check_model(name)
     local = locate_export(name).resolve()
-    if not (local / EXPORT_CONFIG).is_file():
-        raise CheckpointError(f"model={name!r}: the hub repository has no {EXPORT_CONFIG}: not an export.")
+    if not (local / CONFIG_NAME).is_file():
+        raise CheckpointError(f"model={name!r}: the hub repository has no {CONFIG_NAME}: not an export.")
     return local
 
 
