@@ -128,3 +128,82 @@ def lines_plot(
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     return _save(fig, path)
+
+
+_SEARCH_STYLES = {  # method: (label, colour, marker)
+    "greedy": ("greedy", "black", "s"),
+    "majority": ("majority@N", "tab:orange", "o"),
+    "best_of_n": ("best-of-N (outcome)", "tab:blue", "o"),
+    "likelihood": ("likelihood best-of-N", "tab:gray", "o"),
+    "pass_at_n": ("pass@N (ceiling)", "tab:green", "."),
+    "search_critic": ("beam search, step critic", "tab:red", "D"),
+    "search_likelihood": ("beam search, likelihood", "tab:purple", "D"),
+    "dfs": ("DFS, step critic", "tab:brown", "*"),
+}
+
+
+def search_curves_plot(path: Path, summary: Mapping[str, Mapping[str, Mapping]], groups: Sequence[str]) -> str:
+    """Success rate against mean sampled tokens per problem, one panel per group of problems."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(groups), figsize=(4.2 * len(groups), 3.8), squeeze=False)
+    for ax, group in zip(axes[0], groups, strict=True):
+        for method, points in summary.items():
+            label, colour, marker = _SEARCH_STYLES.get(method, (method, None, "o"))
+            xy = sorted((p[group]["tokens"], p[group]["success"]) for p in points.values() if p[group]["success"] is not None)
+            if xy:
+                style = ":" if method == "pass_at_n" else "-"
+                ax.plot(*zip(*xy, strict=True), marker=marker, linestyle=style, color=colour, label=label)
+        ax.set_xscale("log")
+        ax.set_xlabel("sampled tokens per problem")
+        ax.set_ylabel("success rate")
+        ax.set_ylim(0, 1)
+        ax.set_title(f"{group} problems" if group == "all" else group)
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7, loc="upper left")
+    return _save(fig, path)
+
+
+def search_tree_plot(path: Path, result, right: Mapping[int, bool], title: str) -> str:
+    """A search tree left to right: each node a step with its value, green when the path is still right and red
+    when not; kept states outlined, pruned ones faded, the chosen path drawn thick."""
+    plt = _pyplot()
+    nodes = [n for n in result.root.walk()]
+    leaves: dict[int, float] = {}
+
+    def place(node) -> float:
+        if not node.children:
+            leaves[id(node)] = float(len(leaves))
+            return leaves[id(node)]
+        ys = [place(child) for child in node.children]
+        leaves[id(node)] = sum(ys) / len(ys)
+        return leaves[id(node)]
+
+    place(result.root)
+    chosen = set()
+    node = result.best
+    while node is not None:
+        chosen.add(id(node))
+        node = node.parent
+    depth = max(n.depth for n in nodes)
+    fig, ax = plt.subplots(figsize=(2.6 * (depth + 1), max(3.0, 0.42 * len([n for n in nodes if not n.children]))))
+    for n in nodes:
+        for child in n.children:
+            thick = id(child) in chosen
+            ax.plot([n.depth, child.depth], [leaves[id(n)], leaves[id(child)]], color="black" if thick else "0.75",
+                    linewidth=2.5 if thick else 0.8, zorder=1)
+    for n in nodes:
+        if n.parent is None:
+            ax.text(0, leaves[id(n)], "question", ha="center", va="center", fontsize=8,
+                    bbox={"boxstyle": "round", "facecolor": "white"}, zorder=2)
+            continue
+        colour = "#b7e4b0" if right.get(id(n)) else "#f4b6b6"
+        text = n.step if len(n.step) <= 18 else n.step[:17] + "…"
+        ax.text(n.depth, leaves[id(n)], f"{text}\n{n.value:.2f}", ha="center", va="center", fontsize=7,
+                alpha=0.45 if n.pruned else 1.0, zorder=2,
+                bbox={"boxstyle": "round", "facecolor": colour, "edgecolor": "black" if n.kept else "0.7",
+                      "linewidth": 1.6 if n.kept else 0.6, "alpha": 0.45 if n.pruned else 1.0})
+    ax.set_xlim(-0.6, depth + 0.6)
+    ax.set_ylim(-1, len([n for n in nodes if not n.children]))
+    ax.axis("off")
+    ax.set_title(f"{title}: green = still right, red = wrong; outlined = kept; thick = chosen", fontsize=9)
+    return _save(fig, path)

@@ -20,7 +20,7 @@ import torch
 from omegaconf import DictConfig
 
 from autocritic.errors import AutocriticError, CheckpointError, ConfigError, is_of_kind
-from autocritic.evaluation import agent, fewshot, memory, prompts, rerank, score
+from autocritic.evaluation import agent, fewshot, memory, prompts, rerank, score, search
 from autocritic.evaluation.context import EvalContext
 from autocritic.evaluation.report import (
     REPORT_NAME,
@@ -47,9 +47,10 @@ SUITES: dict[str, ModuleType] = {
     "memory": memory,
     "rerank": rerank,
     "score": score,
+    "search": search,
 }
 SEARCHED_PHASES = ("finetune", "transfer")  # the first phase with an export wins, its newest run
-ZERO_ALLOWED = {"shots"}  # may be 0; every other whole-number setting of a suite is a count, at least 1
+ZERO_ALLOWED = {"shots", "trees"}  # may be 0; every other whole-number setting of a suite is a count, at least 1
 
 
 def looks_like_hub_id(name: str) -> bool:

@@ -1,0 +1,108 @@
+"""Critic-guided beam search vs plain sampling: what the search costs per sampled token.
+
+    python bench/search_cost.py --ckpt EXPORT [--problems 32] [--shape 4x2] [--repeats 3] [--threads 1]
+
+Search side: `search` with the step critic (`CriticStepper`): each expansion samples `expand` next steps per kept
+state in one batch, scores every step from the state its last token produced (no second pass), and each child
+keeps its KV cache, so a shared prefix is never run again.
+Sampling side: what a user without autocritic runs, `backbone.generate(num_return_sequences=expand x beam)` with
+transformers' stop string "\\n\\n" (the end of an answer), no critic.
+Both sample at the same temperature from the same held-out prompts (the chain family). Each side's cost is its wall
+time over the tokens it sampled (a row that finished early is not counted, on either side); the ratio of the two
+is the search's overhead per sampled token (target ≤ 1.1x). Medians over `repeats` runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from autocritic.entry import quiet_libraries
+from autocritic.inference.generation import CriticGenerator
+from autocritic.inference.search import SearchSettings, search
+from autocritic.inference.stepper import CriticStepper
+from autocritic.offline.tasks import make_splits, prompt_of
+
+STOP = "\n\n"
+
+
+def chain_prompts(problems: int, seed: int = 0) -> list[str]:
+    return [prompt_of(p) for p in make_splits(seed, train=0, val=0, test=problems, families=["chain"])["test"]]
+
+
+def run_search(stepper: CriticStepper, prompts: list[str], settings: SearchSettings) -> tuple[float, int]:
+    start = time.perf_counter()
+    tokens = sum(search(stepper, prompt, settings).sampled_tokens for prompt in prompts)
+    return time.perf_counter() - start, tokens
+
+
+@torch.no_grad()
+def run_sampling(generator: CriticGenerator, prompts: list[str], rows: int, settings: SearchSettings) -> tuple[float, int]:
+    backbone, tokenizer = generator.model.backbone, generator.tokenizer
+    stop_ids = tokenizer(STOP)["input_ids"]
+    tokens, start = 0, time.perf_counter()
+    for prompt in prompts:
+        ids = torch.tensor([generator._encode_prompt(prompt)])
+        out = backbone.generate(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            do_sample=True,
+            temperature=settings.temperature,
+            top_k=0,
+            num_return_sequences=rows,
+            max_new_tokens=settings.max_depth * settings.max_step_tokens,
+            stop_strings=[STOP],
+            tokenizer=tokenizer,
+            pad_token_id=generator.pad_id,
+            eos_token_id=sorted(generator.eos_ids),
+        )
+        for row in out[:, ids.shape[1] :].tolist():
+            tokens += sampled_length(row, stop_ids, generator)
+    return time.perf_counter() - start, tokens
+
+
+def sampled_length(row: list[int], stop_ids: list[int], generator: CriticGenerator) -> int:
+    """Tokens up to and including the eos or the stop string, as the sampler produced them."""
+    for end in range(len(row)):
+        if row[end] in generator.eos_ids or row[max(0, end + 1 - len(stop_ids)) : end + 1] == stop_ids:
+            return end + 1
+    return len(row)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--ckpt", required=True, help="an export of a step critic (experiment=steps)")
+    parser.add_argument("--problems", type=int, default=32)
+    parser.add_argument("--shape", default="4x2", help="expand x beam")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    quiet_libraries()
+    torch.set_num_threads(args.threads)
+    expand, beam = (int(x) for x in args.shape.split("x"))
+    settings = SearchSettings(expand=expand, beam=beam, max_step_tokens=24)
+    generator = CriticGenerator.from_export(args.ckpt)
+    stepper = CriticStepper(generator)
+    prompts = chain_prompts(args.problems)
+    run_search(stepper, prompts[:2], settings), run_sampling(generator, prompts[:2], expand * beam, settings)  # warm-up
+    searched, sampled = [], []
+    for repeat in range(args.repeats):
+        seeded = SearchSettings(**{**settings.__dict__, "seed": repeat})
+        seconds, tokens = run_search(stepper, prompts, seeded)
+        searched.append((seconds, tokens))
+        torch.manual_seed(repeat)
+        seconds, tokens = run_sampling(generator, prompts, expand * beam, settings)
+        sampled.append((seconds, tokens))
+    per_token = lambda runs: statistics.median(s / t * 1e3 for s, t in runs)  # noqa: E731
+    search_ms, sample_ms = per_token(searched), per_token(sampled)
+    print(f"{len(prompts)} chain problems, shape {args.shape}, {args.threads} thread(s), {args.repeats} repeats")
+    print(f"search   : {statistics.median(t for _, t in searched):.0f} tokens, {statistics.median(s for s, _ in searched):.2f} s, {search_ms:.3f} ms/token")
+    print(f"sampling : {statistics.median(t for _, t in sampled):.0f} tokens, {statistics.median(s for s, _ in sampled):.2f} s, {sample_ms:.3f} ms/token")
+    print(f"ratio search / sampling per token: {search_ms / sample_ms:.2f}x (target <= 1.1x)")
+
+
+if __name__ == "__main__":
+    main()

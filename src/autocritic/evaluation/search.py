@@ -1,0 +1,365 @@
+"""Suite "search": does searching the steps with the step critic solve problems that sampling does not?
+
+    held-out problems that take steps (the offline "chain" family: "What is 58+27-19?" solved one operation per line)
+        greedy              one greedy answer
+        majority@N          the most frequent final answer of N samples (self-consistency)
+        best-of-N           the N samples' best by the outcome critic (`outcome_ckpt`), or else by the step
+                            critic read at the answer's end
+        likelihood best-of-N  the N samples' best by their mean token log-probability
+        search (critic)     beam search over steps valued by the step critic, for each shape expand x beam
+        search (likelihood) the same search valued by the model's own likelihood of the path (the control)
+        dfs (critic)        ToT's depth-first search with pruning and backtracking
+        pass@N              any of the N samples is right (the ceiling of reranking)
+
+Every method is reported as success rate (95% interval) against the mean number of sampled tokens per problem,
+for all problems and by number of operations; best-of-N is compared with each search at the search's own token
+count (interpolated on its curve). The step critic's AUROC is measured on every step the searches wrote, labelled
+exactly by the family's checker. The trees of a few problems are drawn.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+from autocritic.evaluation import plots
+from autocritic.evaluation.context import EvalContext
+from autocritic.evaluation.metrics import auroc, ci95, with_ci
+from autocritic.evaluation.report import SuiteResult, Table
+from autocritic.formats import ANSWER_PREFIX, STEP_SEPARATOR
+from autocritic.inference.generation import CriticGenerator, GenerationSettings, Sample
+from autocritic.inference.search import SearchResult, SearchSettings, search
+from autocritic.inference.stepper import CriticStepper
+from autocritic.offline.labelling import answer_of, is_right
+from autocritic.offline.steps import chain_step_labels
+from autocritic.offline.tasks import Problem, prompt_of
+
+FAMILY = "chain"
+STOP = ("\n\n",)
+
+
+@dataclass
+class Settings:
+    n_problems: int = 300  # TEST problems of every length, reported together and by number of operations
+    n_samples: int = 16  # the largest N of the sampling methods
+    ns: tuple[int, ...] = (1, 2, 4, 8, 16)
+    subsets: int = 16  # random subsets of the N-sample pool averaged at each N
+    temperature: float = 0.8
+    max_new_tokens: int = 96
+    shapes: tuple[str, ...] = ("2x1", "4x1", "4x2", "8x2")  # beam searches: expand x beam
+    dfs_expand: int = 4
+    dfs_threshold: float = 0.5
+    max_depth: int = 8
+    max_step_tokens: int = 24
+    outcome_ckpt: str | None = None  # an export of an outcome critic (data=offline-steps-outcome) for best-of-N
+    headline_shape: str = "4x2"
+    trees: int = 3  # problems (of the most operations) whose search trees are drawn
+
+    def __post_init__(self) -> None:
+        for shape in self.shapes:
+            parse_shape(shape)
+        if self.headline_shape not in self.shapes:
+            raise ValueError(f"headline_shape={self.headline_shape!r} is not among shapes={list(self.shapes)}")
+        if self.temperature <= 0:
+            raise ValueError(f"temperature={self.temperature} must be above 0 (the methods sample)")
+        if not 0 <= self.dfs_threshold <= 1:
+            raise ValueError(f"dfs_threshold={self.dfs_threshold} must be a probability in [0, 1]")
+
+
+def parse_shape(shape: str) -> tuple[int, int]:
+    """"4x2" -> expand 4, beam 2."""
+    try:
+        expand, beam = (int(part) for part in str(shape).lower().split("x"))
+    except ValueError:
+        raise ValueError(f"search shape {shape!r} is not <expand>x<beam>, e.g. 4x2") from None
+    if expand < 1 or beam < 1:
+        raise ValueError(f"search shape {shape!r}: expand and beam must be at least 1")
+    return expand, beam
+
+
+def solved(problem: Problem, text: str) -> bool:
+    """Right final answer on an answer line (a cut-off chain whose last number happens to match is not solved)."""
+    return ANSWER_PREFIX in text and is_right(problem, text)
+
+
+def sampled_tokens(sample: Sample) -> int:
+    """Tokens the model sampled: the kept ones and the one that stopped it."""
+    return len(sample.token_ids) + (sample.finish_reason in ("stop", "eos"))
+
+
+@dataclass
+class Point:
+    """One method at one budget: success per problem (a fraction when averaged over subsets) and tokens."""
+
+    success: list[float]
+    tokens: list[float]
+
+    def summary(self, rows: Sequence[int] | None = None) -> dict:
+        rows = range(len(self.success)) if rows is None else rows
+        success = [self.success[i] for i in rows]
+        tokens = [self.tokens[i] for i in rows]
+        return {
+            "success": sum(success) / len(success) if success else None,
+            "ci95": ci95(success),
+            "tokens": sum(tokens) / len(tokens) if tokens else None,
+            "problems": len(success),
+        }
+
+
+def sampling_points(
+    pools: Sequence[Sequence[Sample]],
+    outcome: Sequence[Sequence[float]],
+    right: Sequence[Sequence[bool]],
+    answers: Sequence[Sequence[str | None]],
+    ns: Sequence[int],
+    subsets: int,
+    seed: int,
+) -> dict[str, dict[int, Point]]:
+    """{method: {N: Point}} for majority, best-of-N (outcome critic), likelihood best-of-N and pass@N."""
+    methods = ("majority", "best_of_n", "likelihood", "pass_at_n")
+    out: dict[str, dict[int, Point]] = {m: {} for m in methods}
+    rng = random.Random(seed)
+    for n in ns:
+        points = {m: Point([], []) for m in methods}
+        for samples, scores, ok, said in zip(pools, outcome, right, answers, strict=True):
+            totals = dict.fromkeys(methods, 0.0)
+            tokens = 0.0
+            for _ in range(subsets if n < len(samples) else 1):
+                subset = rng.sample(range(len(samples)), n)
+                tokens += sum(sampled_tokens(samples[i]) for i in subset)
+                votes: dict[str, int] = {}
+                for i in subset:
+                    if said[i] is not None:
+                        votes[said[i]] = votes.get(said[i], 0) + 1
+                top = max(votes.values(), default=0)
+                winner = next((i for i in subset if said[i] is not None and votes[said[i]] == top), None)
+                totals["majority"] += winner is not None and ok[winner]
+                totals["best_of_n"] += ok[max(subset, key=lambda i: scores[i])]
+                totals["likelihood"] += ok[max(subset, key=lambda i: mean_logprob(samples[i]))]
+                totals["pass_at_n"] += any(ok[i] for i in subset)
+            draws = subsets if n < len(samples) else 1
+            for m in methods:
+                points[m].success.append(totals[m] / draws)
+                points[m].tokens.append(tokens / draws)
+        for m in methods:
+            out[m][n] = points[m]
+    return out
+
+
+def mean_logprob(sample: Sample) -> float:
+    return sum(sample.logprobs) / len(sample.logprobs) if sample.logprobs else float("-inf")
+
+
+def at_tokens(curve: Sequence[tuple[float, float]], tokens: float) -> tuple[float, bool]:
+    """Success of a (tokens, success) curve at `tokens`, linear in log tokens between its points; True when
+    `tokens` lies outside the curve (the nearest end is used)."""
+    points = sorted(curve)
+    if tokens <= points[0][0]:
+        return points[0][1], tokens < points[0][0]
+    if tokens >= points[-1][0]:
+        return points[-1][1], tokens > points[-1][0]
+    for (x0, y0), (x1, y1) in zip(points, points[1:], strict=False):
+        if x0 <= tokens <= x1:
+            share = 0.0 if x1 == x0 else (math.log(tokens) - math.log(x0)) / (math.log(x1) - math.log(x0))
+            return y0 + share * (y1 - y0), False
+    raise AssertionError("unreachable")
+
+
+def outcome_scorer(ctx: EvalContext, s: Settings):
+    """Scores of whole answers: the outcome critic's, or the step critic's read where a step ends."""
+    if s.outcome_ckpt:
+        outcome = CriticGenerator.from_export(s.outcome_ckpt, device=ctx.generator.device)
+        return outcome.score_texts, "outcome critic"
+    step = ctx.generator
+    return (lambda prompts, texts: step.score_texts(prompts, [t + STEP_SEPARATOR for t in texts])), "step critic"
+
+
+def run(ctx: EvalContext, s: Settings) -> SuiteResult:
+    generator = ctx.generator
+    if not isinstance(generator, CriticGenerator):
+        raise ValueError("the search suite needs a CriticGenerator (an export): it reads the model's own states")
+    problems = ctx.test_problems(FAMILY, s.n_problems)
+    prompts = [prompt_of(p) for p in problems]
+    levels = sorted({p.level for p in problems})
+    by_level = {level: [i for i, p in enumerate(problems) if p.level == level] for level in levels}
+    longest = levels[-1]
+
+    common = dict(max_new_tokens=s.max_new_tokens, stop=STOP, seed=ctx.seed)
+    greedy = [row[0] for row in generator.generate(prompts, GenerationSettings(**common))]
+    pools = generator.generate(
+        prompts,
+        GenerationSettings(**common, do_sample=True, temperature=s.temperature, n=s.n_samples, return_logprobs=True),
+    )
+    score_outcome, outcome_name = outcome_scorer(ctx, s)
+    flat = score_outcome([p for p, row in zip(prompts, pools, strict=True) for _ in row], [x.text for row in pools for x in row])
+    outcome = [flat[i * s.n_samples : (i + 1) * s.n_samples] for i in range(len(pools))]
+    right = [[solved(p, x.text) for x in row] for p, row in zip(problems, pools, strict=True)]
+    answers = [[answer_of(p, x.text) if ANSWER_PREFIX in x.text else None for x in row] for p, row in zip(problems, pools, strict=True)]
+    ns = tuple(sorted({n for n in s.ns if n <= s.n_samples} | {s.n_samples}))
+    curves: dict[str, dict[str, Point]] = {
+        "greedy": {"1": Point([float(solved(p, g.text)) for p, g in zip(problems, greedy, strict=True)], [float(sampled_tokens(g)) for g in greedy])}
+    }
+    for method, points in sampling_points(pools, outcome, right, answers, ns, s.subsets, ctx.seed).items():
+        curves[method] = {f"N={n}": point for n, point in points.items()}
+
+    stepper = CriticStepper(generator)
+    base = SearchSettings(
+        max_depth=s.max_depth, max_step_tokens=s.max_step_tokens, temperature=s.temperature, seed=ctx.seed
+    )
+    step_scores: list[float] = []
+    step_labels: list[bool] = []
+    drawn: list[tuple[Problem, SearchResult]] = []
+    runs = [(value, shape) for value in ("critic", "likelihood") for shape in s.shapes] + [("dfs", f"{s.dfs_expand}")]
+    for value, shape in runs:
+        if value == "dfs":
+            settings = replace(base, strategy="dfs", expand=s.dfs_expand, threshold=s.dfs_threshold)
+        else:
+            expand, beam = parse_shape(shape)
+            settings = replace(base, value=value, expand=expand, beam=beam)
+        point = Point([], [])
+        for problem, prompt in zip(problems, prompts, strict=True):
+            result = search(stepper, prompt, settings)
+            point.success.append(float(result.finished and solved(problem, result.response())))
+            point.tokens.append(float(result.sampled_tokens))
+            if value == "critic" and shape == s.headline_shape:
+                for node in result.root.walk():
+                    if node.parent is not None and node.score is not None:
+                        step_scores.append(node.score)
+                        step_labels.append(chain_step_labels(problem, node.steps)[-1])
+                if problem.level == longest and len(drawn) < s.trees:
+                    drawn.append((problem, result))
+        name = "dfs" if value == "dfs" else f"search_{value}"
+        curves.setdefault(name, {})[shape] = point
+
+    groups = {"all": None} | {f"{level} operations": rows for level, rows in by_level.items()}
+    summary = {
+        method: {label: {group: point.summary(rows) for group, rows in groups.items()} for label, point in points.items()}
+        for method, points in curves.items()
+    }
+    comparisons = compare(summary, s, groups)
+    figures = {
+        "n_problems": len(problems),
+        "problems_by_operations": {str(level): len(rows) for level, rows in by_level.items()},
+        "outcome_scorer": outcome_name,
+        "methods": summary,
+        "comparisons": comparisons,
+        "step_critic": {
+            "auroc": auroc(step_scores, step_labels),
+            "steps": len(step_scores),
+            "right_fraction": sum(step_labels) / len(step_labels) if step_labels else None,
+            "on": f"every step of search (critic, {s.headline_shape})",
+        },
+        "settings": {k: v for k, v in s.__dict__.items()},
+    }
+    plot_files = []
+    if ctx.out_dir is not None:
+        plot_files.append(plots.search_curves_plot(ctx.plot_path("search.png"), summary, list(groups)))
+        for i, (problem, result) in enumerate(drawn):
+            labels = {id(n): chain_step_labels(problem, n.steps)[-1] for n in result.root.walk() if n.parent is not None}
+            path = ctx.plot_path(f"search_tree_{i + 1}.png")
+            plot_files.append(plots.search_tree_plot(path, result, labels, f"{problem.question} = {problem.answer}"))
+    return SuiteResult("search", figures, tables_of(summary, comparisons, figures, s, groups), plot_files, headline_of(figures, s, longest), notes=trees_text(drawn))
+
+
+def compare(summary: dict, s: Settings, groups: dict) -> dict:
+    """Each critic search against greedy and against best-of-N at the search's own tokens, per group."""
+    out = {}
+    for shape in s.shapes:
+        for group in groups:
+            found = summary["search_critic"][shape][group]
+            if found["success"] is None:
+                continue
+            greedy = summary["greedy"]["1"][group]["success"]
+            curve = [(p[group]["tokens"], p[group]["success"]) for p in summary["best_of_n"].values()]
+            best_of_n, outside = at_tokens(curve, found["tokens"])
+            likelihood = summary["search_likelihood"][shape][group]["success"]
+            out.setdefault(shape, {})[group] = {
+                "search": found["success"],
+                "tokens": found["tokens"],
+                "greedy": greedy,
+                "times_greedy": found["success"] / greedy if greedy else None,
+                "best_of_n_at_tokens": best_of_n,
+                "best_of_n_extrapolated": outside,
+                "points_over_best_of_n": 100 * (found["success"] - best_of_n),
+                "points_over_likelihood_search": 100 * (found["success"] - likelihood) if likelihood is not None else None,
+            }
+    return out
+
+
+def tables_of(summary: dict, comparisons: dict, figures: dict, s: Settings, groups: dict) -> list[Table]:
+    labels = {
+        "greedy": "greedy",
+        "majority": "majority@N",
+        "best_of_n": f"best-of-N ({figures['outcome_scorer']})",
+        "likelihood": "likelihood best-of-N",
+        "pass_at_n": "pass@N (ceiling)",
+        "search_critic": "beam search, step critic",
+        "search_likelihood": "beam search, likelihood",
+        "dfs": "DFS, step critic",
+    }
+    rows = []
+    for method, points in summary.items():
+        for label, by_group in points.items():
+            rows.append(
+                [labels[method], label]
+                + [f"{with_ci(g['success'], g['ci95'])} ({g['tokens']:.0f} tok)" for g in by_group.values()]
+            )
+    tables = [
+        Table(
+            "Success rate (95% CI) and mean sampled tokens per problem",
+            ["method", "budget", *groups],
+            rows,
+            note=f"{figures['n_problems']} TEST problems of the {FAMILY} family; samples at T={s.temperature}; "
+            "search shapes are expand x beam; DFS expands "
+            f"{s.dfs_expand} and prunes below {s.dfs_threshold}.",
+        )
+    ]
+    compare_rows = [
+        [shape, group, c["search"], c["greedy"], c["times_greedy"], c["best_of_n_at_tokens"], c["points_over_best_of_n"], c["points_over_likelihood_search"], c["tokens"]]
+        for shape, by_group in comparisons.items()
+        for group, c in by_group.items()
+    ]
+    tables.append(
+        Table(
+            "Beam search with the step critic against greedy and best-of-N at the same sampled tokens",
+            ["shape", "problems", "search", "greedy", "× greedy", "best-of-N at its tokens", "points over best-of-N", "points over likelihood search", "tokens"],
+            compare_rows,
+        )
+    )
+    step = figures["step_critic"]
+    tables.append(Table("Step critic on the steps the search wrote (exact labels)", ["AUROC", "steps", "fraction right"], [[step["auroc"], step["steps"], step["right_fraction"]]]))
+    return tables
+
+
+def headline_of(figures: dict, s: Settings, longest: int) -> dict:
+    main = figures["comparisons"].get(s.headline_shape, {})
+    everything, hardest = main.get("all", {}), main.get(f"{longest} operations", {})
+    return {
+        f"search {s.headline_shape} success": everything.get("search"),
+        "greedy success": everything.get("greedy"),
+        f"× greedy ({longest} operations)": hardest.get("times_greedy"),
+        "points over best-of-N (same tokens)": everything.get("points_over_best_of_n"),
+        "step critic AUROC": figures["step_critic"]["auroc"],
+    }
+
+
+def trees_text(drawn: Sequence[tuple[Problem, SearchResult]]) -> list[str]:
+    """The drawn trees as indented text for the report: value, kept (*) or pruned (x), the chosen path (>>)."""
+    notes = []
+    for problem, result in drawn:
+        chosen = set()
+        node = result.best
+        while node is not None:
+            chosen.add(id(node))
+            node = node.parent
+        lines = [f"Search tree for {problem.question} (answer {problem.answer}):", "```"]
+        for node in result.root.walk():
+            if node.parent is None:
+                continue
+            right = chain_step_labels(problem, node.steps)[-1]
+            mark = ">>" if id(node) in chosen else ("* " if node.kept else ("x " if node.pruned else "  "))
+            lines.append(f"{'  ' * (node.depth - 1)}{mark} {node.step!r} value {node.value:.2f} {'right' if right else 'wrong'}")
+        notes.append("\n".join(lines + ["```"]))
+    return notes

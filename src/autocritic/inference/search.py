@@ -1,0 +1,251 @@
+"""Critic-guided search over reasoning steps (Tree of Thoughts, Yao et al. 2023), with the critic as the value.
+
+    state ──expand: k sampled next steps──► children, each valued at its step's end ──► keep the best b (beam / BFS)
+                                                                                   └─► or go deepest first (DFS)
+
+A step is the text up to the step separator ("\\n"); a path ends at a step starting with the final prefix
+("Answer:"), at end of text, or when a step runs out of tokens. The value of a state is the step critic's
+probability that the path is still right (`value="critic"`), or, as the control, the model's own likelihood of the
+path: the geometric mean of its tokens' probabilities (`value="likelihood"`).
+
+The algorithms see the model only through a `StepExpander` (`inference/stepper.py` runs a critic model; tests
+script one), so they are the same for any model and testable on a known tree.
+
+    beam  ToT's breadth-first search: each depth expands every kept state into `expand` children and keeps the
+          `beam` best open ones; finished paths are candidates; it stops once `beam` paths have finished (a step
+          cut by the token limit is no finish), the frontier is empty, or the token budget is spent. The answer is the best-valued candidate.
+    dfs   ToT's depth-first search: children in order of value, a child below `threshold` pruned, backtracking
+          when every child of a state is pruned; the first finished path at or above the threshold is the answer
+          (else the best candidate seen).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+STRATEGIES = ("beam", "dfs")
+VALUES = ("critic", "likelihood")
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    strategy: str = "beam"  # beam | dfs
+    value: str = "critic"  # critic | likelihood
+    expand: int = 4  # next steps sampled per expanded state
+    beam: int = 2  # beam: open states kept per depth (and finished paths wanted)
+    max_depth: int = 8  # steps
+    max_step_tokens: int = 24
+    token_budget: int | None = None  # sampled tokens; no expansion starts once spent
+    temperature: float = 0.8
+    threshold: float = 0.5  # dfs: children valued below are pruned
+    separator: str = "\n"
+    final_prefix: str = "Answer:"
+    seed: int | None = 0
+
+    def __post_init__(self):
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"search strategy must be one of {', '.join(STRATEGIES)}; got {self.strategy!r}")
+        if self.value not in VALUES:
+            raise ValueError(f"search value must be one of {', '.join(VALUES)}; got {self.value!r}")
+        for name in ("expand", "beam", "max_depth", "max_step_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"search {name} must be at least 1, got {getattr(self, name)}")
+        if self.token_budget is not None and self.token_budget < 1:
+            raise ValueError(f"search token_budget must be at least 1 or None, got {self.token_budget}")
+        if self.temperature < 0:
+            raise ValueError(f"search temperature must be ≥ 0, got {self.temperature}")
+        if not self.separator:
+            raise ValueError("search separator must not be empty")
+
+
+@dataclass
+class Expansion:
+    """One sampled next step, as an expander returns it. `state` is the expander's own (e.g. the path's KV cache)."""
+
+    step: str
+    score: float | None  # the critic's logit at the step's end (None: no critic)
+    logprob: float  # sum of log p(token) over the step's tokens, under the untempered model
+    tokens: int  # tokens sampled for the step
+    final: bool  # the path ends here
+    finish: str = "step"  # step | answer | eos | length
+    state: Any = None
+    token_ids: list[int] = field(default_factory=list)  # the step's sampled tokens (an expander may leave it empty)
+
+
+class StepExpander(Protocol):
+    def root(self, prompt: str, settings: SearchSettings) -> Any:
+        """The expander's state for the prompt alone (and its random state reset to `settings.seed`)."""
+
+    def expand(self, states: Sequence[Any], k: int, settings: SearchSettings) -> list[list[Expansion]]:
+        """`k` sampled next steps for each state."""
+
+
+@dataclass
+class Node:
+    step: str
+    depth: int
+    parent: Node | None = None
+    children: list[Node] = field(default_factory=list)
+    score: float | None = None
+    logprob: float = 0.0  # of the whole path
+    tokens: int = 0  # of the whole path
+    final: bool = False
+    finish: str = "step"
+    value: float = 1.0
+    token_ids: list[int] = field(default_factory=list, repr=False)
+    kept: bool = False  # beam: kept at its depth; dfs: visited
+    pruned: bool = False  # dfs: below the threshold
+    state: Any = field(default=None, repr=False)
+
+    @property
+    def steps(self) -> list[str]:
+        """The path's steps from the first one to this node's."""
+        node, out = self, []
+        while node is not None and node.parent is not None:
+            out.append(node.step)
+            node = node.parent
+        return out[::-1]
+
+    @property
+    def path_token_ids(self) -> list[int]:
+        """The sampled tokens of the whole path (the prompt's excluded)."""
+        node, out = self, []
+        while node is not None and node.parent is not None:
+            out.append(node.token_ids)
+            node = node.parent
+        return [token for ids in reversed(out) for token in ids]
+
+    def walk(self) -> Iterator[Node]:
+        yield self
+        for child in self.children:
+            yield from child.walk()
+
+
+@dataclass
+class SearchResult:
+    prompt: str
+    best: Node  # the chosen path's last node (a finished path when there was one)
+    root: Node
+    candidates: list[Node]  # every finished path, in the order found
+    sampled_tokens: int
+    expansions: int  # states expanded
+
+    @property
+    def steps(self) -> list[str]:
+        return self.best.steps
+
+    def response(self, separator: str = "\n") -> str:
+        """The chosen path as the model wrote it (steps joined by the separator)."""
+        return separator.join(self.steps)
+
+    @property
+    def finished(self) -> bool:
+        return self.best.final and self.best.finish in ("answer", "eos")
+
+
+def node_value(node: Node, value: str) -> float:
+    if value == "critic":
+        if node.score is None:
+            raise ValueError("value='critic' needs critic scores: this expander returned none")
+        return 1.0 / (1.0 + math.exp(-node.score))
+    return math.exp(node.logprob / node.tokens) if node.tokens else 1.0
+
+
+class _Search:
+    def __init__(self, expander: StepExpander, prompt: str, settings: SearchSettings):
+        self.expander = expander
+        self.settings = settings
+        self.root = Node(step="", depth=0, state=expander.root(prompt, settings), kept=True)
+        self.prompt = prompt
+        self.candidates: list[Node] = []
+        self.sampled = 0
+        self.expansions = 0
+
+    def spent(self) -> bool:
+        return self.settings.token_budget is not None and self.sampled >= self.settings.token_budget
+
+    def expand(self, parents: Sequence[Node]) -> list[list[Node]]:
+        per_parent = self.expander.expand([p.state for p in parents], self.settings.expand, self.settings)
+        self.expansions += len(parents)
+        out = []
+        for parent, expansions in zip(parents, per_parent, strict=True):
+            children = []
+            for e in expansions:
+                child = Node(
+                    step=e.step,
+                    depth=parent.depth + 1,
+                    parent=parent,
+                    score=e.score,
+                    logprob=parent.logprob + e.logprob,
+                    tokens=parent.tokens + e.tokens,
+                    final=e.final or parent.depth + 1 >= self.settings.max_depth,
+                    finish=e.finish if e.final or parent.depth + 1 < self.settings.max_depth else "length",
+                    state=e.state,
+                    token_ids=e.token_ids,
+                )
+                child.value = node_value(child, self.settings.value)
+                self.sampled += e.tokens
+                children.append(child)
+            parent.children = children
+            out.append(children)
+        return out
+
+    def result(self, chosen: Node | None) -> SearchResult:
+        if chosen is None:
+            pool = self._finished() or self.candidates or [n for n in self.root.walk() if n is not self.root]
+            chosen = max(pool, key=lambda n: n.value) if pool else self.root
+        for node in self.root.walk():
+            node.state = None  # caches are not kept past the search
+        return SearchResult(self.prompt, chosen, self.root, self.candidates, self.sampled, self.expansions)
+
+    def _finished(self) -> list[Node]:
+        return [c for c in self.candidates if c.finish in ("answer", "eos")]
+
+    def beam(self) -> SearchResult:
+        frontier = [self.root]
+        while frontier and len(self._finished()) < self.settings.beam and not self.spent():
+            children = [c for group in self.expand(frontier) for c in group]
+            self.candidates += [c for c in children if c.final]
+            open_children = sorted((c for c in children if not c.final), key=lambda n: -n.value)
+            frontier = open_children[: self.settings.beam]
+            for node in frontier:
+                node.kept = True
+        finished = self._finished()
+        for node in finished:
+            node.kept = True
+        return self.result(max(finished, key=lambda n: n.value) if finished else None)
+
+    def dfs(self) -> SearchResult:
+        return self.result(self._visit(self.root))
+
+    def _visit(self, node: Node) -> Node | None:
+        if self.spent():
+            return None
+        children = sorted(self.expand([node])[0], key=lambda n: -n.value)
+        for child in children:
+            if child.final:
+                self.candidates.append(child)
+            if child.value < self.settings.threshold:
+                child.pruned = True
+                continue
+            child.kept = True
+            if child.final:
+                if child.finish in ("answer", "eos"):
+                    return child
+                continue
+            found = self._visit(child)
+            if found is not None:
+                return found
+            if self.spent():
+                return None
+        return None
+
+
+def search(expander: StepExpander, prompt: str, settings: SearchSettings | None = None) -> SearchResult:
+    """Search the steps that answer `prompt` (see the module's docstring)."""
+    settings = settings or SearchSettings()
+    run = _Search(expander, prompt, settings)
+    return run.beam() if settings.strategy == "beam" else run.dfs()

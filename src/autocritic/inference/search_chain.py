@@ -1,0 +1,96 @@
+"""CriticTreeSearch: critic-guided search over reasoning steps as a LangChain Runnable.
+
+    PromptTemplate.from_template("Question: {q}\\n") | CriticTreeSearch(model="runs/steps/export") | StrOutputParser()
+
+The input is a prompt (a string or a PromptValue); the output is the chosen path's text (steps joined by the
+separator), or with `return_result=True` the whole `SearchResult` (the tree, every candidate, the tokens sampled).
+The search itself is `autocritic.inference.search.search`; `search()` here runs it on one prompt without
+LangChain. The model is an export of a step critic (`data.schema=stepwise`): `model=` (directory or hub id, loaded
+on first use and shared) or `generator=` (a `CriticGenerator`), or any `StepExpander` as `expander=`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import fields
+from typing import Any
+
+from langchain_core.prompt_values import PromptValue
+from langchain_core.runnables import RunnableConfig, RunnableSerializable
+from pydantic import ConfigDict, Field, PrivateAttr
+
+from autocritic.errors import ConfigError
+from autocritic.inference.loading import check_model, shared_generator
+from autocritic.inference.search import SearchResult, SearchSettings, search
+from autocritic.inference.stepper import CriticStepper
+
+_SETTING_NAMES = [f.name for f in fields(SearchSettings)]
+
+
+class CriticTreeSearch(RunnableSerializable[Any, Any]):
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    model: str | None = None
+    generator: Any = Field(default=None, exclude=True)  # a CriticGenerator
+    expander: Any = Field(default=None, exclude=True)  # any StepExpander (tests script one)
+    device: str | None = None
+    dtype: str = "float32"
+    return_result: bool = False
+
+    strategy: str = "beam"
+    value: str = "critic"
+    expand: int = 4
+    beam: int = 2
+    max_depth: int = 8
+    max_step_tokens: int = 24
+    token_budget: int | None = None
+    temperature: float = 0.8
+    threshold: float = 0.5
+    separator: str = "\n"
+    final_prefix: str = "Answer:"
+    seed: int | None = 0
+
+    _expander: Any = PrivateAttr(default=None)
+
+    def model_post_init(self, context: Any) -> None:
+        self.settings()  # bad settings fail when built, not at the first call
+        if self.model is None and self.generator is None and self.expander is None:
+            raise ConfigError("CriticTreeSearch needs model= (an export of a step critic), generator= or expander=.")
+        if self.model is not None:
+            check_model(self.model)
+
+    def settings(self, **overrides) -> SearchSettings:
+        values = {name: getattr(self, name) for name in _SETTING_NAMES} | overrides
+        try:
+            return SearchSettings(**values)
+        except ValueError as error:
+            raise ConfigError(f"CriticTreeSearch: {error}") from None
+
+    def step_expander(self):
+        if self.expander is not None:
+            return self.expander
+        if self._expander is None:
+            generator = self.generator or shared_generator(self.model, self.device, self.dtype)
+            self._expander = CriticStepper(generator)
+        return self._expander
+
+    def search(self, prompt: str, **overrides) -> SearchResult:
+        """The search on one prompt; `overrides` replace settings for this call (e.g. `token_budget=200`)."""
+        return search(self.step_expander(), prompt, self.settings(**overrides))
+
+    def invoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Any:
+        return self._call_with_config(lambda prompt: self._run(prompt, **kwargs), _as_prompt(input), config)
+
+    def _run(self, prompt: str, **overrides) -> Any:
+        result = self.search(prompt, **overrides)
+        return result if self.return_result else result.response(self.separator)
+
+
+def _as_prompt(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, PromptValue):
+        return value.to_string()
+    raise ConfigError(
+        f"CriticTreeSearch takes a prompt string or a PromptValue, got {type(value).__name__}: put a PromptTemplate "
+        "before it to build one from a dict."
+    )

@@ -1,0 +1,222 @@
+"""The critic model as a `StepExpander`: samples next steps and scores them from the same forward passes.
+
+    parent states ──k copies, left-padded KV caches in one batch──► one token per forward, per row:
+        sample from the last logits ─► feed it ─► its final state (kept) and the next logits
+    a row is done once it has fed the token that ends its step (the separator, or eos); the step's score is the
+    head read at that token's state: exactly what the critic reads at the end of a step prefix in training
+    (`data.schema=stepwise`), with no second pass over the text.
+
+A child keeps its own KV cache (its parent's rows plus its step's), so the next expansion feeds only new tokens:
+shared prefixes run once. A head reading a window of states gets the path's last states and token ids; a head
+reading confidence gets the running mean and min log-probability of the response's tokens (untempered), as in
+training.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+
+import torch
+from transformers import DynamicCache
+
+from autocritic.inference.generation import CriticGenerator, _lock_of
+from autocritic.inference.search import Expansion, SearchSettings
+from autocritic.model.critic import decoder_of
+from autocritic.model.sampling import takes_outside_cache
+
+
+@dataclass
+class PathState:
+    ids: list[int]  # prompt + response tokens, all fed
+    keys: list[torch.Tensor]  # per layer (1, kv heads, len(ids), head dim)
+    values: list[torch.Tensor]
+    window_states: torch.Tensor  # (≤ window, H): the final states of the path's last tokens
+    next_logits: torch.Tensor  # (V,): the distribution of the next token
+    prompt_length: int
+    logprob_sum: float = 0.0  # of the response tokens (what a confidence head reads)
+    logprob_count: int = 0
+    logprob_min: float = 0.0
+
+
+@lru_cache(maxsize=8)
+def _tokens_ending_steps(tokenizer, separator: str, vocab_size: int) -> torch.Tensor:
+    """(V,) bool: tokens whose text holds the separator (a merged "\\n\\n" or ".\\n" ends a step too)."""
+    texts = tokenizer.batch_decode([[i] for i in range(vocab_size)], clean_up_tokenization_spaces=False)
+    return torch.tensor([separator in text for text in texts])
+
+
+class CriticStepper:
+    """Steps sampled and scored by a `CriticGenerator`'s model (its template renders the prompt)."""
+
+    def __init__(self, generator: CriticGenerator):
+        self.generator = generator
+        self.model = generator.model
+        self.backbone = generator.model.backbone
+        if not takes_outside_cache(self.backbone):
+            raise ValueError(
+                f"{type(self.backbone).__name__} does not take a dynamic KV cache from outside (a "
+                "cache_implementation in its generation config?): the search needs one to share prefixes."
+            )
+        self.decoder = decoder_of(self.backbone)
+        self.lm_head = self.backbone.get_output_embeddings()
+        self.window = self.model.window
+        self.vocab_size = self.lm_head.weight.shape[0]
+        self.rng = torch.Generator(device=generator.device)
+
+    @property
+    def device(self) -> torch.device:
+        return self.generator.device
+
+    @torch.no_grad()
+    def root(self, prompt: str, settings: SearchSettings) -> PathState:
+        if settings.seed is not None:
+            self.rng.manual_seed(settings.seed)
+        ids = self.generator._encode_prompt(prompt)
+        cache = DynamicCache(config=self.backbone.config)
+        with _lock_of(self.model):
+            hidden = self.decoder(
+                input_ids=torch.tensor([ids], device=self.device), cache=cache, use_cache=True
+            ).last_hidden_state[0]
+        return PathState(
+            ids=ids,
+            keys=[layer.keys for layer in cache.layers],
+            values=[layer.values for layer in cache.layers],
+            window_states=hidden[-self.window :],
+            next_logits=self.lm_head(hidden[-1]).float(),
+            prompt_length=len(ids),
+        )
+
+    @torch.no_grad()
+    def expand(self, states: Sequence[PathState], k: int, settings: SearchSettings) -> list[list[Expansion]]:
+        rows = [state for state in states for _ in range(k)]
+        count, steps = len(rows), settings.max_step_tokens
+        ends_step = _tokens_ending_steps(self.generator.tokenizer, settings.separator, self.vocab_size).to(self.device)
+        is_eos = torch.zeros(self.vocab_size, dtype=torch.bool, device=self.device)
+        is_eos[[i for i in self.generator.eos_ids if i < self.vocab_size]] = True
+        lengths = torch.tensor([len(r.ids) for r in rows], device=self.device)
+        longest = int(lengths.max())
+        cache = DynamicCache(config=self.backbone.config)
+        for layer in range(len(rows[0].keys)):
+            cache.update(_left_padded(rows, "keys", layer, longest), _left_padded(rows, "values", layer, longest), layer)
+        mask = (torch.arange(longest, device=self.device)[None] >= (longest - lengths)[:, None]).long()
+        logits = torch.stack([r.next_logits for r in rows])
+        tokens = torch.full((count, steps), self.generator.pad_id, dtype=torch.long, device=self.device)
+        logprobs = torch.zeros(count, steps, device=self.device)
+        hidden = torch.zeros(count, steps, self.decoder.config.hidden_size, device=self.device)
+        fed = torch.zeros(count, dtype=torch.long, device=self.device)
+        alive = torch.ones(count, dtype=torch.bool, device=self.device)
+        ended_by_eos = torch.zeros_like(alive)
+        last_logits = logits.clone()
+        with _lock_of(self.model):
+            for t in range(steps):
+                token = _sample(logits, settings.temperature, self.rng)
+                token = torch.where(alive, token, self.generator.pad_id)
+                tokens[:, t] = token
+                logprobs[:, t] = logits.log_softmax(-1).gather(-1, token[:, None])[:, 0]
+                mask = torch.cat([mask, mask.new_ones(count, 1)], dim=1)
+                state = self.decoder(
+                    input_ids=token[:, None],
+                    attention_mask=mask,
+                    position_ids=(lengths + t)[:, None],
+                    cache=cache,
+                    use_cache=True,
+                ).last_hidden_state[:, 0]
+                hidden[:, t] = state.to(hidden.dtype)
+                logits = self.lm_head(state).float()
+                fed += alive.long()
+                ended = alive & (ends_step[token] | is_eos[token])
+                ended_by_eos |= alive & is_eos[token]
+                last_logits[ended] = logits[ended]
+                alive &= ~ended
+                if not alive.any():
+                    break
+        last_logits[alive] = logits[alive]
+        return self._expansions(states, k, rows, cache, longest, tokens, logprobs, hidden, fed, ended_by_eos, alive, last_logits, settings)
+
+    def _expansions(self, states, k, rows, cache, longest, tokens, logprobs, hidden, fed, ended_by_eos, cut, last_logits, settings):
+        count = len(rows)
+        texts = self.generator._batch_decode([tokens[r, : fed[r]].tolist() for r in range(count)])
+        # eos is not part of the response the critic was trained on: the score reads the token before it
+        scored = fed - ended_by_eos.long()
+        windows, window_mask, window_ids, confidence = [], [], [], []
+        new_sums, new_counts, new_mins = [], [], []
+        for r, parent in enumerate(rows):
+            n = int(scored[r])
+            path_states = torch.cat([parent.window_states, hidden[r, :n].to(parent.window_states.dtype)])[-self.window :]
+            ids = (parent.ids + tokens[r, :n].tolist())[-self.window :]
+            pad = self.window - len(path_states)
+            windows.append(torch.cat([path_states.new_zeros(pad, path_states.shape[-1]), path_states]))
+            window_mask.append(torch.tensor([False] * pad + [True] * len(path_states)))
+            window_ids.append(torch.tensor([self.generator.pad_id] * pad + ids))
+            step_lp = logprobs[r, :n]
+            total, seen = parent.logprob_sum + float(step_lp.sum()), parent.logprob_count + n
+            low = parent.logprob_min if parent.logprob_count else float("inf")
+            low = min(low, float(step_lp.min())) if n else low
+            low = low if seen else 0.0
+            new_sums.append(total), new_counts.append(seen), new_mins.append(low)
+            confidence.append([total / seen if seen else 0.0, low])
+        confidence_tensor = torch.tensor(confidence, device=self.device)[:, None] if self.model.reads_confidence else None
+        scores = self.model.score_at(
+            torch.stack(windows).to(self.device)[:, :, :],
+            torch.stack(window_mask).to(self.device),
+            torch.full((count, 1), self.window - 1, device=self.device),
+            confidence_tensor,
+            tokens=torch.stack(window_ids).to(self.device),
+        )[:, 0].tolist()
+        out: list[list[Expansion]] = [[] for _ in states]
+        for r, parent in enumerate(rows):
+            n_fed = int(fed[r])
+            text = texts[r]
+            cut_at = text.find(settings.separator)
+            step = text if cut_at < 0 else text[:cut_at]
+            if ended_by_eos[r]:
+                finish = "eos"
+            elif bool(cut[r]):
+                finish = "length"
+            elif step.lstrip().startswith(settings.final_prefix):
+                finish = "answer"
+            else:
+                finish = "step"
+            child = None
+            if finish == "step":
+                start = longest - len(parent.ids)
+                child = PathState(
+                    ids=parent.ids + tokens[r, :n_fed].tolist(),
+                    keys=[layer.keys[r : r + 1, :, start : longest + n_fed] for layer in cache.layers],
+                    values=[layer.values[r : r + 1, :, start : longest + n_fed] for layer in cache.layers],
+                    window_states=torch.cat([parent.window_states, hidden[r, :n_fed]])[-self.window :],
+                    next_logits=last_logits[r],
+                    prompt_length=parent.prompt_length,
+                    logprob_sum=new_sums[r],
+                    logprob_count=new_counts[r],
+                    logprob_min=new_mins[r],
+                )
+            out[r // k].append(
+                Expansion(
+                    step=step,
+                    score=scores[r],
+                    logprob=float(logprobs[r, :n_fed].sum()),
+                    tokens=n_fed,
+                    final=finish != "step",
+                    finish=finish,
+                    state=child,
+                    token_ids=tokens[r, :n_fed].tolist(),
+                )
+            )
+        return out
+
+
+def _left_padded(rows: Sequence[PathState], which: str, layer: int, longest: int) -> torch.Tensor:
+    """One layer's keys or values of every row, left-padded with zeros to `longest` (the mask hides the padding)."""
+    tensors = [getattr(row, which)[layer] for row in rows]
+    return torch.cat(
+        [torch.nn.functional.pad(t, (0, 0, longest - t.shape[2], 0)) if t.shape[2] < longest else t for t in tensors]
+    )
+
+
+def _sample(logits: torch.Tensor, temperature: float, rng: torch.Generator) -> torch.Tensor:
+    if temperature == 0:
+        return logits.argmax(-1)
+    return torch.multinomial((logits / temperature).softmax(-1), 1, generator=rng)[:, 0]

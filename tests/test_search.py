@@ -1,0 +1,264 @@
+"""Critic-guided search: the algorithms on a scripted tree (a known tree gives a known answer), and the model-backed
+expander's scores equal to a plain critic forward over the same tokens (scores from the generation's own passes,
+KV caches shared by the children of a state)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+import torch
+from test_inference import TOKENS_HEAD, WINDOW_HEAD, tiny_generator
+
+from autocritic.inference.search import Expansion, SearchSettings, search
+from autocritic.inference.stepper import CriticStepper
+
+
+def logit(p: float) -> float:
+    return math.log(p / (1 - p))
+
+
+class ScriptedTree:
+    """Steps from a dict {path tuple: [(step, critic probability, log-prob), ...]}: the k-th expansion of a state
+    returns its first k children (a state with fewer children returns them all). "Answer:" steps are final."""
+
+    def __init__(self, tree: dict[tuple[str, ...], list[tuple[str, float, float]]], tokens_per_step: int = 3):
+        self.tree = tree
+        self.tokens_per_step = tokens_per_step
+        self.expanded: list[tuple[str, ...]] = []
+
+    def root(self, prompt, settings):
+        return ()
+
+    def expand(self, states, k, settings):
+        out = []
+        for path in states:
+            self.expanded.append(path)
+            children = []
+            for step, p, lp in self.tree.get(path, [])[:k]:
+                final = step.startswith(settings.final_prefix)
+                children.append(
+                    Expansion(step, logit(p), lp, self.tokens_per_step, final, "answer" if final else "step", path + (step,))
+                )
+            out.append(children)
+        return out
+
+
+# The likely first step is wrong (the critic knows); the right path needs the less likely "a2".
+TREE = {
+    (): [("a1", 0.2, -0.1), ("a2", 0.9, -2.0), ("a3", 0.1, -3.0)],
+    ("a1",): [("Answer: 1", 0.3, -0.1)],
+    ("a2",): [("b1", 0.95, -1.0), ("b2", 0.4, -0.2)],
+    ("a3",): [("Answer: 3", 0.05, -0.1)],
+    ("a2", "b1"): [("Answer: 2", 0.97, -0.5)],
+    ("a2", "b2"): [("Answer: 9", 0.3, -0.1)],
+}
+
+
+def test_beam_follows_the_critic_to_the_right_answer():
+    expander = ScriptedTree(TREE)
+    result = search(expander, "q", SearchSettings(expand=3, beam=1))
+    assert result.steps == ["a2", "b1", "Answer: 2"]
+    assert result.finished and result.best.kept
+    assert result.best.value == pytest.approx(0.97)
+    assert expander.expanded == [(), ("a2",), ("a2", "b1")]  # only the kept state is expanded at each depth
+    assert result.sampled_tokens == 3 * (3 + 2 + 1)
+
+
+def test_beam_with_the_likelihood_takes_the_likely_wrong_path():
+    result = search(ScriptedTree(TREE), "q", SearchSettings(expand=3, beam=1, value="likelihood"))
+    assert result.steps == ["a1", "Answer: 1"]
+    assert result.best.value == pytest.approx(math.exp((-0.1 - 0.1) / 6))
+
+
+def test_a_wider_beam_keeps_both_states_and_picks_the_best_finished_path():
+    result = search(ScriptedTree(TREE), "q", SearchSettings(expand=3, beam=2))
+    assert result.response() == "a2\nb1\nAnswer: 2"
+    kept_first = [n.step for n in result.root.children if n.kept]
+    assert sorted(kept_first) == ["a1", "a2"]
+    assert {c.step for c in result.candidates} >= {"Answer: 1", "Answer: 2"}
+
+
+def test_dfs_prunes_below_the_threshold_and_backtracks():
+    tree = dict(TREE)
+    tree[("a2", "b1")] = [("Answer: 2", 0.3, -0.5)]  # the first deep path is judged wrong at its end
+    tree[("a2", "b2")] = [("Answer: 7", 0.8, -0.1)]
+    tree[("a2",)] = [("b1", 0.95, -1.0), ("b2", 0.6, -0.2)]
+    expander = ScriptedTree(tree)
+    result = search(expander, "q", SearchSettings(strategy="dfs", expand=3, threshold=0.5))
+    assert result.steps == ["a2", "b2", "Answer: 7"]
+    assert expander.expanded == [(), ("a2",), ("a2", "b1"), ("a2", "b2")]  # b1's answer pruned: backtracked
+    assert {n.step for n in result.root.walk() if n.pruned} == {"Answer: 2"}
+    assert not any(n.kept for n in result.root.children if n.step != "a2")  # never needed
+
+
+def test_dfs_with_every_child_pruned_returns_the_best_path_seen():
+    tree = {(): [("a", 0.2, -1.0), ("Answer: 5", 0.4, -1.0)]}
+    expander = ScriptedTree(tree)
+    result = search(expander, "q", SearchSettings(strategy="dfs", expand=2))
+    assert result.steps == ["Answer: 5"] and result.best.pruned
+    assert expander.expanded == [()]  # "a" was pruned, never expanded
+
+
+def test_the_token_budget_stops_the_search():
+    expander = ScriptedTree(TREE, tokens_per_step=5)
+    result = search(expander, "q", SearchSettings(expand=3, beam=1, token_budget=15))
+    assert expander.expanded == [()]  # 3 children x 5 tokens spend it
+    assert result.sampled_tokens == 15 and not result.finished
+    assert result.steps == ["a2"]  # the best state reached
+
+
+def test_max_depth_ends_a_path_unfinished():
+    tree = {(): [("a", 0.9, -1.0)], ("a",): [("b", 0.9, -1.0)], ("a", "b"): [("c", 0.9, -1.0)]}
+    result = search(ScriptedTree(tree), "q", SearchSettings(expand=1, beam=1, max_depth=2))
+    assert result.steps == ["a", "b"] and result.best.finish == "length" and not result.finished
+
+
+@pytest.mark.parametrize(
+    "bad", [{"strategy": "mcts"}, {"value": "vibes"}, {"expand": 0}, {"token_budget": 0}, {"separator": ""}]
+)
+def test_bad_settings_are_refused(bad):
+    with pytest.raises(ValueError, match=next(iter(bad))):
+        SearchSettings(**bad)
+
+
+# ---- the model-backed expander ----------------------------------------------------------------------------
+
+# The tiny random model often writes "/": steps of a few tokens, some cut by the limit, some ended by eos.
+SETTINGS = SearchSettings(expand=3, beam=2, max_depth=3, max_step_tokens=10, temperature=1.0, separator="/", seed=5)
+
+
+@pytest.mark.parametrize("head", [None, WINDOW_HEAD, TOKENS_HEAD], ids=["last_state", "window", "window_tokens"])
+def test_every_step_score_equals_a_forward_over_the_path(tiny_backbone, head):
+    generator = tiny_generator(tiny_backbone, head=head, confidence=head is None)
+    prompt = "Q: 12+3-4=? A:"
+    result = search(CriticStepper(generator), prompt, SETTINGS)
+    prompt_ids = generator.tokenizer(prompt)["input_ids"]
+    nodes = [n for n in result.root.walk() if n.parent is not None]
+    assert len(nodes) >= SETTINGS.expand * 2  # at least two depths were expanded
+    assert any(n.depth >= 2 for n in nodes)
+    assert any(n.finish == "eos" for n in nodes) and any(n.finish == "step" for n in nodes)
+    # eos is not part of a response the critic reads: a path ended by it is scored at the token before
+    paths = [prompt_ids + n.path_token_ids[: -1 if n.finish == "eos" else None] for n in nodes]
+    expected = generator.score_ids(paths, prompt_lengths=[len(prompt_ids)] * len(paths))
+    assert [n.score for n in nodes] == pytest.approx(expected, abs=1e-4)
+    assert result.sampled_tokens == sum(len(n.token_ids) for n in nodes)
+
+
+def test_steps_end_at_the_separator_and_values_are_untempered_likelihoods(tiny_backbone):
+    generator = tiny_generator(tiny_backbone)
+    result = search(CriticStepper(generator), "Q: 1+2=? A:", dataclasses.replace(SETTINGS, value="likelihood"))
+    prompt_ids = generator.tokenizer("Q: 1+2=? A:")["input_ids"]
+    for node in (n for n in result.root.walk() if n.parent is not None):
+        text = generator.tokenizer.decode(node.token_ids, skip_special_tokens=True)
+        assert node.step == text.split("/")[0]
+        assert (node.finish == "step") == text.endswith("/")
+        ids = torch.tensor([prompt_ids + node.path_token_ids])
+        with torch.no_grad():
+            logits = generator.model.backbone(ids).logits[0, len(prompt_ids) - 1 : -1].log_softmax(-1)
+        path_logprob = logits.gather(-1, ids[0, len(prompt_ids) :, None]).sum()
+        assert node.logprob == pytest.approx(float(path_logprob), abs=1e-3)
+
+
+def test_the_same_seed_gives_the_same_tree(tiny_backbone):
+    stepper = CriticStepper(tiny_generator(tiny_backbone))
+    first = search(stepper, "Q: 1+2=? A:", SETTINGS)
+    second = search(stepper, "Q: 1+2=? A:", SETTINGS)
+    assert [n.token_ids for n in first.root.walk()] == [n.token_ids for n in second.root.walk()]
+
+
+# ---- LangChain --------------------------------------------------------------------------------------------
+
+
+def test_the_runnable_searches_after_a_prompt_template():
+    from langchain_core.output_parsers import StrOutputParser
+    from langchain_core.prompts import PromptTemplate
+
+    from autocritic.inference.search_chain import CriticTreeSearch
+
+    expander = ScriptedTree(TREE)
+    chain = PromptTemplate.from_template("Question: {q}\n") | CriticTreeSearch(expander=expander, expand=3, beam=1)
+    assert (chain | StrOutputParser()).invoke({"q": "what?"}) == "a2\nb1\nAnswer: 2"
+    full = CriticTreeSearch(expander=expander, expand=3, beam=1, value="likelihood", return_result=True).invoke("q")
+    assert full.steps == ["a1", "Answer: 1"] and full.sampled_tokens == 3 * 4
+    assert CriticTreeSearch(expander=expander, expand=3).batch(["q", "q"]) == ["a2\nb1\nAnswer: 2"] * 2
+
+
+def test_the_runnable_refuses_bad_settings_and_inputs_clearly():
+    from autocritic.errors import ConfigError
+    from autocritic.inference.search_chain import CriticTreeSearch
+
+    with pytest.raises(ConfigError, match="strategy"):
+        CriticTreeSearch(expander=ScriptedTree(TREE), strategy="astar")
+    with pytest.raises(ConfigError, match="model="):
+        CriticTreeSearch()
+    with pytest.raises(ConfigError, match="PromptTemplate"):
+        CriticTreeSearch(expander=ScriptedTree(TREE)).invoke({"q": 1})
+
+
+def test_the_runnable_runs_an_export(tiny_export):
+    from autocritic.inference.search_chain import CriticTreeSearch
+
+    search_chain = CriticTreeSearch(model=str(tiny_export), expand=2, beam=1, max_depth=2, max_step_tokens=4)
+    result = search_chain.search("Q: 1+2=? A:")
+    assert result.sampled_tokens > 0 and all(n.score is not None for n in result.root.walk() if n.parent)
+    assert isinstance(search_chain.invoke("Q: 1+2=? A:"), str)
+
+
+# ---- the evaluation suite -----------------------------------------------------------------------------------
+
+
+def test_the_search_suite_runs_on_a_tiny_export_and_draws_its_trees(tiny_export, tmp_path):
+    import json
+
+    from test_evaluation import compose_eval
+
+    from autocritic.evaluation.run import evaluate
+
+    run_dir = tmp_path / "run"
+    sizes = [
+        "search.n_problems=6",
+        "search.n_samples=2",
+        "search.ns=[1,2]",
+        "search.subsets=2",
+        "search.max_new_tokens=10",
+        "search.shapes=[2x1,2x2]",
+        "search.headline_shape=2x2",
+        "search.dfs_expand=2",
+        "search.max_depth=2",
+        "search.max_step_tokens=5",
+        "search.trees=1",
+    ]
+    evaluate(compose_eval([f"ckpt={tiny_export}", f"paths.run_dir={run_dir}", "suites=[search]", *sizes]))
+    figures = json.loads((run_dir / "results.json").read_text())["suites"]["search"]["figures"]
+    methods = figures["methods"]
+    assert set(methods) == {"greedy", "majority", "best_of_n", "likelihood", "pass_at_n", "search_critic",
+                            "search_likelihood", "dfs"}
+    assert set(methods["search_critic"]) == {"2x1", "2x2"} and set(methods["best_of_n"]) == {"N=1", "N=2"}
+    everything = methods["search_critic"]["2x2"]["all"]
+    assert everything["problems"] == 6 and everything["tokens"] > 0
+    assert sum(figures["problems_by_operations"].values()) == 6
+    assert figures["step_critic"]["steps"] > 0
+    assert figures["outcome_scorer"] == "step critic"
+    report = (run_dir / "report.md").read_text()
+    assert "Search tree for" in report and "points over best-of-N" in report
+    for png in ("search.png", "search_tree_1.png"):
+        assert (run_dir / png).stat().st_size > 1000 and f"]({png})" in report
+
+
+def test_best_of_n_is_compared_at_the_search_tokens():
+    from autocritic.evaluation.search import at_tokens
+
+    curve = [(10.0, 0.2), (40.0, 0.4)]
+    assert at_tokens(curve, 20.0) == (pytest.approx(0.3), False)  # halfway in log tokens
+    assert at_tokens(curve, 80.0) == (0.4, True) and at_tokens(curve, 10.0) == (0.2, False)
+
+
+def test_bad_search_suite_settings_are_refused_before_loading():
+    from autocritic.evaluation.search import Settings
+
+    with pytest.raises(ValueError, match="expand>x<beam"):
+        Settings(shapes=("4by2",), headline_shape="4by2")
+    with pytest.raises(ValueError, match="headline_shape"):
+        Settings(shapes=("2x1",))
