@@ -188,3 +188,27 @@ def test_the_steps_preset_composes():
     assert steps.data.schema == "stepwise"
     assert list(steps.data.test_files) == ["data/offline-steps/critic/steps_test.jsonl"]
     assert compose_train().paths.offline == "data/offline"
+
+
+def test_an_outcome_critic_trains_on_the_step_world_built_on_first_use(tmp_path):
+    from autocritic.training import run
+
+    tiny = tiny_pretrain_settings(max_steps=10)
+    pretrain = [
+        f"offline.pretrain.{name}={getattr(tiny, name)}"
+        for name in ("tokenizer_documents", "vocab_size", "hidden_size", "num_layers", "num_heads", "num_kv_heads",
+                     "batch_size", "lr", "warmup_steps", "max_steps")
+    ]
+    generate = [f"offline.generate.{name}={value}" for name, value in
+                {"train_problems": 8, "val_problems": 4, "test_problems": 4, "samples": 2, "max_new_tokens": 24}.items()]
+    offline = tmp_path / "offline-steps"
+    cfg = compose_train([
+        "experiment=steps", "data=offline-steps-outcome", "phase=transfer", *pretrain, *generate,
+        f"paths.offline={offline}", f"paths.outputs={tmp_path / 'outputs'}", f"paths.cache={tmp_path / 'cache'}",
+        f"paths.run_dir={tmp_path / 'outputs' / 'transfer' / 'run'}", "head=mlp", "logger=none", "progress_bar=none",
+        "trainer.accelerator=cpu", "trainer.fast_dev_run=true", "data.batch_size=4",
+    ])
+    run.train(cfg)
+    assert (offline / "backbone" / "model.safetensors").is_file()
+    assert all((offline / "critic" / f"steps_{split}.jsonl").is_file() for split in ("train", "val", "test"))
+    assert (tmp_path / "outputs" / "transfer" / "run" / "export").is_dir()
