@@ -11,6 +11,8 @@ import math
 QUESTION_PREFIX = "Question: "
 ANSWER_PREFIX = "Answer:"
 SHOT_SEPARATOR = "\n\n"
+# Worked solutions write one step per line; the last step is "Answer: <final answer>".
+STEP_SEPARATOR = "\n"
 ARITHMETIC_STOP = ("\n",)
 
 CALCULATOR_NAME = "Calculator"

@@ -7,6 +7,9 @@ exactly the sampled sequence; pairs_{train,val,test}.jsonl with {"prompt", "chos
 perturbed_train.jsonl, the right answer and near misses of each train problem (`perturbed.py`; read by
 conf/recipe/offline_transfer.yaml); card.json with counts per split. Skipped when card.json records the same settings,
 problems and backbone.
+
+Problems whose steps can be checked (chains) also get steps_{train,val,test}.jsonl in TRL's stepwise-supervision
+format, {"prompt", "completions": [steps], "labels": [bools]}, one row per distinct sampled answer (`steps.py`).
 """
 
 from __future__ import annotations
@@ -28,11 +31,13 @@ from autocritic.model.complete import complete
 from autocritic.offline.labelling import LabelFn, label_offline
 from autocritic.offline.perturbed import perturbed_rows
 from autocritic.offline.pretrain import BUILD_INFO, recorded_fingerprint
+from autocritic.offline.steps import chain_step_labels, split_steps
 from autocritic.offline.tasks import SPLITS, Problem, few_shot_prompts, make_splits
 from autocritic.progress import track
 
 CARD = "card.json"
 PERTURBED = "perturbed_train.jsonl"
+STEP_FAMILIES = ("chain",)  # families whose sampled answers get exact per-step labels
 
 
 @dataclass(frozen=True)
@@ -52,8 +57,10 @@ class GenerateSettings:
     max_pairs_per_problem: int = 4
 
 
-def output_files(out_dir: Path) -> list[Path]:
+def output_files(out_dir: Path, stepwise: bool = False) -> list[Path]:
     names = [f"{split}.jsonl" for split in SPLITS] + [f"pairs_{split}.jsonl" for split in SPLITS] + [PERTURBED, CARD]
+    if stepwise:
+        names += [f"steps_{split}.jsonl" for split in SPLITS]
     return [Path(out_dir) / name for name in names]
 
 
@@ -84,8 +91,9 @@ def _fingerprint(
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def is_built(out_dir: Path, fingerprint: str) -> bool:
-    return all(path.is_file() for path in output_files(out_dir)) and recorded_fingerprint(Path(out_dir) / CARD) == fingerprint
+def is_built(out_dir: Path, fingerprint: str, stepwise: bool = False) -> bool:
+    files = output_files(out_dir, stepwise)
+    return all(path.is_file() for path in files) and recorded_fingerprint(Path(out_dir) / CARD) == fingerprint
 
 
 def _write_jsonl(path: Path, rows: Sequence[dict]) -> None:
@@ -148,6 +156,34 @@ def label_split(
     return rows, pairs, counts
 
 
+def step_rows(
+    problems: Sequence[Problem], prompts: Sequence[str], responses: Sequence[Sequence[str]]
+) -> tuple[list[dict], dict]:
+    """Stepwise rows for the step-checkable problems: each distinct non-empty answer (as in `label_split`) cut into
+    its steps, each step labelled by `chain_step_labels`; and the counts card.json records."""
+    rows = []
+    for problem, prompt, samples in zip(problems, prompts, responses, strict=True):
+        if problem.family not in STEP_FAMILIES:
+            continue
+        seen: set[str] = set()
+        for response in samples:
+            if not response.strip() or response in seen:
+                continue
+            seen.add(response)
+            steps = split_steps(response)
+            rows.append({"prompt": prompt, "completions": steps, "labels": chain_step_labels(problem, steps)})
+    labels = [label for row in rows for label in row["labels"]]
+    counts = {
+        "rows": len(rows),
+        "steps": len(labels),
+        "positive_steps": sum(labels),
+        "step_positive_rate": round(sum(labels) / max(1, len(labels)), 4),
+        "rows_all_steps_right": sum(all(row["labels"]) for row in rows),
+        "mean_steps_per_row": round(len(labels) / max(1, len(rows)), 2),
+    }
+    return rows, counts
+
+
 def read_problems(
     path: Path,
     extract: Callable[[str], str | None],
@@ -183,7 +219,12 @@ def build_critic_data(
     out_dir = Path(out_dir)
     label_fn = label_fn or label_offline
     fingerprint = _fingerprint(settings, backbone_fingerprint(backbone_dir), label_fn, problems)
-    if not force and is_built(out_dir, fingerprint):
+    stepwise = (
+        any(family in STEP_FAMILIES for family in settings.families)
+        if problems is None
+        else any(p.family in STEP_FAMILIES for split in problems.values() for p in split)
+    )
+    if not force and is_built(out_dir, fingerprint, stepwise):
         return out_dir
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / CARD).unlink(missing_ok=True)
@@ -235,6 +276,9 @@ def build_critic_data(
             progress=progress,
             desc=f"critic data: labelling {split}",
         )
+        if stepwise:
+            steps, counts["steps"] = step_rows(split_problems, prompts, responses)
+            _write_jsonl(out_dir / f"steps_{split}.jsonl", steps)
         counts["seconds"] = round(time.perf_counter() - split_start, 1)
         card["splits"][split] = counts
         _write_jsonl(out_dir / f"{split}.jsonl", rows)

@@ -1,4 +1,5 @@
-"""Seeded generators for the offline world: arithmetic, ReAct calculator traces and recall dialogues.
+"""Seeded generators for the offline world: arithmetic, ReAct calculator traces, recall dialogues and chains of sums
+worked one step per line.
 
 Every problem has a `key` (its identity: the expression, or the whole conversation) and the split is a
 pure function of that key, so arithmetic and ReAct never share a problem across splits, any generator can
@@ -26,12 +27,13 @@ from autocritic.formats import (  # the text formats every layer shares; re-expo
     REACT_TEMPLATE,
     REACT_TOOLS,
     SHOT_SEPARATOR,
+    STEP_SEPARATOR,
     format_number,
 )
 
-FAMILIES = ("arithmetic", "react", "dialogue")
-# Families written in the few-shot layout "Question: ...\nAnswer: ..." (runs of solved problems in pretraining).
-QA_FAMILIES = ("arithmetic",)
+FAMILIES = ("arithmetic", "react", "dialogue", "chain")
+# Families written in the few-shot layout "Question: ...\n<solution>" (runs of solved problems in pretraining).
+QA_FAMILIES = ("arithmetic", "chain")
 SPLITS = ("train", "val", "test")
 # Fraction of non-tiny problems held out, per mille; the salt is fixed so that the seed never moves a
 # problem from one split to another (a backbone and its critic data built with different seeds stay clean).
@@ -154,6 +156,43 @@ def arithmetic_problem(rng: random.Random, kinds: Sequence[tuple] = ARITHMETIC_K
         level=level,
         kind=kind,
         expression=expression,
+    )
+
+
+# --- chains: sums worked one checkable step per line ---------------------------------------------------------
+
+CHAIN_OPERANDS = (3, 4, 5)
+# The first operand has two digits (so no chain is "tiny" and every chain can be held out); the others one or two.
+CHAIN_FIRST = (10, 99)
+CHAIN_OPERAND = (1, 99)
+
+
+def chain_step(value: int, op: str, operand: int) -> tuple[str, int]:
+    """One worked operation "<running value><op><operand>=<result>" and its result."""
+    result = value + operand if op == "+" else value - operand
+    return f"{value}{op}{operand}={result}", result
+
+
+def chain_problem(rng: random.Random) -> Problem:
+    """"What is 58+27-19?" solved as "58+27=85\n85-19=66\nAnswer: 66". A minus comes only where the running
+    value stays ≥ 0, so every step is a sum the model has seen the like of."""
+    operands = rng.choice(CHAIN_OPERANDS)
+    value = rng.randint(*CHAIN_FIRST)
+    expression, steps = str(value), []
+    for _ in range(operands - 1):
+        operand = rng.randint(*CHAIN_OPERAND)
+        op = "-" if operand <= value and rng.random() < 0.5 else "+"
+        step, value = chain_step(value, op, operand)
+        expression += f"{op}{operand}"
+        steps.append(step)
+    return Problem(
+        family="chain",
+        question=f"What is {expression}?",
+        answer=str(value),
+        level=operands - 1,
+        kind=f"chain_{operands}",
+        expression=expression,
+        solution=STEP_SEPARATOR.join([*steps, f"{ANSWER_PREFIX} {value}"]),
     )
 
 
@@ -333,13 +372,16 @@ _SAMPLERS: dict[str, Callable[[random.Random], Problem]] = {
     "arithmetic": arithmetic_problem,
     "react": react_problem,
     "dialogue": dialogue_problem,
+    "chain": chain_problem,
 }
 _HELD_OUT_KINDS = [kind for kind in ARITHMETIC_KINDS if kind[3]]
 
 
 def prompt_of(problem: Problem) -> str:
     """The zero-shot prompt; the model's continuation is `completion_of(problem)`. Families other than the
-    three generated ones (a user's file) get the arithmetic layout."""
+    generated ones (a user's file) get the arithmetic layout. A chain's steps start on the line after the question."""
+    if problem.family == "chain":
+        return f"{QUESTION_PREFIX}{problem.question}\n"
     if problem.family == "react":
         return react_prompt(problem.question)
     if problem.family == "dialogue":
@@ -348,6 +390,9 @@ def prompt_of(problem: Problem) -> str:
 
 
 def completion_of(problem: Problem) -> str:
+    if problem.family == "chain":
+        assert problem.solution is not None
+        return problem.solution
     if problem.family == "react":
         assert problem.expression is not None
         return render_react(problem.question, problem.expression, problem.answer)[
