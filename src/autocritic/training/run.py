@@ -358,6 +358,12 @@ def train(cfg: DictConfig) -> float | None:
     tokenizer = chat_tokenizer(cfg, load_tokenizer(cfg.model.name_or_path, cfg.model.trust_remote_code))
     datamodule = CriticDataModule(data, tokenizer, rows=checked.rows)
     datamodule.setup()  # every row read and checked before the model is loaded
+    if data.schema == "stepwise":
+        stats = datamodule.stats
+        log.info("stepwise rows, one example per step: %s", ", ".join(
+            f"{split} {stats[f'data/{split}_solutions']} solutions → {stats[f'data/{split}_steps']} steps"
+            for split in ("train", "val", "test")
+        ))
     objective = objective_settings(cfg)
     cached = cfg.phase.freeze_backbone and cfg.phase.cache_features
     critic, head_settings = build_critic(cfg, checked.start)
