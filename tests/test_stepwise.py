@@ -136,3 +136,66 @@ def test_the_pairwise_objective_is_refused_for_steps(tiny_backbone, step_files, 
     cfg = compose_train(stepwise_overrides(tiny_backbone, step_files, tmp_path, "objective=pairwise"))
     with pytest.raises(ConfigError, match="objective=pairwise needs pairs .* data.schema=stepwise .* objective=bce"):
         check_config(cfg)
+
+
+# ---- python evaluate.py suites=[score] on a stepwise file ----
+
+
+class LastStepChecked:
+    """A critic that reads the last step of the prefix: +2 when its sum is right, -2 otherwise."""
+
+    def __init__(self):
+        self.responses: list[str] = []
+
+    def score_texts(self, prompts, responses, batch_size=None):
+        self.responses += responses
+        out = []
+        for response in responses:
+            left, right = response.removesuffix("\n").split("\n")[-1].split("=")
+            out.append(2.0 if sum(map(int, left.split("+"))) == int(right) else -2.0)
+        return out
+
+
+def step_labels_by_the_rule(row: dict) -> list[bool]:
+    """Each step's own sum right (the critic above reads one step, so the file's labels are per step here)."""
+    return [sum(map(int, s.split("=")[0].split("+"))) == int(s.split("=")[1]) for s in row["completions"]]
+
+
+def test_the_score_suite_reads_a_stepwise_file_and_reports_the_step_auroc(tmp_path):
+    from autocritic.evaluation import score
+    from autocritic.evaluation.context import EvalContext
+
+    rows = [r | {"labels": step_labels_by_the_rule(r), "id": i} for i, r in enumerate(stepwise_rows(12, 3))]
+    path = write_jsonl(tmp_path / "steps.jsonl", rows)
+    critic = LastStepChecked()
+    result = score.run(EvalContext(critic, out_dir=tmp_path), score.Settings(files=(str(path),)))  # schema detected
+    figures = result.figures["steps"]
+    assert figures["schema"] == "stepwise" and (figures["rows"], figures["steps"]) == (12, 24)
+    assert figures["auroc"] == pytest.approx(1.0) and figures["accuracy"] == 1.0
+    assert critic.responses[:2] == [rows[0]["completions"][0] + "\n", "".join(s + "\n" for s in rows[0]["completions"])]
+    written = [json.loads(line) for line in (tmp_path / "scores_steps.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in written] == list(range(12))
+    assert all(r["step_scores"] == [2.0 if good else -2.0 for good in r["labels"]] for r in written)
+    assert len(written[0]["step_probabilities"]) == 2
+
+
+def test_evaluate_py_scores_a_stepwise_file_with_an_export(tiny_export, tmp_path):
+    from helpers import CONF_DIR
+    from hydra import compose, initialize_config_dir
+
+    from autocritic.evaluation.run import evaluate
+
+    rows = [r | {"completions": [s.replace("=", "=\n") for s in r["completions"]]} for r in stepwise_rows(6, 4)]
+    path = write_jsonl(tmp_path / "mine.jsonl", rows)
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("evaluate", overrides=[f"ckpt={tiny_export}", f"paths.run_dir={tmp_path / 'run'}", "suites=[score]",
+                                             f"score.files=[{path}]", "score.schema=stepwise", "score.step_separator=' | '"])
+    evaluate(cfg)
+    written = [json.loads(line) for line in (tmp_path / "run" / "scores_mine.jsonl").read_text().splitlines()]
+    assert [len(r["step_scores"]) for r in written] == [2] * 6  # steps holding a newline: not the separator here
+    bad = write_jsonl(tmp_path / "bad.jsonl", [rows[0], rows[1] | {"labels": [True]}])
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("evaluate", overrides=[f"ckpt={tmp_path / 'never-loaded'}", "suites=[score]", f"score.files=[{bad}]",
+                                             "score.schema=stepwise"])
+    with pytest.raises(DataError, match=r"bad.jsonl, row 1: step 1 contains data.step_separator '\\n'"):
+        evaluate(cfg)
