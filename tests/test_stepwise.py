@@ -132,6 +132,14 @@ def test_a_stepwise_file_trains_and_reports_the_step_metrics(tiny_backbone, step
     assert config["data"]["schema"] == "stepwise"
 
 
+def test_the_step_separator_keys_the_feature_cache(tiny_backbone, step_files, tmp_path):
+    cache = tmp_path / "cache"
+    for name, separator in (("a", "'\n'"), ("b", "' ; '"), ("c", "' ; '")):
+        run.train(compose_train(stepwise_overrides(tiny_backbone, step_files, tmp_path, "trainer.fast_dev_run=true",
+                                                   f"data.step_separator={separator}", f"paths.run_dir={tmp_path / name}")))
+    assert len(list(cache.glob("*.safetensors"))) == 2  # " ; " makes other texts than "\n"; run c is a hit
+
+
 def test_the_pairwise_objective_is_refused_for_steps(tiny_backbone, step_files, tmp_path):
     cfg = compose_train(stepwise_overrides(tiny_backbone, step_files, tmp_path, "objective=pairwise"))
     with pytest.raises(ConfigError, match="objective=pairwise needs pairs .* data.schema=stepwise .* objective=bce"):
