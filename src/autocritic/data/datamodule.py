@@ -6,7 +6,8 @@ With `share_prompts`, rows with the same prompt come in the same batch and the b
 once, then the answers (`collate_shared`; the model runs a prompt once, see `CriticModel.forward_shared`).
 After `use_features`, batches carry precomputed final states instead of tokens (the frozen phase's cache).
 Conversational rows are rendered to (prompt text, response text) first (`chat_format.render_exchange`), then
-encoded like text rows.
+encoded like text rows. Stepwise rows are split into train and val as they are written (the steps of one solution
+stay in one split), then expanded to one pointwise row per step (`data/stepwise.py`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from autocritic.chat_format import Conversation, render_exchange
 from autocritic.data.replay import ReplayCycle, collate_replay, encode_documents, read_replay_files
 from autocritic.data.schemas import ANSWER_FIELDS, check_rows, check_schema, scan_json_lines, scan_text
 from autocritic.data.sharding import BatchShard
+from autocritic.data.stepwise import DEFAULT_SEPARATOR, expand_steps
 from autocritic.data.template import Template
 from autocritic.errors import ConfigError, DataError
 
@@ -59,9 +61,13 @@ class DataSettings:
     replay_batch_size: int = 4  # replay documents per training step
     # Rows that share a prompt (self-generated data: K answers per prompt) share a batch, and the prompt runs once.
     share_prompts: bool = True
+    # Stepwise rows: the text that ends each step (TRL's default); the critic is read at it.
+    step_separator: str = DEFAULT_SEPARATOR
     seed: int = 0
 
     def __post_init__(self):
+        if not self.step_separator:
+            raise ConfigError("data.step_separator is empty: steps need a separator, e.g. a newline (the default).")
         if self.chat_template not in CHAT_TEMPLATES:
             raise ConfigError(
                 f"data.chat_template={self.chat_template!r} is not valid: expected one of {list(CHAT_TEMPLATES)} "
@@ -216,12 +222,15 @@ def read_split(settings: DataSettings, split: str) -> list[dict]:
     if files:
         rows = []
         for file in files:
-            rows += check_template_fits(check_rows(read_local_file(file), settings.schema, settings.columns, file), settings)
+            checked = check_rows(read_local_file(file), settings.schema, settings.columns, file, settings.step_separator)
+            rows += check_template_fits(checked, settings)
         return rows
     if settings.hub_id and split in settings.hub_splits:
         raw = read_hub_split(settings.hub_id, settings.hub_splits[split])
         where = f"{settings.hub_id}[{settings.hub_splits[split]}]"
-        return [] if raw is None else check_template_fits(check_rows(raw, settings.schema, settings.columns, where), settings)
+        if raw is None:
+            return []
+        return check_template_fits(check_rows(raw, settings.schema, settings.columns, where, settings.step_separator), settings)
     return []
 
 
@@ -252,7 +261,8 @@ def text_row(row: dict, tokenizer: PreTrainedTokenizerBase | None) -> dict:
 
 def read_rows(settings: DataSettings) -> dict[str, list[dict]]:
     """Every row of every split, checked against the schema (no tokenizer needed: this runs before any build);
-    without a validation split, `val_fraction` of the training rows."""
+    without a validation split, `val_fraction` of the training rows. Stepwise rows come out expanded to one
+    pointwise row per step (`expand_steps`), after the split."""
     check_schema(settings.schema)
     rows = {split: read_split(settings, split) for split in SPLITS}
     if not rows["train"]:
@@ -262,6 +272,8 @@ def read_rows(settings: DataSettings) -> dict[str, list[dict]]:
         random.Random(settings.seed).shuffle(shuffled)
         n_val = max(1, int(len(shuffled) * settings.val_fraction))
         rows["val"], rows["train"] = shuffled[:n_val], shuffled[n_val:]
+    if settings.schema == "stepwise":
+        rows = {split: expand_steps(split_rows, settings.step_separator) for split, split_rows in rows.items()}
     return rows
 
 
@@ -348,13 +360,16 @@ class CriticDataModule(L.LightningDataModule):
                 items.append({"ids": [chosen, rejected], "prompt_len": [chosen_len, rejected_len], "target": 1.0})
                 truncated += cut_c or cut_r
         else:
-            key = "label" if self.settings.schema == "pointwise" else "score"
+            key = "score" if self.settings.schema == "scalar" else "label"
             encoded = self.encode_texts([(r["prompt"], r["response"]) for r in rows])
             for row, (ids, prompt_len, cut) in zip(rows, encoded, strict=True):
                 group = groups.setdefault(row["prompt"], len(groups))
                 items.append({"ids": [ids], "prompt_len": [prompt_len], "target": row[key], "group": group})
                 truncated += cut
         self.stats[f"data/{split}_examples"] = len(items)
+        if self.settings.schema == "stepwise":  # each example is one step; step 1 starts a solution
+            self.stats[f"data/{split}_solutions"] = sum(row["step"] == 1 for row in rows)
+            self.stats[f"data/{split}_steps"] = len(items)
         self.stats[f"data/{split}_truncated"] = truncated
         return items
 

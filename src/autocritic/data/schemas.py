@@ -1,8 +1,10 @@
-"""The three critic data schemas, their column mapping, and row-by-row validation.
+"""The critic data schemas, their column mapping, and row-by-row validation.
 
     pointwise  {prompt, response, label}      label in {0, 1} (or a probability in [0, 1]; true/false)
     scalar     {prompt, response, score}      any finite number
     pairwise   {prompt, chosen, rejected}
+    stepwise   {prompt, completions, labels}  TRL's stepwise supervision: a list of steps, a bool per step
+                                              (text only; expanded to pointwise rows, see data/stepwise.py)
 
 Each schema also takes TRL's conversational rows, told apart row by row: text fields may be lists of messages
 {"role", "content"} (the prompt a conversation, the answers assistant messages); pointwise and scalar rows may be
@@ -29,12 +31,15 @@ from autocritic.chat_format import (
     split_conversation,
     split_shared_prompt,
 )
+from autocritic.data.stepwise import DEFAULT_SEPARATOR, check_stepwise_row
+from autocritic.data.stepwise import FIELDS as STEPWISE_FIELDS
 from autocritic.errors import DataError
 
 SCHEMAS: dict[str, tuple[str, ...]] = {
     "pointwise": ("prompt", "response", "label"),
     "scalar": ("prompt", "response", "score"),
     "pairwise": ("prompt", "chosen", "rejected"),
+    "stepwise": STEPWISE_FIELDS,
 }
 TEXT_FIELDS = {"prompt", "response", "chosen", "rejected"}
 ANSWER_FIELDS = ("response", "chosen", "rejected")
@@ -49,10 +54,14 @@ def check_schema(schema: str) -> tuple[str, ...]:
     return SCHEMAS[schema]
 
 
-def check_row(row: Mapping, schema: str, columns: Mapping[str, str], where: str) -> dict:
+def check_row(
+    row: Mapping, schema: str, columns: Mapping[str, str], where: str, separator: str = DEFAULT_SEPARATOR
+) -> dict:
     """Return the row in canonical field names, or raise DataError naming `where` (file and row). Text fields are
-    strings, or `Conversation`s for a conversational row."""
+    strings, or `Conversation`s for a conversational row. `separator`: the stepwise schema's step separator."""
     fields = check_schema(schema)
+    if schema == "stepwise":
+        return check_stepwise_row(row, columns, where, separator)
     column_of = dict(zip(fields, (column_for(f, row, columns) for f in fields), strict=True))
     messages = columns.get(MESSAGES, MESSAGES)
     out: dict[str, Any] = {}
@@ -155,8 +164,10 @@ def check_number(field: str, value: Any, column: str, where: str) -> float:
     return float(value)
 
 
-def check_rows(rows: Iterable[Mapping], schema: str, columns: Mapping[str, str], source: str) -> list[dict]:
-    return [check_row(row, schema, columns, f"{source}, row {i}") for i, row in enumerate(rows, start=1)]
+def check_rows(
+    rows: Iterable[Mapping], schema: str, columns: Mapping[str, str], source: str, separator: str = DEFAULT_SEPARATOR
+) -> list[dict]:
+    return [check_row(row, schema, columns, f"{source}, row {i}", separator) for i, row in enumerate(rows, start=1)]
 
 
 def scan_json_lines(path: Path) -> list[dict]:

@@ -6,10 +6,13 @@
     pointwise (label)   AUROC, accuracy (probability ≥ 0.5 against label ≥ 0.5), ECE; ROC and reliability plots
     scalar (score)      Pearson and Spearman correlation of the critic's score with the file's score
     pairwise            pairwise accuracy (chosen scored above rejected), mean margin
+    stepwise (labels)   the pointwise figures over the steps (the critic read at the end of each step)
 
 `score` is the critic's logit; `probability` its sigmoid (calibrated when the export was, `objective.calibrate`).
 Pairwise rows get `chosen_score`, `rejected_score` and `probability` = sigmoid(chosen − rejected), the
-Bradley–Terry probability that chosen is preferred. A row's own field of the same name is kept as `input_<name>`.
+Bradley–Terry probability that chosen is preferred. Stepwise rows get `step_scores` and `step_probabilities`, one
+per step, each read after the step and its separator. A row's own field of the same name is kept as
+`input_<name>`.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from torchmetrics.functional import pearson_corrcoef, spearman_corrcoef
 from autocritic.chat_format import Conversation
 from autocritic.data.datamodule import PLAIN_TEMPLATE, read_local_file, text_row
 from autocritic.data.schemas import SCHEMAS, check_rows
+from autocritic.data.stepwise import DEFAULT_SEPARATOR, expand_steps
 from autocritic.errors import DataError
 from autocritic.evaluation import plots
 from autocritic.evaluation.context import EvalContext
@@ -41,10 +45,13 @@ class Settings:
     schema: str = AUTO  # auto: the first schema (in data.schemas order) whose columns the file's first row has
     columns: dict[str, str] = field(default_factory=dict)  # as data.columns, e.g. {prompt: question}
     calibration_bins: int = 10
+    step_separator: str = DEFAULT_SEPARATOR  # stepwise rows: the text ending each step, as data.step_separator
 
     def __post_init__(self) -> None:
         if not self.files:
             raise ValueError("score.files is empty: name your files, e.g. score.files=[my.jsonl].")
+        if not self.step_separator:
+            raise ValueError("step_separator is empty: steps need a separator, e.g. a newline (the default).")
         if self.schema != AUTO and self.schema not in SCHEMAS:
             raise ValueError(f"schema={self.schema!r} is unknown: use {AUTO} or one of {list(SCHEMAS)}.")
 
@@ -57,11 +64,13 @@ class ScoredFile:
     rows: list[dict]  # the same rows checked, in the schema's canonical fields
 
 
-def detect_schema(raw: Sequence[Mapping], columns: Mapping[str, str], path: str) -> str:
+def detect_schema(
+    raw: Sequence[Mapping], columns: Mapping[str, str], path: str, separator: str = DEFAULT_SEPARATOR
+) -> str:
     """The first schema (in data.schemas order) whose check the file's first row passes."""
     for schema in SCHEMAS:
         try:
-            check_rows(raw[:1], schema, columns, path)
+            check_rows(raw[:1], schema, columns, path, separator)
             return schema
         except DataError:
             continue
@@ -80,9 +89,11 @@ def read_file(path: str, settings: Settings) -> ScoredFile:
     raw = read_local_file(str(Path(path).expanduser()))
     if not raw:
         raise DataError(f"{path}: no rows to score.")
-    schema = detect_schema(raw, settings.columns, path) if settings.schema == AUTO else settings.schema
-    rows = check_rows(raw, schema, settings.columns, path)
-    if not ({"prompt", "response"} <= set(rows[0]) or {"prompt", "chosen", "rejected"} <= set(rows[0])):
+    separator = settings.step_separator
+    schema = detect_schema(raw, settings.columns, path, separator) if settings.schema == AUTO else settings.schema
+    rows = check_rows(raw, schema, settings.columns, path, separator)
+    answers = ({"prompt", "response"}, {"prompt", "chosen", "rejected"}, {"prompt", "completions", "labels"})
+    if not any(fields <= set(rows[0]) for fields in answers):
         raise DataError(f"{path}: schema {schema} gives rows without (prompt, response) or (prompt, chosen, rejected).")
     return ScoredFile(path, schema, raw, rows)
 
@@ -139,29 +150,23 @@ def score_file(ctx: EvalContext, scored: ScoredFile, settings: Settings, stem: s
             "mean_margin": sum(margins) / len(margins),
         }
         return figures, out, plot_files
+    if scored.schema == "stepwise":
+        steps = expand_steps(rows, settings.step_separator)
+        scores = ctx.generator.score_texts([r["prompt"] for r in steps], [r["response"] for r in steps])
+        out, start = [], 0
+        for raw, row in zip(scored.raw, rows, strict=True):
+            own = scores[start : start + len(row["labels"])]
+            out.append(with_scores(raw, {"step_scores": own, "step_probabilities": [sigmoid(s) for s in own]}))
+            start += len(own)
+        figures["steps"] = len(steps)
+        labelled = label_figures(ctx, scores, [r["label"] >= 0.5 for r in steps], settings, stem)
+        return figures | labelled[0], out, labelled[1]
     scores = ctx.generator.score_texts([r["prompt"] for r in rows], [r["response"] for r in rows])
     out = [with_scores(raw, {"score": s, "probability": sigmoid(s)}) for raw, s in zip(scored.raw, scores, strict=True)]
     if "label" in rows[0]:
-        labels = [r["label"] >= 0.5 for r in rows]
-        calib = calibration(scores, labels, settings.calibration_bins)
-        figures |= {
-            "auroc": auroc(scores, labels),
-            "accuracy": sum((sigmoid(s) >= 0.5) == y for s, y in zip(scores, labels, strict=True)) / len(rows),
-            "ece": calib["ece"],
-            "positive_rate": calib["positive_rate"],
-            "mean_probability": calib["mean_confidence"],
-        }
-        roc = roc_points(scores, labels)
-        if ctx.out_dir is not None:
-            if roc is not None:
-                plot_files.append(
-                    plots.roc_plot(ctx.plot_path(f"score_roc_{stem}.png"), *roc, figures["auroc"], title=f"ROC: {stem}")
-                )
-            plot_files.append(
-                plots.reliability_plot(
-                    ctx.plot_path(f"score_reliability_{stem}.png"), calib["bins"], calib["quantile_bins"], calib["ece"]
-                )
-            )
+        labelled = label_figures(ctx, scores, [r["label"] >= 0.5 for r in rows], settings, stem)
+        figures |= labelled[0]
+        plot_files += labelled[1]
     elif "score" in rows[0]:
         targets = [r["score"] for r in rows]
         figures |= {
@@ -169,6 +174,33 @@ def score_file(ctx: EvalContext, scored: ScoredFile, settings: Settings, stem: s
             "spearman": correlation(spearman_corrcoef, scores, targets),
         }
     return figures, out, plot_files
+
+
+def label_figures(
+    ctx: EvalContext, scores: Sequence[float], labels: Sequence[bool], settings: Settings, stem: str
+) -> tuple[dict, list[str]]:
+    """AUROC, accuracy and calibration of scores against 0/1 labels, and their ROC and reliability plots."""
+    calib = calibration(scores, labels, settings.calibration_bins)
+    figures = {
+        "auroc": auroc(scores, labels),
+        "accuracy": sum((sigmoid(s) >= 0.5) == y for s, y in zip(scores, labels, strict=True)) / len(labels),
+        "ece": calib["ece"],
+        "positive_rate": calib["positive_rate"],
+        "mean_probability": calib["mean_confidence"],
+    }
+    plot_files = []
+    roc = roc_points(scores, labels)
+    if ctx.out_dir is not None:
+        if roc is not None:
+            plot_files.append(
+                plots.roc_plot(ctx.plot_path(f"score_roc_{stem}.png"), *roc, figures["auroc"], title=f"ROC: {stem}")
+            )
+        plot_files.append(
+            plots.reliability_plot(
+                ctx.plot_path(f"score_reliability_{stem}.png"), calib["bins"], calib["quantile_bins"], calib["ece"]
+            )
+        )
+    return figures, plot_files
 
 
 def stems(paths: Sequence[str]) -> list[str]:
@@ -183,7 +215,7 @@ def write_jsonl(path: Path, rows: Sequence[dict]) -> None:
     tmp.replace(path)
 
 
-FIGURE_COLUMNS = ("rows", "auroc", "accuracy", "ece", "pearson", "spearman", "pairwise_accuracy", "mean_margin")
+FIGURE_COLUMNS = ("rows", "steps", "auroc", "accuracy", "ece", "pearson", "spearman", "pairwise_accuracy", "mean_margin")
 
 
 def run(ctx: EvalContext, settings: Settings) -> SuiteResult:

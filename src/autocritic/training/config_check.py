@@ -8,7 +8,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from autocritic.errors import ConfigError, invalid_value, is_of_kind
 from autocritic.tracking import is_wandb, wandb_mode
-from autocritic.training.objectives import SCHEMA_OF
+from autocritic.training.objectives import SCHEMA_OF, STEPWISE_OBJECTIVES
 
 PHASES = ("transfer", "finetune", "pretrain", "generate")
 SCRATCH = "scratch"  # phase.init_from=scratch: a new head (and, in finetune, the whole model from the backbone)
@@ -66,6 +66,7 @@ RULES: dict[str, tuple[tuple[type, ...], Callable | None, str]] = {
     "data.share_prompts": ((bool,), None, "true or false"),
     "data.template": ((str,), None, "a string with {prompt} and a final {response}"),
     "data.chat_template": ((str,), lambda x: x in ("auto", "none"), "auto or none"),
+    "data.step_separator": ((str,), lambda x: bool(x), "a non-empty string (stepwise rows: the end of a step)"),
     "head.kind": ((str,), lambda x: x in ("linear", "mlp", "attention"), "linear, mlp or attention"),
     "head.window": ((int,), positive, "a positive integer (final states an attention head reads)"),
     "head.layers": ((int,), positive, "a positive integer"),
@@ -181,7 +182,12 @@ def check_config(cfg: DictConfig) -> None:
             f"head.attention_heads={cfg.head.attention_heads}."
         )
     schema, kind = cfg.data.schema, cfg.objective.kind
-    if SCHEMA_OF[kind] != schema:
+    if schema == "stepwise" and kind not in STEPWISE_OBJECTIVES:
+        raise ConfigError(
+            f"objective={kind} needs pairs (chosen, rejected), but data.schema=stepwise gives one labelled row per "
+            f"step: use objective=bce (or objective=mse, the 0/1 labels as targets)."
+        )
+    if schema != "stepwise" and SCHEMA_OF[kind] != schema:
         raise ConfigError(
             f"objective={kind} needs {SCHEMA_OF[kind]} data but data.schema={schema}: use objective="
             f"{[k for k, s in SCHEMA_OF.items() if s == schema][0]} or data of the {SCHEMA_OF[kind]} schema."

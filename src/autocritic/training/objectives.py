@@ -11,6 +11,8 @@ from autocritic.errors import ConfigError
 
 KINDS = ("bce", "mse", "pairwise")
 SCHEMA_OF = {"bce": "pointwise", "mse": "scalar", "pairwise": "pairwise"}
+# Stepwise rows train as one pointwise row per step: the objectives that read one row's target (the 0/1 label).
+STEPWISE_OBJECTIVES = ("bce", "mse")
 
 
 @dataclass

@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from autocritic.chat_format import DIALOGUE_CHAT_TEMPLATE, has_chat_template
 from autocritic.data.datamodule import CriticDataModule, DataSettings, as_list
+from autocritic.data.stepwise import DEFAULT_SEPARATOR
 from autocritic.data.template import read_template_file
 from autocritic.errors import ConfigError, DivergedError
 from autocritic.model.backbone import (
@@ -121,6 +122,13 @@ def chat_template_key(cfg: DictConfig) -> dict:
     return {} if layout == "auto" else {"chat_template": layout}
 
 
+def step_separator_key(cfg: DictConfig) -> dict:
+    """Stepwise rows: the separator makes the texts, so it keys their features (other schemas' keys stay as they were)."""
+    if cfg.data.schema != "stepwise":
+        return {}
+    return {"step_separator": OmegaConf.select(cfg, "data.step_separator", default=DEFAULT_SEPARATOR)}
+
+
 class FeatureCache(L.Callback):
     """The frozen phase's features (`feature_cache.load_or_compute`), read or computed once the Trainer has set up
     this process: on its own device, and under data parallelism each rank computes a share of the rows and the
@@ -136,7 +144,7 @@ class FeatureCache(L.Callback):
             cfg.data.template,
             cfg.data.max_length,
             {"dtype": cfg.model.dtype, "schema": cfg.data.schema, "hub": cfg.data.hub_id, "columns": dict(cfg.data.columns),
-             **chat_template_key(cfg),
+             **chat_template_key(cfg), **step_separator_key(cfg),
              "quantization": OmegaConf.to_container(cfg.quantization), "seed": cfg.seed, "features": layout},
         )
         self.cache_dir, self.critic = cfg.paths.cache, critic
@@ -358,6 +366,12 @@ def train(cfg: DictConfig) -> float | None:
     tokenizer = chat_tokenizer(cfg, load_tokenizer(cfg.model.name_or_path, cfg.model.trust_remote_code))
     datamodule = CriticDataModule(data, tokenizer, rows=checked.rows)
     datamodule.setup()  # every row read and checked before the model is loaded
+    if data.schema == "stepwise":
+        stats = datamodule.stats
+        log.info("stepwise rows, one example per step: %s", ", ".join(
+            f"{split} {stats[f'data/{split}_solutions']} solutions → {stats[f'data/{split}_steps']} steps"
+            for split in ("train", "val", "test")
+        ))
     objective = objective_settings(cfg)
     cached = cfg.phase.freeze_backbone and cfg.phase.cache_features
     critic, head_settings = build_critic(cfg, checked.start)
