@@ -154,3 +154,19 @@ def test_train_py_labels_the_steps_with_your_model(tiny_backbone, tmp_path, offl
     assert sum(s["steps"] for s in card["steps"].values()) == total > 0
     printed = capsys.readouterr().out
     assert "data.schema=stepwise 'data.step_separator=a'" in printed and f"{out / 'steps_train.jsonl'}" in printed
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [("generate.step_labels=prm", r"step_labels='prm' is unknown: use one of \['none', 'shepherd'\]"),
+     ("generate.completions=0", "completions, max_new_tokens and batch_size must be positive"),
+     ("generate.step_separator=''", "step_separator is empty")],
+)
+def test_bad_step_settings_fail_before_any_model_loads(tmp_path, offline_forbidden, monkeypatch, override, message):  # noqa: F811
+    from autocritic.errors import ConfigError
+    from autocritic.labelling import run as labelling_run
+
+    monkeypatch.setattr(labelling_run, "load_backbone", lambda *a, **k: pytest.fail("a model was loaded"))
+    overrides = generate_overrides(tmp_path / "unused", problems_file(tmp_path), tmp_path, override)
+    with pytest.raises(ConfigError, match=message):
+        run.train(compose_train(overrides))

@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from autocritic.data.stepwise import DEFAULT_SEPARATOR
 from autocritic.data.template import Template
 from autocritic.errors import ConfigError
 from autocritic.labelling.checkers import Checker
@@ -38,7 +39,7 @@ class StepLabelling:
 
     complete: Completer
     k: int
-    separator: str = "\n"
+    separator: str = DEFAULT_SEPARATOR
 
 
 def label_split(

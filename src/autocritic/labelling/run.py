@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
+from autocritic.data.stepwise import DEFAULT_SEPARATOR
 from autocritic.data.template import Template
 from autocritic.errors import DataError
 from autocritic.labelling.build import STEPS, TEMPLATE, StepLabelling, build_labelled_data
@@ -47,7 +48,7 @@ class LabelSettings:
     out: str | None = None
     step_labels: str = "none"  # shepherd: each step labelled by `completions` continuations (Math-Shepherd)
     completions: int = 4
-    step_separator: str = "\n"
+    step_separator: str = DEFAULT_SEPARATOR  # what ends a step, as data.step_separator
     seed: int = 0
 
     def __post_init__(self) -> None:
