@@ -40,6 +40,22 @@ class PathState:
     logprob_min: float = 0.0
 
 
+@dataclass
+class _Sampled:
+    """The steps of one batch of rows: (rows, max_step_tokens) tokens, log-probs and final states as fed, how many
+    each fed, which ended by eos and which ran out of tokens (`cut`), each row's next-token logits, the cache."""
+
+    tokens: torch.Tensor
+    logprobs: torch.Tensor
+    hidden: torch.Tensor
+    fed: torch.Tensor
+    by_eos: torch.Tensor
+    cut: torch.Tensor
+    next_logits: torch.Tensor
+    cache: DynamicCache
+    longest: int  # the parents' longest length: row r's own tokens start at longest - len(parent r)
+
+
 @lru_cache(maxsize=8)
 def _tokens_ending_steps(tokenizer, separator: str, vocab_size: int) -> torch.Tensor:
     """(V,) bool: tokens whose text holds the separator (a merged "\\n\\n" or ".\\n" ends a step too)."""
@@ -91,51 +107,71 @@ class CriticStepper:
     @torch.no_grad()
     def expand(self, states: Sequence[PathState], k: int, settings: SearchSettings) -> list[list[Expansion]]:
         rows = [state for state in states for _ in range(k)]
+        sampled = self._sample_steps(rows, settings)
+        return self._expansions(states, k, rows, sampled, settings)
+
+    def _sample_steps(self, rows: list[PathState], settings: SearchSettings) -> _Sampled:
+        """One step for each row, all rows in one batch, one token per forward, until every row has fed the token
+        that ends its step (or `max_step_tokens`)."""
         count, steps = len(rows), settings.max_step_tokens
-        ends_step = _tokens_ending_steps(self.generator.tokenizer, settings.separator, self.vocab_size).to(self.device)
+        ends = _tokens_ending_steps(self.generator.tokenizer, settings.separator, self.vocab_size).to(self.device)
         is_eos = torch.zeros(self.vocab_size, dtype=torch.bool, device=self.device)
         is_eos[[i for i in self.generator.eos_ids if i < self.vocab_size]] = True
+        ends = ends | is_eos
         lengths = torch.tensor([len(r.ids) for r in rows], device=self.device)
         longest = int(lengths.max())
         cache = DynamicCache(config=self.backbone.config)
         for layer in range(len(rows[0].keys)):
             cache.update(_left_padded(rows, "keys", layer, longest), _left_padded(rows, "values", layer, longest), layer)
-        mask = (torch.arange(longest, device=self.device)[None] >= (longest - lengths)[:, None]).long()
-        logits = torch.stack([r.next_logits for r in rows])
-        tokens = torch.full((count, steps), self.generator.pad_id, dtype=torch.long, device=self.device)
-        logprobs = torch.zeros(count, steps, device=self.device)
-        hidden = torch.zeros(count, steps, self.decoder.config.hidden_size, device=self.device)
-        fed = torch.zeros(count, dtype=torch.long, device=self.device)
-        alive = torch.ones(count, dtype=torch.bool, device=self.device)
-        ended_by_eos = torch.zeros_like(alive)
-        last_logits = logits.clone()
+        padded = bool((lengths < longest).any())
+        # Rows of one length need no mask (the causal fast path); rows after shorter parents mask their left padding.
+        mask = None
+        if padded:
+            mask = torch.ones(count, longest + steps, dtype=torch.long, device=self.device)
+            mask[:, :longest] = torch.arange(longest, device=self.device)[None] >= (longest - lengths)[:, None]
+        out = _Sampled(
+            tokens=torch.full((count, steps), self.generator.pad_id, dtype=torch.long, device=self.device),
+            logprobs=torch.zeros(count, steps, device=self.device),
+            hidden=torch.zeros(count, steps, self.decoder.config.hidden_size, device=self.device),
+            fed=torch.zeros(count, dtype=torch.long, device=self.device),
+            by_eos=torch.zeros(count, dtype=torch.bool, device=self.device),
+            cut=torch.ones(count, dtype=torch.bool, device=self.device),
+            next_logits=torch.stack([r.next_logits for r in rows]),
+            cache=cache,
+            longest=longest,
+        )
+        logits, alive = out.next_logits.clone(), out.cut
         with _lock_of(self.model):
             for t in range(steps):
-                token = _sample(logits, settings.temperature, self.rng)
-                token = torch.where(alive, token, self.generator.pad_id)
-                tokens[:, t] = token
-                logprobs[:, t] = logits.log_softmax(-1).gather(-1, token[:, None])[:, 0]
-                mask = torch.cat([mask, mask.new_ones(count, 1)], dim=1)
+                token = torch.where(alive, _sample(logits, settings.temperature, self.rng), self.generator.pad_id)
+                out.tokens[:, t] = token
+                out.logprobs[:, t] = logits.log_softmax(-1).gather(-1, token[:, None])[:, 0]
                 state = self.decoder(
                     input_ids=token[:, None],
-                    attention_mask=mask,
+                    attention_mask=None if mask is None else mask[:, : longest + t + 1],
                     position_ids=(lengths + t)[:, None],
                     cache=cache,
                     use_cache=True,
                 ).last_hidden_state[:, 0]
-                hidden[:, t] = state.to(hidden.dtype)
+                out.hidden[:, t] = state.to(out.hidden.dtype)
                 logits = self.lm_head(state).float()
-                fed += alive.long()
-                ended = alive & (ends_step[token] | is_eos[token])
-                ended_by_eos |= alive & is_eos[token]
-                last_logits[ended] = logits[ended]
-                alive &= ~ended
+                out.fed += alive.long()
+                ended = alive & ends[token]
+                out.by_eos |= ended & is_eos[token]
+                out.next_logits[ended] = logits[ended]
+                alive &= ~ended  # in place: rows still alive at the end are `cut`
                 if not alive.any():
                     break
-        last_logits[alive] = logits[alive]
-        return self._expansions(states, k, rows, cache, longest, tokens, logprobs, hidden, fed, ended_by_eos, alive, last_logits, settings)
+        out.next_logits[alive] = logits[alive]
+        return out
 
-    def _expansions(self, states, k, rows, cache, longest, tokens, logprobs, hidden, fed, ended_by_eos, cut, last_logits, settings):
+    def _expansions(
+        self, states: Sequence[PathState], k: int, rows: list[PathState], sampled: _Sampled, settings: SearchSettings
+    ) -> list[list[Expansion]]:
+        tokens, logprobs, hidden, fed, cache, longest = (
+            sampled.tokens, sampled.logprobs, sampled.hidden, sampled.fed, sampled.cache, sampled.longest
+        )
+        ended_by_eos, cut, last_logits = sampled.by_eos, sampled.cut, sampled.next_logits
         count = len(rows)
         texts = self.generator._batch_decode([tokens[r, : fed[r]].tolist() for r in range(count)])
         # eos is not part of the response the critic was trained on: the score reads the token before it
