@@ -162,9 +162,8 @@ def arithmetic_problem(rng: random.Random, kinds: Sequence[tuple] = ARITHMETIC_K
 # --- chains: sums worked one checkable step per line ---------------------------------------------------------
 
 CHAIN_OPERANDS = (3, 4, 5)
-# A three-digit start keeps most running values at three digits, where the tiny model still errs now and then
-# (two-digit sums it learns almost perfectly); the other operands have one or two digits.
-CHAIN_FIRST = (100, 999)
+# The first operand has two digits (so no chain is "tiny" and every chain can be held out); the others one or two.
+CHAIN_FIRST = (10, 99)
 CHAIN_OPERAND = (1, 99)
 
 
