@@ -61,9 +61,37 @@ def test_beam_follows_the_critic_to_the_right_answer():
     result = search(expander, "q", SearchSettings(expand=3, beam=1))
     assert result.steps == ["a2", "b1", "Answer: 2"]
     assert result.finished and result.best.kept
-    assert result.best.value == pytest.approx(0.97)
+    assert result.best.value == pytest.approx(0.9)  # the path's lowest step (0.9, 0.95, 0.97)
     assert expander.expanded == [(), ("a2",), ("a2", "b1")]  # only the kept state is expanded at each depth
     assert result.sampled_tokens == 3 * (3 + 2 + 1)
+
+
+@pytest.mark.parametrize("aggregate, value", [("product", 0.9 * 0.95 * 0.97), ("last", 0.97)])
+def test_a_path_value_combines_its_steps(aggregate, value):
+    result = search(ScriptedTree(TREE), "q", SearchSettings(expand=3, beam=1, aggregate=aggregate))
+    assert result.steps == ["a2", "b1", "Answer: 2"] and result.best.value == pytest.approx(value)
+
+
+def test_a_step_the_window_cannot_see_keeps_the_path_low():
+    """A wrong first step is followed by steps that look right on their own: the path's value stays at its worst
+    step (min), where the last step alone would rank the wrong path first."""
+    tree = {
+        (): [("x=1", 0.1, -0.1), ("x=2", 0.8, -0.5)],
+        ("x=1",): [("Answer: 1", 0.99, -0.1)],
+        ("x=2",): [("Answer: 2", 0.9, -0.1)],
+    }
+    assert search(ScriptedTree(tree), "q", SearchSettings(expand=2, beam=2)).steps == ["x=2", "Answer: 2"]
+    assert search(ScriptedTree(tree), "q", SearchSettings(expand=2, beam=2, aggregate="last")).steps == [
+        "x=1", "Answer: 1"
+    ]
+
+
+def test_the_beam_keeps_distinct_states():
+    tree = {(): [("a", 0.9, -0.1), ("a", 0.9, -0.1), ("b", 0.6, -0.1)], ("b",): [("Answer: b", 0.8, -0.1)],
+            ("a",): [("Answer: a", 0.3, -0.1)]}
+    result = search(ScriptedTree(tree), "q", SearchSettings(expand=3, beam=2))
+    assert sorted(n.step for n in result.root.children if n.kept) == ["a", "b"]
+    assert result.steps == ["b", "Answer: b"]
 
 
 def test_beam_with_the_likelihood_takes_the_likely_wrong_path():
@@ -116,7 +144,9 @@ def test_max_depth_ends_a_path_unfinished():
 
 
 @pytest.mark.parametrize(
-    "bad", [{"strategy": "mcts"}, {"value": "vibes"}, {"expand": 0}, {"token_budget": 0}, {"separator": ""}]
+    "bad",
+    [{"strategy": "mcts"}, {"value": "vibes"}, {"aggregate": "mean"}, {"expand": 0}, {"token_budget": 0},
+     {"separator": ""}],
 )
 def test_bad_settings_are_refused(bad):
     with pytest.raises(ValueError, match=next(iter(bad))):
@@ -233,7 +263,7 @@ def test_the_search_suite_runs_on_a_tiny_export_and_draws_its_trees(tiny_export,
     evaluate(compose_eval([f"ckpt={tiny_export}", f"paths.run_dir={run_dir}", "suites=[search]", *sizes]))
     figures = json.loads((run_dir / "results.json").read_text())["suites"]["search"]["figures"]
     methods = figures["methods"]
-    assert set(methods) == {"greedy", "majority", "best_of_n", "likelihood", "pass_at_n", "search_critic",
+    assert set(methods) == {"greedy", "majority", "best_of_n", "step_best_of_n", "likelihood", "pass_at_n", "search_critic",
                             "search_likelihood", "dfs"}
     assert set(methods["search_critic"]) == {"2x1", "2x2"} and set(methods["best_of_n"]) == {"N=1", "N=2"}
     everything = methods["search_critic"]["2x2"]["all"]

@@ -134,6 +134,7 @@ _SEARCH_STYLES = {  # method: (label, colour, marker)
     "greedy": ("greedy", "black", "s"),
     "majority": ("majority@N", "tab:orange", "o"),
     "best_of_n": ("best-of-N (outcome)", "tab:blue", "o"),
+    "step_best_of_n": ("best-of-N (step critic)", "tab:cyan", "o"),
     "likelihood": ("likelihood best-of-N", "tab:gray", "o"),
     "pass_at_n": ("pass@N (ceiling)", "tab:green", "."),
     "search_critic": ("beam search, step critic", "tab:red", "D"),

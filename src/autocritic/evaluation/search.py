@@ -5,6 +5,8 @@
         majority@N          the most frequent final answer of N samples (self-consistency)
         best-of-N           the N samples' best by the outcome critic (`outcome_ckpt`), or else by the step
                             critic read at the answer's end
+        step best-of-N      the N samples' best by the step critic: each sample's lowest step probability (the
+                            process-reward reranking of Lightman et al.; no search)
         likelihood best-of-N  the N samples' best by their mean token log-probability
         search (critic)     beam search over steps valued by the step critic, for each shape expand x beam
         search (likelihood) the same search valued by the model's own likelihood of the path (the control)
@@ -111,19 +113,21 @@ class Point:
 def sampling_points(
     pools: Sequence[Sequence[Sample]],
     outcome: Sequence[Sequence[float]],
+    by_steps: Sequence[Sequence[float]],
     right: Sequence[Sequence[bool]],
     answers: Sequence[Sequence[str | None]],
     ns: Sequence[int],
     subsets: int,
     seed: int,
 ) -> dict[str, dict[int, Point]]:
-    """{method: {N: Point}} for majority, best-of-N (outcome critic), likelihood best-of-N and pass@N."""
-    methods = ("majority", "best_of_n", "likelihood", "pass_at_n")
+    """{method: {N: Point}} for majority, best-of-N (outcome critic), step best-of-N, likelihood best-of-N and
+    pass@N."""
+    methods = ("majority", "best_of_n", "step_best_of_n", "likelihood", "pass_at_n")
     out: dict[str, dict[int, Point]] = {m: {} for m in methods}
     rng = random.Random(seed)
     for n in ns:
         points = {m: Point([], []) for m in methods}
-        for samples, scores, ok, said in zip(pools, outcome, right, answers, strict=True):
+        for samples, scores, step_values, ok, said in zip(pools, outcome, by_steps, right, answers, strict=True):
             totals = dict.fromkeys(methods, 0.0)
             tokens = 0.0
             for _ in range(subsets if n < len(samples) else 1):
@@ -137,6 +141,7 @@ def sampling_points(
                 winner = next((i for i in subset if said[i] is not None and votes[said[i]] == top), None)
                 totals["majority"] += winner is not None and ok[winner]
                 totals["best_of_n"] += ok[max(subset, key=lambda i: scores[i])]
+                totals["step_best_of_n"] += ok[max(subset, key=lambda i: step_values[i])]
                 totals["likelihood"] += ok[max(subset, key=lambda i: mean_logprob(samples[i]))]
                 totals["pass_at_n"] += any(ok[i] for i in subset)
             draws = subsets if n < len(samples) else 1
@@ -176,6 +181,20 @@ def outcome_scorer(ctx: EvalContext, s: Settings):
     return (lambda prompts, texts: step.score_texts(prompts, [t + STEP_SEPARATOR for t in texts])), "step critic"
 
 
+def lowest_step_probabilities(
+    generator: CriticGenerator, prompts: Sequence[str], texts: Sequence[str]
+) -> list[float]:
+    """Each text's lowest step probability under the step critic, every step prefix read where the critic was
+    trained to read it (after the step's separator); each distinct prefix scored once."""
+    prefixes = [
+        [(prompt, "".join(step + STEP_SEPARATOR for step in steps[: i + 1])) for i in range(len(steps))]
+        for prompt, steps in ((p, [x for x in t.split(STEP_SEPARATOR) if x.strip()]) for p, t in zip(prompts, texts, strict=True))
+    ]
+    distinct = list(dict.fromkeys(pair for row in prefixes for pair in row))
+    scores = dict(zip(distinct, generator.score_texts([p for p, _ in distinct], [r for _, r in distinct]), strict=True))
+    return [min((1 / (1 + math.exp(-scores[pair])) for pair in row), default=0.0) for row in prefixes]
+
+
 def run(ctx: EvalContext, s: Settings) -> SuiteResult:
     generator = ctx.generator
     if not isinstance(generator, CriticGenerator):
@@ -195,13 +214,17 @@ def run(ctx: EvalContext, s: Settings) -> SuiteResult:
     score_outcome, outcome_name = outcome_scorer(ctx, s)
     flat = score_outcome([p for p, row in zip(prompts, pools, strict=True) for _ in row], [x.text for row in pools for x in row])
     outcome = [flat[i * s.n_samples : (i + 1) * s.n_samples] for i in range(len(pools))]
+    flat = lowest_step_probabilities(
+        generator, [p for p, row in zip(prompts, pools, strict=True) for _ in row], [x.text for row in pools for x in row]
+    )
+    by_steps = [flat[i * s.n_samples : (i + 1) * s.n_samples] for i in range(len(pools))]
     right = [[solved(p, x.text) for x in row] for p, row in zip(problems, pools, strict=True)]
     answers = [[answer_of(p, x.text) if ANSWER_PREFIX in x.text else None for x in row] for p, row in zip(problems, pools, strict=True)]
     ns = tuple(sorted({n for n in s.ns if n <= s.n_samples} | {s.n_samples}))
     curves: dict[str, dict[str, Point]] = {
         "greedy": {"1": Point([float(solved(p, g.text)) for p, g in zip(problems, greedy, strict=True)], [float(sampled_tokens(g)) for g in greedy])}
     }
-    for method, points in sampling_points(pools, outcome, right, answers, ns, s.subsets, ctx.seed).items():
+    for method, points in sampling_points(pools, outcome, by_steps, right, answers, ns, s.subsets, ctx.seed).items():
         curves[method] = {f"N={n}": point for n, point in points.items()}
 
     stepper = CriticStepper(generator)
@@ -293,6 +316,7 @@ def tables_of(summary: dict, comparisons: dict, figures: dict, s: Settings, grou
         "greedy": "greedy",
         "majority": "majority@N",
         "best_of_n": f"best-of-N ({figures['outcome_scorer']})",
+        "step_best_of_n": "best-of-N (step critic, lowest step)",
         "likelihood": "likelihood best-of-N",
         "pass_at_n": "pass@N (ceiling)",
         "search_critic": "beam search, step critic",

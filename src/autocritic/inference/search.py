@@ -5,8 +5,9 @@
 
 A step is the text up to the step separator ("\\n"); a path ends at a step starting with the final prefix
 ("Answer:"), at end of text, or when a step runs out of tokens. The value of a state is the step critic's
-probability that the path is still right (`value="critic"`), or, as the control, the model's own likelihood of the
-path: the geometric mean of its tokens' probabilities (`value="likelihood"`).
+estimate that the path is still right (`value="critic"`: by default the lowest of its steps' probabilities), or,
+as the control, the model's own likelihood of the path: the geometric mean of its tokens' probabilities
+(`value="likelihood"`). A step sampled twice is one state (beam keeps distinct states, DFS tries a step once).
 
 The algorithms see the model only through a `StepExpander` (`inference/stepper.py` runs a critic model; tests
 script one), so they are the same for any model and testable on a known tree.
@@ -28,12 +29,14 @@ from typing import Any, Protocol
 
 STRATEGIES = ("beam", "dfs")
 VALUES = ("critic", "likelihood")
+AGGREGATES = ("min", "product", "last")
 
 
 @dataclass(frozen=True)
 class SearchSettings:
     strategy: str = "beam"  # beam | dfs
     value: str = "critic"  # critic | likelihood
+    aggregate: str = "min"  # critic: a path's value from its steps' probabilities (min | product | last)
     expand: int = 4  # next steps sampled per expanded state
     beam: int = 2  # beam: open states kept per depth (and finished paths wanted)
     max_depth: int = 8  # steps
@@ -50,6 +53,8 @@ class SearchSettings:
             raise ValueError(f"search strategy must be one of {', '.join(STRATEGIES)}; got {self.strategy!r}")
         if self.value not in VALUES:
             raise ValueError(f"search value must be one of {', '.join(VALUES)}; got {self.value!r}")
+        if self.aggregate not in AGGREGATES:
+            raise ValueError(f"search aggregate must be one of {', '.join(AGGREGATES)}; got {self.aggregate!r}")
         for name in ("expand", "beam", "max_depth", "max_step_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"search {name} must be at least 1, got {getattr(self, name)}")
@@ -146,12 +151,19 @@ class SearchResult:
         return self.best.final and self.best.finish in ("answer", "eos")
 
 
-def node_value(node: Node, value: str) -> float:
-    if value == "critic":
-        if node.score is None:
-            raise ValueError("value='critic' needs critic scores: this expander returned none")
-        return 1.0 / (1.0 + math.exp(-node.score))
-    return math.exp(node.logprob / node.tokens) if node.tokens else 1.0
+def node_value(node: Node, settings: SearchSettings) -> float:
+    """The value of the path ending at `node`. The critic reads a window of the path's last tokens, so a step's
+    probability says whether that step is right; the path's value combines its steps' (the lowest by default, as
+    Math-Shepherd ranks solutions; their product, as Lightman et al.; or the last step's alone)."""
+    if settings.value == "likelihood":
+        return math.exp(node.logprob / node.tokens) if node.tokens else 1.0
+    if node.score is None:
+        raise ValueError("value='critic' needs critic scores: this expander returned none")
+    probability = 1.0 / (1.0 + math.exp(-node.score))
+    before = node.parent.value if node.parent is not None and node.parent.parent is not None else 1.0
+    if settings.aggregate == "min":
+        return min(before, probability)
+    return before * probability if settings.aggregate == "product" else probability
 
 
 class _Search:
@@ -186,7 +198,7 @@ class _Search:
                     state=e.state,
                     token_ids=e.token_ids,
                 )
-                child.value = node_value(child, self.settings.value)
+                child.value = node_value(child, self.settings)
                 self.sampled += e.tokens
                 children.append(child)
             parent.children = children
@@ -210,9 +222,13 @@ class _Search:
             children = [c for group in self.expand(frontier) for c in group]
             self.candidates += [c for c in children if c.final]
             open_children = sorted((c for c in children if not c.final), key=lambda n: -n.value)
-            frontier = open_children[: self.settings.beam]
-            for node in frontier:
-                node.kept = True
+            frontier, seen = [], set()
+            for node in open_children:  # distinct states: a step sampled twice is one state
+                path = tuple(node.steps)
+                if path not in seen and len(frontier) < self.settings.beam:
+                    seen.add(path)
+                    frontier.append(node)
+                    node.kept = True
         finished = self._finished()
         for node in finished:
             node.kept = True
@@ -225,7 +241,11 @@ class _Search:
         if self.spent():
             return None
         children = sorted(self.expand([node])[0], key=lambda n: -n.value)
+        tried = set()
         for child in children:
+            if child.step in tried:  # the same step sampled again leads to the same subtree
+                continue
+            tried.add(child.step)
             if child.final:
                 self.candidates.append(child)
             if child.value < self.settings.threshold:

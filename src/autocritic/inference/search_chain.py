@@ -38,6 +38,7 @@ class CriticTreeSearch(RunnableSerializable[Any, Any]):
 
     strategy: str = "beam"
     value: str = "critic"
+    aggregate: str = "min"
     expand: int = 4
     beam: int = 2
     max_depth: int = 8
