@@ -155,6 +155,8 @@ def search_curves_plot(path: Path, summary: Mapping[str, Mapping[str, Mapping]],
                 style = ":" if method == "pass_at_n" else "-"
                 ax.plot(*zip(*xy, strict=True), marker=marker, linestyle=style, color=colour, label=label)
         ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(plt.matplotlib.ticker.ScalarFormatter())
+        ax.xaxis.set_minor_formatter(plt.matplotlib.ticker.NullFormatter())
         ax.set_xlabel("sampled tokens per problem")
         ax.set_ylabel("success rate")
         ax.set_ylim(0, 1)
@@ -165,46 +167,58 @@ def search_curves_plot(path: Path, summary: Mapping[str, Mapping[str, Mapping]],
 
 
 def search_tree_plot(path: Path, result, right: Mapping[int, bool], title: str) -> str:
-    """A search tree left to right: each node a step with its value, green when the path is still right and red
-    when not; kept states outlined, pruned ones faded, the chosen path drawn thick."""
+    """A search tree left to right: each node a step with its value, green while the path is right and red once it
+    is not; kept states outlined, pruned ones faded, the chosen path drawn thick. Siblings that wrote the same step
+    are one box marked "xN"."""
     plt = _pyplot()
-    nodes = [n for n in result.root.walk()]
-    leaves: dict[int, float] = {}
-
-    def place(node) -> float:
-        if not node.children:
-            leaves[id(node)] = float(len(leaves))
-            return leaves[id(node)]
-        ys = [place(child) for child in node.children]
-        leaves[id(node)] = sum(ys) / len(ys)
-        return leaves[id(node)]
-
-    place(result.root)
-    chosen = set()
-    node = result.best
+    chosen, node = set(), result.best
     while node is not None:
         chosen.add(id(node))
         node = node.parent
-    depth = max(n.depth for n in nodes)
-    fig, ax = plt.subplots(figsize=(2.6 * (depth + 1), max(3.0, 0.42 * len([n for n in nodes if not n.children]))))
-    for n in nodes:
-        for child in n.children:
-            thick = id(child) in chosen
-            ax.plot([n.depth, child.depth], [leaves[id(n)], leaves[id(child)]], color="black" if thick else "0.75",
-                    linewidth=2.5 if thick else 0.8, zorder=1)
-    for n in nodes:
-        if n.parent is None:
-            ax.text(0, leaves[id(n)], "question", ha="center", va="center", fontsize=8,
-                    bbox={"boxstyle": "round", "facecolor": "white"}, zorder=2)
-            continue
+    y: dict[int, float] = {}
+    boxes: list[tuple] = []  # (node, count)
+    edges: list[tuple] = []  # (parent, node)
+    next_row = [0.0]
+
+    def place(node) -> float:
+        groups: dict[str, list] = {}
+        for child in node.children:
+            groups.setdefault(child.step, []).append(child)
+        ys = []
+        for same in groups.values():
+            # the chosen or kept twin stands for the group, and only it is expanded further
+            shown = next((c for c in same if id(c) in chosen), next((c for c in same if c.children), same[0]))
+            ys.append(place(shown))
+            boxes.append((shown, len(same)))
+            edges.append((node, shown))
+        if not ys:
+            y[id(node)] = next_row[0]
+            next_row[0] += 1
+        else:
+            y[id(node)] = sum(ys) / len(ys)
+        return y[id(node)]
+
+    place(result.root)
+    depth = max((n.depth for n, _ in boxes), default=1)
+    rows = max(next_row[0], 1)
+    fig, ax = plt.subplots(figsize=(2.3 * (depth + 1), max(3.0, 0.5 * rows + 1)))
+    for parent, child in edges:
+        thick = id(child) in chosen
+        ax.plot([parent.depth, child.depth], [y[id(parent)], y[id(child)]], color="black" if thick else "0.75",
+                linewidth=2.5 if thick else 0.8, zorder=1)
+    ax.text(0, y[id(result.root)], "question", ha="center", va="center", fontsize=8,
+            bbox={"boxstyle": "round", "facecolor": "white"}, zorder=2)
+    for n, count in boxes:
         colour = "#b7e4b0" if right.get(id(n)) else "#f4b6b6"
         text = n.step if len(n.step) <= 18 else n.step[:17] + "…"
-        ax.text(n.depth, leaves[id(n)], f"{text}\n{n.value:.2f}", ha="center", va="center", fontsize=7,
-                alpha=0.45 if n.pruned else 1.0, zorder=2,
+        fade = 0.45 if n.pruned else 1.0
+        label = f"{text}\n{n.value:.2f}" + (f"  x{count}" if count > 1 else "")
+        ax.text(n.depth, y[id(n)], label, ha="center", va="center", fontsize=7, alpha=fade, zorder=2,
                 bbox={"boxstyle": "round", "facecolor": colour, "edgecolor": "black" if n.kept else "0.7",
-                      "linewidth": 1.6 if n.kept else 0.6, "alpha": 0.45 if n.pruned else 1.0})
+                      "linewidth": 1.6 if n.kept else 0.6, "alpha": fade})
     ax.set_xlim(-0.6, depth + 0.6)
-    ax.set_ylim(-1, len([n for n in nodes if not n.children]))
+    ax.set_ylim(rows - 0.4, -0.6)  # the first child on top
     ax.axis("off")
-    ax.set_title(f"{title}: green = still right, red = wrong; outlined = kept; thick = chosen", fontsize=9)
+    fig.suptitle(f"{title}\ngreen: still right, red: wrong; outlined: kept; thick: chosen; value = lowest step "
+                 "probability so far", fontsize=9)
     return _save(fig, path)

@@ -247,11 +247,11 @@ def run(ctx: EvalContext, s: Settings) -> SuiteResult:
             point.success.append(float(result.finished and solved(problem, result.response())))
             point.tokens.append(float(result.sampled_tokens))
             if value == "critic" and shape == s.headline_shape:
-                for node in result.root.walk():
-                    if node.parent is not None and node.score is not None:
-                        step_scores.append(node.score)
-                        step_labels.append(chain_step_labels(problem, node.steps)[-1])
-                if problem.level == longest and len(drawn) < s.trees:
+                labels = [chain_step_labels(problem, node.steps)[-1] for node in result.root.walk() if node.parent]
+                step_scores += [node.score for node in result.root.walk() if node.parent]
+                step_labels += labels
+                # the trees worth a look: the longest problems, where the search met a wrong step
+                if problem.level == longest and len(drawn) < s.trees and not all(labels):
                     drawn.append((problem, result))
         name = "dfs" if value == "dfs" else f"search_{value}"
         curves.setdefault(name, {})[shape] = point

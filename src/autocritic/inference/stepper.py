@@ -23,7 +23,7 @@ from transformers import DynamicCache
 
 from autocritic.inference.generation import CriticGenerator, _lock_of
 from autocritic.inference.search import Expansion, SearchSettings
-from autocritic.model.critic import decoder_of
+from autocritic.model.critic import decoder_of, gather_windows
 from autocritic.model.sampling import takes_outside_cache
 
 
@@ -32,7 +32,9 @@ class PathState:
     ids: list[int]  # prompt + response tokens, all fed
     keys: list[torch.Tensor]  # per layer (1, kv heads, len(ids), head dim)
     values: list[torch.Tensor]
-    window_states: torch.Tensor  # (≤ window, H): the final states of the path's last tokens
+    window_states: torch.Tensor  # (window, H): the final states of the path's last tokens, left-padded with zeros
+    window_mask: torch.Tensor  # (window,) bool: False on the padding
+    window_ids: torch.Tensor  # (window,): the ids of those tokens
     next_logits: torch.Tensor  # (V,): the distribution of the next token
     prompt_length: int
     logprob_sum: float = 0.0  # of the response tokens (what a confidence head reads)
@@ -95,11 +97,20 @@ class CriticStepper:
             hidden = self.decoder(
                 input_ids=torch.tensor([ids], device=self.device), cache=cache, use_cache=True
             ).last_hidden_state[0]
+        states, mask, window_ids = gather_windows(
+            hidden[None],
+            torch.ones(1, len(ids), dtype=torch.long, device=self.device),
+            torch.tensor([[len(ids) - 1]], device=self.device),
+            self.window,
+            torch.tensor([ids], device=self.device),
+        )
         return PathState(
             ids=ids,
             keys=[layer.keys for layer in cache.layers],
             values=[layer.values for layer in cache.layers],
-            window_states=hidden[-self.window :],
+            window_states=torch.where(mask[0, 0, :, None], states[0, 0], 0.0),
+            window_mask=mask[0, 0],
+            window_ids=window_ids[0, 0],
             next_logits=self.lm_head(hidden[-1]).float(),
             prompt_length=len(ids),
         )
@@ -172,35 +183,30 @@ class CriticStepper:
             sampled.tokens, sampled.logprobs, sampled.hidden, sampled.fed, sampled.cache, sampled.longest
         )
         ended_by_eos, cut, last_logits = sampled.by_eos, sampled.cut, sampled.next_logits
-        count = len(rows)
+        count, steps = tokens.shape
         texts = self.generator._batch_decode([tokens[r, : fed[r]].tolist() for r in range(count)])
+        # Each row's parent window, then its step: a window ending at a token of the step reads both.
+        window = torch.cat([torch.stack([r.window_states for r in rows]), hidden.to(rows[0].window_states.dtype)], 1)
+        mask = torch.cat([torch.stack([r.window_mask for r in rows]), tokens.new_ones(count, steps, dtype=torch.bool)], 1)
+        ids = torch.cat([torch.stack([r.window_ids for r in rows]), tokens], 1)
         # eos is not part of the response the critic was trained on: the score reads the token before it
         scored = fed - ended_by_eos.long()
-        windows, window_mask, window_ids, confidence = [], [], [], []
-        new_sums, new_counts, new_mins = [], [], []
-        for r, parent in enumerate(rows):
-            n = int(scored[r])
-            path_states = torch.cat([parent.window_states, hidden[r, :n].to(parent.window_states.dtype)])[-self.window :]
-            ids = (parent.ids + tokens[r, :n].tolist())[-self.window :]
-            pad = self.window - len(path_states)
-            windows.append(torch.cat([path_states.new_zeros(pad, path_states.shape[-1]), path_states]))
-            window_mask.append(torch.tensor([False] * pad + [True] * len(path_states)))
-            window_ids.append(torch.tensor([self.generator.pad_id] * pad + ids))
-            step_lp = logprobs[r, :n]
-            total, seen = parent.logprob_sum + float(step_lp.sum()), parent.logprob_count + n
-            low = parent.logprob_min if parent.logprob_count else float("inf")
-            low = min(low, float(step_lp.min())) if n else low
-            low = low if seen else 0.0
-            new_sums.append(total), new_counts.append(seen), new_mins.append(low)
-            confidence.append([total / seen if seen else 0.0, low])
-        confidence_tensor = torch.tensor(confidence, device=self.device)[:, None] if self.model.reads_confidence else None
+        read = gather_windows(window, mask, torch.stack([scored, fed], 1) + self.window - 1, self.window, ids)
+        taken = torch.arange(steps, device=self.device)[None] < scored[:, None]
+        sums = torch.tensor([r.logprob_sum for r in rows], device=self.device) + torch.where(taken, logprobs, 0.0).sum(1)
+        seen = torch.tensor([r.logprob_count for r in rows], device=self.device) + scored
+        lows = torch.tensor([r.logprob_min if r.logprob_count else float("inf") for r in rows], device=self.device)
+        lows = torch.minimum(lows, torch.where(taken, logprobs, float("inf")).min(1).values)
+        lows = torch.where(seen > 0, lows, 0.0)
+        means = torch.where(seen > 0, sums / seen.clamp(min=1), 0.0)
+        confidence = torch.stack([means, lows], 1)[:, None] if self.model.reads_confidence else None
         scores = self.model.score_at(
-            torch.stack(windows).to(self.device)[:, :, :],
-            torch.stack(window_mask).to(self.device),
-            torch.full((count, 1), self.window - 1, device=self.device),
-            confidence_tensor,
-            tokens=torch.stack(window_ids).to(self.device),
+            read[0][:, 0], read[1][:, 0], torch.full((count, 1), self.window - 1, device=self.device), confidence,
+            tokens=read[2][:, 0],
         )[:, 0].tolist()
+        child_states, child_mask, child_ids = read[0][:, 1], read[1][:, 1], read[2][:, 1]
+        child_states = torch.where(child_mask[..., None], child_states, 0.0)
+        new_sums, new_counts, new_mins = sums.tolist(), seen.tolist(), lows.tolist()
         out: list[list[Expansion]] = [[] for _ in states]
         for r, parent in enumerate(rows):
             n_fed = int(fed[r])
@@ -222,7 +228,9 @@ class CriticStepper:
                     ids=parent.ids + tokens[r, :n_fed].tolist(),
                     keys=[layer.keys[r : r + 1, :, start : longest + n_fed] for layer in cache.layers],
                     values=[layer.values[r : r + 1, :, start : longest + n_fed] for layer in cache.layers],
-                    window_states=torch.cat([parent.window_states, hidden[r, :n_fed]])[-self.window :],
+                    window_states=child_states[r],
+                    window_mask=child_mask[r],
+                    window_ids=child_ids[r],
                     next_logits=last_logits[r],
                     prompt_length=parent.prompt_length,
                     logprob_sum=new_sums[r],
