@@ -156,7 +156,9 @@ def test_bad_settings_are_refused(bad):
 # ---- the model-backed expander ----------------------------------------------------------------------------
 
 # The tiny random model often writes "/": steps of a few tokens, some cut by the limit, some ended by eos.
-SETTINGS = SearchSettings(expand=3, beam=2, max_depth=3, max_step_tokens=10, temperature=1.0, separator="/", seed=5)
+SETTINGS = SearchSettings(
+    expand=3, beam=2, max_depth=3, max_step_tokens=10, temperature=1.0, separator="/", seed=5, greedy_first=False
+)
 
 
 @pytest.mark.parametrize("head", [None, WINDOW_HEAD, TOKENS_HEAD], ids=["last_state", "window", "window_tokens"])
@@ -292,3 +294,18 @@ def test_bad_search_suite_settings_are_refused_before_loading():
         Settings(shapes=("4by2",), headline_shape="4by2")
     with pytest.raises(ValueError, match="headline_shape"):
         Settings(shapes=("2x1",))
+
+
+def test_greedy_first_makes_one_candidate_per_state_the_greedy_step(tiny_backbone):
+    generator = tiny_generator(tiny_backbone)
+    settings = dataclasses.replace(SETTINGS, greedy_first=True, temperature=5.0)
+    result = search(CriticStepper(generator), "Q: 1+2=? A:", settings)
+    prompt_ids = generator.tokenizer("Q: 1+2=? A:")["input_ids"]
+    for parent in (n for n in result.root.walk() if n.children):
+        first = parent.children[0]
+        ids = prompt_ids + parent.path_token_ids
+        for token in first.token_ids:  # each token of the first child is the argmax after the path so far
+            with torch.no_grad():
+                logits = generator.model.backbone(torch.tensor([ids])).logits[0, -1]
+            assert token == int(logits.argmax())
+            ids.append(token)

@@ -55,6 +55,7 @@ class Settings:
     dfs_threshold: float = 0.5
     max_depth: int = 8
     max_step_tokens: int = 24
+    greedy_first: bool = True  # searches: the first of each state's steps is the greedy one
     outcome_ckpt: str | None = None  # an export of an outcome critic (data=offline-steps-outcome) for best-of-N
     headline_shape: str = "4x2"
     trees: int = 3  # problems (of the most operations) whose search trees are drawn
@@ -229,7 +230,11 @@ def run(ctx: EvalContext, s: Settings) -> SuiteResult:
 
     stepper = CriticStepper(generator)
     base = SearchSettings(
-        max_depth=s.max_depth, max_step_tokens=s.max_step_tokens, temperature=s.temperature, seed=ctx.seed
+        max_depth=s.max_depth,
+        max_step_tokens=s.max_step_tokens,
+        temperature=s.temperature,
+        greedy_first=s.greedy_first,
+        seed=ctx.seed,
     )
     step_scores: list[float] = []
     step_labels: list[bool] = []

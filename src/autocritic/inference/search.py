@@ -7,7 +7,9 @@ A step is the text up to the step separator ("\\n"); a path ends at a step start
 ("Answer:"), at end of text, or when a step runs out of tokens. The value of a state is the step critic's
 estimate that the path is still right (`value="critic"`: by default the lowest of its steps' probabilities), or,
 as the control, the model's own likelihood of the path: the geometric mean of its tokens' probabilities
-(`value="likelihood"`). A step sampled twice is one state (beam keeps distinct states, DFS tries a step once).
+(`value="likelihood"`). A step sampled twice is one state (beam keeps distinct states, DFS tries a step once). By
+default the first of each state's candidates is the greedy step (`greedy_first`), so a search never lacks the
+step greedy decoding would take.
 
 The algorithms see the model only through a `StepExpander` (`inference/stepper.py` runs a critic model; tests
 script one), so they are the same for any model and testable on a known tree.
@@ -43,6 +45,7 @@ class SearchSettings:
     max_step_tokens: int = 24
     token_budget: int | None = None  # sampled tokens; no expansion starts once spent
     temperature: float = 0.8
+    greedy_first: bool = True  # the first of each state's `expand` steps is the greedy one, the others sampled
     threshold: float = 0.5  # dfs: children valued below are pruned
     separator: str = "\n"
     final_prefix: str = "Answer:"

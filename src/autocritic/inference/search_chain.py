@@ -45,6 +45,7 @@ class CriticTreeSearch(RunnableSerializable[Any, Any]):
     max_step_tokens: int = 24
     token_budget: int | None = None
     temperature: float = 0.8
+    greedy_first: bool = True
     threshold: float = 0.5
     separator: str = "\n"
     final_prefix: str = "Answer:"

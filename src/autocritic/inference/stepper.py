@@ -152,9 +152,13 @@ class CriticStepper:
             longest=longest,
         )
         logits, alive = out.next_logits.clone(), out.cut
+        greedy = torch.zeros(count, dtype=torch.bool, device=self.device)
+        if settings.greedy_first:
+            greedy[:: settings.expand] = True
         with _lock_of(self.model):
             for t in range(steps):
-                token = torch.where(alive, _sample(logits, settings.temperature, self.rng), self.generator.pad_id)
+                token = torch.where(greedy, logits.argmax(-1), _sample(logits, settings.temperature, self.rng))
+                token = torch.where(alive, token, self.generator.pad_id)
                 out.tokens[:, t] = token
                 out.logprobs[:, t] = logits.log_softmax(-1).gather(-1, token[:, None])[:, 0]
                 state = self.decoder(
