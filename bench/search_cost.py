@@ -31,10 +31,14 @@ STOP = "\n\n"
 
 
 def chain_prompts(problems: int, seed: int = 0) -> list[str]:
-    return [prompt_of(p) for p in make_splits(seed, train=0, val=0, test=problems, families=["chain"])["test"]]
+    return [
+        prompt_of(p) for p in make_splits(seed, train=0, val=0, test=problems, families=["chain"])["test"]
+    ]
 
 
-def run_search(stepper: CriticStepper, prompts: list[str], settings: SearchSettings) -> tuple[float, int, float, float]:
+def run_search(
+    stepper: CriticStepper, prompts: list[str], settings: SearchSettings
+) -> tuple[float, int, float, float]:
     """Wall time, sampled tokens, the time in the stepper's sampling (each prompt's prefill and the step loops), and
     the time in the critic head."""
     spent = {"sampling": 0.0, "head": 0.0}
@@ -60,7 +64,9 @@ def run_search(stepper: CriticStepper, prompts: list[str], settings: SearchSetti
 
 
 @torch.no_grad()
-def run_sampling(generator: CriticGenerator, prompts: list[str], rows: int, settings: SearchSettings) -> tuple[float, int]:
+def run_sampling(
+    generator: CriticGenerator, prompts: list[str], rows: int, settings: SearchSettings
+) -> tuple[float, int]:
     backbone, tokenizer = generator.model.backbone, generator.tokenizer
     stop_ids = tokenizer(STOP)["input_ids"]
     tokens, start = 0, time.perf_counter()
@@ -93,7 +99,9 @@ def sampled_length(row: list[int], stop_ids: list[int], generator: CriticGenerat
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--ckpt", required=True, help="an export of a step critic (experiment=steps)")
     parser.add_argument("--problems", type=int, default=32)
     parser.add_argument("--shape", default="4x2", help="expand x beam")
@@ -107,7 +115,10 @@ def main() -> None:
     generator = CriticGenerator.from_export(args.ckpt)
     stepper = CriticStepper(generator)
     prompts = chain_prompts(args.problems)
-    run_search(stepper, prompts[:2], settings), run_sampling(generator, prompts[:2], expand * beam, settings)  # warm-up
+    (
+        run_search(stepper, prompts[:2], settings),
+        run_sampling(generator, prompts[:2], expand * beam, settings),
+    )  # warm-up
     searched, sampled, own, headless = [], [], [], []
     for repeat in range(args.repeats):
         seeded = replace(settings, seed=repeat)
@@ -121,12 +132,20 @@ def main() -> None:
     per_token = lambda runs: statistics.median(s / t * 1e3 for s, t in runs)  # noqa: E731
     search_ms, sample_ms = per_token(searched), per_token(sampled)
     head = generator.model.head.settings
-    print(f"{len(prompts)} chain problems, shape {args.shape}, {args.threads} thread(s), {args.repeats} repeats, "
-          f"head {head.kind} x{head.members} (window {head.window})")
-    print(f"ratio search / its own sampling: {statistics.median(own):.2f}x (target <= 1.1x); without the head's "
-          f"own time: {statistics.median(headless):.2f}x")
-    print(f"search   : {statistics.median(t for _, t in searched):.0f} tokens, {statistics.median(s for s, _ in searched):.2f} s, {search_ms:.3f} ms/token")
-    print(f"sampling : {statistics.median(t for _, t in sampled):.0f} tokens, {statistics.median(s for s, _ in sampled):.2f} s, {sample_ms:.3f} ms/token")
+    print(
+        f"{len(prompts)} chain problems, shape {args.shape}, {args.threads} thread(s), {args.repeats} repeats, "
+        f"head {head.kind} x{head.members} (window {head.window})"
+    )
+    print(
+        f"ratio search / its own sampling: {statistics.median(own):.2f}x (target <= 1.1x); without the head's "
+        f"own time: {statistics.median(headless):.2f}x"
+    )
+    print(
+        f"search   : {statistics.median(t for _, t in searched):.0f} tokens, {statistics.median(s for s, _ in searched):.2f} s, {search_ms:.3f} ms/token"
+    )
+    print(
+        f"sampling : {statistics.median(t for _, t in sampled):.0f} tokens, {statistics.median(s for s, _ in sampled):.2f} s, {sample_ms:.3f} ms/token"
+    )
     print(f"ratio per sampled token, search / generate: {search_ms / sample_ms:.2f}x")
 
 

@@ -39,7 +39,15 @@ class ScriptedTree:
             for step, p, lp in self.tree.get(path, [])[:k]:
                 final = step.startswith(settings.final_prefix)
                 children.append(
-                    Expansion(step, logit(p), lp, self.tokens_per_step, final, "answer" if final else "step", path + (step,))
+                    Expansion(
+                        step,
+                        logit(p),
+                        lp,
+                        self.tokens_per_step,
+                        final,
+                        "answer" if final else "step",
+                        path + (step,),
+                    )
                 )
             out.append(children)
         return out
@@ -82,13 +90,17 @@ def test_a_step_the_window_cannot_see_keeps_the_path_low():
     }
     assert search(ScriptedTree(tree), "q", SearchSettings(expand=2, beam=2)).steps == ["x=2", "Answer: 2"]
     assert search(ScriptedTree(tree), "q", SearchSettings(expand=2, beam=2, aggregate="last")).steps == [
-        "x=1", "Answer: 1"
+        "x=1",
+        "Answer: 1",
     ]
 
 
 def test_the_beam_keeps_distinct_states():
-    tree = {(): [("a", 0.9, -0.1), ("a", 0.9, -0.1), ("b", 0.6, -0.1)], ("b",): [("Answer: b", 0.8, -0.1)],
-            ("a",): [("Answer: a", 0.3, -0.1)]}
+    tree = {
+        (): [("a", 0.9, -0.1), ("a", 0.9, -0.1), ("b", 0.6, -0.1)],
+        ("b",): [("Answer: b", 0.8, -0.1)],
+        ("a",): [("Answer: a", 0.3, -0.1)],
+    }
     result = search(ScriptedTree(tree), "q", SearchSettings(expand=3, beam=2))
     assert sorted(n.step for n in result.root.children if n.kept) == ["a", "b"]
     assert result.steps == ["b", "Answer: b"]
@@ -145,8 +157,14 @@ def test_max_depth_ends_a_path_unfinished():
 
 @pytest.mark.parametrize(
     "bad",
-    [{"strategy": "mcts"}, {"value": "vibes"}, {"aggregate": "mean"}, {"expand": 0}, {"token_budget": 0},
-     {"separator": ""}],
+    [
+        {"strategy": "mcts"},
+        {"value": "vibes"},
+        {"aggregate": "mean"},
+        {"expand": 0},
+        {"token_budget": 0},
+        {"separator": ""},
+    ],
 )
 def test_bad_settings_are_refused(bad):
     with pytest.raises(ValueError, match=next(iter(bad))):
@@ -157,11 +175,20 @@ def test_bad_settings_are_refused(bad):
 
 # The tiny random model often writes "/": steps of a few tokens, some cut by the limit, some ended by eos.
 SETTINGS = SearchSettings(
-    expand=3, beam=2, max_depth=3, max_step_tokens=10, temperature=1.0, separator="/", seed=5, greedy_first=False
+    expand=3,
+    beam=2,
+    max_depth=3,
+    max_step_tokens=10,
+    temperature=1.0,
+    separator="/",
+    seed=5,
+    greedy_first=False,
 )
 
 
-@pytest.mark.parametrize("head", [None, WINDOW_HEAD, TOKENS_HEAD], ids=["last_state", "window", "window_tokens"])
+@pytest.mark.parametrize(
+    "head", [None, WINDOW_HEAD, TOKENS_HEAD], ids=["last_state", "window", "window_tokens"]
+)
 def test_every_step_score_equals_a_forward_over_the_path(tiny_backbone, head):
     generator = tiny_generator(tiny_backbone, head=head, confidence=head is None)
     prompt = "Q: 12+3-4=? A:"
@@ -180,7 +207,9 @@ def test_every_step_score_equals_a_forward_over_the_path(tiny_backbone, head):
 
 def test_steps_end_at_the_separator_and_values_are_untempered_likelihoods(tiny_backbone):
     generator = tiny_generator(tiny_backbone)
-    result = search(CriticStepper(generator), "Q: 1+2=? A:", dataclasses.replace(SETTINGS, value="likelihood"))
+    result = search(
+        CriticStepper(generator), "Q: 1+2=? A:", dataclasses.replace(SETTINGS, value="likelihood")
+    )
     prompt_ids = generator.tokenizer("Q: 1+2=? A:")["input_ids"]
     for node in (n for n in result.root.walk() if n.parent is not None):
         text = generator.tokenizer.decode(node.token_ids, skip_special_tokens=True)
@@ -210,9 +239,13 @@ def test_the_runnable_searches_after_a_prompt_template():
     from autocritic.inference.search_chain import CriticTreeSearch
 
     expander = ScriptedTree(TREE)
-    chain = PromptTemplate.from_template("Question: {q}\n") | CriticTreeSearch(expander=expander, expand=3, beam=1)
+    chain = PromptTemplate.from_template("Question: {q}\n") | CriticTreeSearch(
+        expander=expander, expand=3, beam=1
+    )
     assert (chain | StrOutputParser()).invoke({"q": "what?"}) == "a2\nb1\nAnswer: 2"
-    full = CriticTreeSearch(expander=expander, expand=3, beam=1, value="likelihood", return_result=True).invoke("q")
+    full = CriticTreeSearch(
+        expander=expander, expand=3, beam=1, value="likelihood", return_result=True
+    ).invoke("q")
     assert full.steps == ["a1", "Answer: 1"] and full.sampled_tokens == 3 * 4
     assert CriticTreeSearch(expander=expander, expand=3).batch(["q", "q"]) == ["a2\nb1\nAnswer: 2"] * 2
 
@@ -265,8 +298,17 @@ def test_the_search_suite_runs_on_a_tiny_export_and_draws_its_trees(tiny_export,
     evaluate(compose_eval([f"ckpt={tiny_export}", f"paths.run_dir={run_dir}", "suites=[search]", *sizes]))
     figures = json.loads((run_dir / "results.json").read_text())["suites"]["search"]["figures"]
     methods = figures["methods"]
-    assert set(methods) == {"greedy", "majority", "best_of_n", "step_best_of_n", "likelihood", "pass_at_n", "search_critic",
-                            "search_likelihood", "dfs"}
+    assert set(methods) == {
+        "greedy",
+        "majority",
+        "best_of_n",
+        "step_best_of_n",
+        "likelihood",
+        "pass_at_n",
+        "search_critic",
+        "search_likelihood",
+        "dfs",
+    }
     assert set(methods["search_critic"]) == {"2x1", "2x2"} and set(methods["best_of_n"]) == {"N=1", "N=2"}
     everything = methods["search_critic"]["2x2"]["all"]
     assert everything["problems"] == 6 and everything["tokens"] > 0

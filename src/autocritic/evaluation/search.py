@@ -56,7 +56,9 @@ class Settings:
     max_depth: int = 8
     max_step_tokens: int = 24
     greedy_first: bool = True  # searches: the first of each state's steps is the greedy one
-    outcome_ckpt: str | None = None  # an export of an outcome critic (data=offline-steps-outcome) for best-of-N
+    outcome_ckpt: str | None = (
+        None  # an export of an outcome critic (data=offline-steps-outcome) for best-of-N
+    )
     headline_shape: str = "4x2"
     trees: int = 3  # problems (of the most operations) whose search trees are drawn
 
@@ -64,7 +66,9 @@ class Settings:
         for shape in self.shapes:
             parse_shape(shape)
         if self.headline_shape not in self.shapes:
-            raise ValueError(f"headline_shape={self.headline_shape!r} is not among shapes={list(self.shapes)}")
+            raise ValueError(
+                f"headline_shape={self.headline_shape!r} is not among shapes={list(self.shapes)}"
+            )
         if self.temperature <= 0:
             raise ValueError(f"temperature={self.temperature} must be above 0 (the methods sample)")
         if not 0 <= self.dfs_threshold <= 1:
@@ -72,7 +76,7 @@ class Settings:
 
 
 def parse_shape(shape: str) -> tuple[int, int]:
-    """"4x2" -> expand 4, beam 2."""
+    """ "4x2" -> expand 4, beam 2."""
     try:
         expand, beam = (int(part) for part in str(shape).lower().split("x"))
     except ValueError:
@@ -128,7 +132,9 @@ def sampling_points(
     rng = random.Random(seed)
     for n in ns:
         points = {m: Point([], []) for m in methods}
-        for samples, scores, step_values, ok, said in zip(pools, outcome, by_steps, right, answers, strict=True):
+        for samples, scores, step_values, ok, said in zip(
+            pools, outcome, by_steps, right, answers, strict=True
+        ):
             totals = dict.fromkeys(methods, 0.0)
             tokens = 0.0
             for _ in range(subsets if n < len(samples) else 1):
@@ -179,7 +185,9 @@ def outcome_scorer(ctx: EvalContext, s: Settings):
         outcome = CriticGenerator.from_export(s.outcome_ckpt, device=ctx.generator.device)
         return outcome.score_texts, "outcome critic"
     step = ctx.generator
-    return (lambda prompts, texts: step.score_texts(prompts, [t + STEP_SEPARATOR for t in texts])), "step critic"
+    return (
+        lambda prompts, texts: step.score_texts(prompts, [t + STEP_SEPARATOR for t in texts])
+    ), "step critic"
 
 
 def lowest_step_probabilities(
@@ -189,46 +197,72 @@ def lowest_step_probabilities(
     trained to read it (after the step's separator); each distinct prefix scored once."""
     prefixes = [
         [(prompt, "".join(step + STEP_SEPARATOR for step in steps[: i + 1])) for i in range(len(steps))]
-        for prompt, steps in ((p, [x for x in t.split(STEP_SEPARATOR) if x.strip()]) for p, t in zip(prompts, texts, strict=True))
+        for prompt, steps in (
+            (p, [x for x in t.split(STEP_SEPARATOR) if x.strip()])
+            for p, t in zip(prompts, texts, strict=True)
+        )
     ]
     distinct = list(dict.fromkeys(pair for row in prefixes for pair in row))
-    scores = dict(zip(distinct, generator.score_texts([p for p, _ in distinct], [r for _, r in distinct]), strict=True))
+    scores = dict(
+        zip(distinct, generator.score_texts([p for p, _ in distinct], [r for _, r in distinct]), strict=True)
+    )
     return [min((1 / (1 + math.exp(-scores[pair])) for pair in row), default=0.0) for row in prefixes]
 
 
-def run(ctx: EvalContext, s: Settings) -> SuiteResult:
+def sampling_curves(
+    ctx: EvalContext, s: Settings, problems: Sequence[Problem], prompts: Sequence[str]
+) -> tuple[dict[str, dict[str, Point]], str]:
+    """Greedy, and every method that reranks or votes over N samples, for N in `s.ns`; the outcome scorer's name."""
     generator = ctx.generator
-    if not isinstance(generator, CriticGenerator):
-        raise ValueError("the search suite needs a CriticGenerator (an export): it reads the model's own states")
-    problems = ctx.test_problems(FAMILY, s.n_problems)
-    prompts = [prompt_of(p) for p in problems]
-    levels = sorted({p.level for p in problems})
-    by_level = {level: [i for i, p in enumerate(problems) if p.level == level] for level in levels}
-    longest = levels[-1]
-
     common = dict(max_new_tokens=s.max_new_tokens, stop=STOP, seed=ctx.seed)
     greedy = [row[0] for row in generator.generate(prompts, GenerationSettings(**common))]
     pools = generator.generate(
         prompts,
-        GenerationSettings(**common, do_sample=True, temperature=s.temperature, n=s.n_samples, return_logprobs=True),
+        GenerationSettings(
+            **common, do_sample=True, temperature=s.temperature, n=s.n_samples, return_logprobs=True
+        ),
     )
+    every_prompt = [p for p, row in zip(prompts, pools, strict=True) for _ in row]
+    every_text = [x.text for row in pools for x in row]
     score_outcome, outcome_name = outcome_scorer(ctx, s)
-    flat = score_outcome([p for p, row in zip(prompts, pools, strict=True) for _ in row], [x.text for row in pools for x in row])
-    outcome = [flat[i * s.n_samples : (i + 1) * s.n_samples] for i in range(len(pools))]
-    flat = lowest_step_probabilities(
-        generator, [p for p, row in zip(prompts, pools, strict=True) for _ in row], [x.text for row in pools for x in row]
-    )
-    by_steps = [flat[i * s.n_samples : (i + 1) * s.n_samples] for i in range(len(pools))]
-    right = [[solved(p, x.text) for x in row] for p, row in zip(problems, pools, strict=True)]
-    answers = [[answer_of(p, x.text) if ANSWER_PREFIX in x.text else None for x in row] for p, row in zip(problems, pools, strict=True)]
-    ns = tuple(sorted({n for n in s.ns if n <= s.n_samples} | {s.n_samples}))
-    curves: dict[str, dict[str, Point]] = {
-        "greedy": {"1": Point([float(solved(p, g.text)) for p, g in zip(problems, greedy, strict=True)], [float(sampled_tokens(g)) for g in greedy])}
-    }
-    for method, points in sampling_points(pools, outcome, by_steps, right, answers, ns, s.subsets, ctx.seed).items():
-        curves[method] = {f"N={n}": point for n, point in points.items()}
 
-    stepper = CriticStepper(generator)
+    def per_problem(flat: list[float]) -> list[list[float]]:
+        return [flat[i * s.n_samples : (i + 1) * s.n_samples] for i in range(len(pools))]
+
+    outcome = per_problem(score_outcome(every_prompt, every_text))
+    by_steps = per_problem(lowest_step_probabilities(generator, every_prompt, every_text))
+    right = [[solved(p, x.text) for x in row] for p, row in zip(problems, pools, strict=True)]
+    answers = [
+        [answer_of(p, x.text) if ANSWER_PREFIX in x.text else None for x in row]
+        for p, row in zip(problems, pools, strict=True)
+    ]
+    ns = tuple(sorted({n for n in s.ns if n <= s.n_samples} | {s.n_samples}))
+    greedy_point = Point(
+        [float(solved(p, g.text)) for p, g in zip(problems, greedy, strict=True)],
+        [float(sampled_tokens(g)) for g in greedy],
+    )
+    curves: dict[str, dict[str, Point]] = {"greedy": {"1": greedy_point}}
+    points = sampling_points(pools, outcome, by_steps, right, answers, ns, s.subsets, ctx.seed)
+    for method, by_n in points.items():
+        curves[method] = {f"N={n}": point for n, point in by_n.items()}
+    return curves, outcome_name
+
+
+@dataclass
+class Searched:
+    """The searches' curves, the headline search's steps (critic scores and exact labels) and the trees drawn."""
+
+    curves: dict[str, dict[str, Point]]
+    step_scores: list[float]
+    step_labels: list[bool]
+    drawn: list[tuple[Problem, SearchResult]]
+
+
+def search_curves(
+    ctx: EvalContext, s: Settings, problems: Sequence[Problem], prompts: Sequence[str]
+) -> Searched:
+    """Beam search valued by the step critic and by the likelihood for each shape, and DFS with the step critic."""
+    stepper = CriticStepper(ctx.generator)
     base = SearchSettings(
         max_depth=s.max_depth,
         max_step_tokens=s.max_step_tokens,
@@ -236,11 +270,10 @@ def run(ctx: EvalContext, s: Settings) -> SuiteResult:
         greedy_first=s.greedy_first,
         seed=ctx.seed,
     )
-    step_scores: list[float] = []
-    step_labels: list[bool] = []
-    drawn: list[tuple[Problem, SearchResult]] = []
-    runs = [(value, shape) for value in ("critic", "likelihood") for shape in s.shapes] + [("dfs", f"{s.dfs_expand}")]
-    for value, shape in runs:
+    longest = max(p.level for p in problems)
+    out = Searched({}, [], [], [])
+    runs = [(value, shape) for value in ("critic", "likelihood") for shape in s.shapes]
+    for value, shape in [*runs, ("dfs", f"{s.dfs_expand}")]:
         if value == "dfs":
             settings = replace(base, strategy="dfs", expand=s.dfs_expand, threshold=s.dfs_threshold)
         else:
@@ -252,18 +285,38 @@ def run(ctx: EvalContext, s: Settings) -> SuiteResult:
             point.success.append(float(result.finished and solved(problem, result.response())))
             point.tokens.append(float(result.sampled_tokens))
             if value == "critic" and shape == s.headline_shape:
-                labels = [chain_step_labels(problem, node.steps)[-1] for node in result.root.walk() if node.parent]
-                step_scores += [node.score for node in result.root.walk() if node.parent]
-                step_labels += labels
+                nodes = [node for node in result.root.walk() if node.parent is not None]
+                labels = [chain_step_labels(problem, node.steps)[-1] for node in nodes]
+                out.step_scores += [node.score for node in nodes]
+                out.step_labels += labels
                 # the trees worth a look: the longest problems, where the search met a wrong step
-                if problem.level == longest and len(drawn) < s.trees and not all(labels):
-                    drawn.append((problem, result))
-        name = "dfs" if value == "dfs" else f"search_{value}"
-        curves.setdefault(name, {})[shape] = point
+                if problem.level == longest and len(out.drawn) < s.trees and not all(labels):
+                    out.drawn.append((problem, result))
+        out.curves.setdefault("dfs" if value == "dfs" else f"search_{value}", {})[shape] = point
+    return out
+
+
+def run(ctx: EvalContext, s: Settings) -> SuiteResult:
+    if not isinstance(ctx.generator, CriticGenerator):
+        raise ValueError(
+            "the search suite needs a CriticGenerator (an export): it reads the model's own states"
+        )
+    problems = ctx.test_problems(FAMILY, s.n_problems)
+    prompts = [prompt_of(p) for p in problems]
+    levels = sorted({p.level for p in problems})
+    by_level = {level: [i for i, p in enumerate(problems) if p.level == level] for level in levels}
+    longest = levels[-1]
+    curves, outcome_name = sampling_curves(ctx, s, problems, prompts)
+    searched = search_curves(ctx, s, problems, prompts)
+    curves |= searched.curves
+    step_scores, step_labels, drawn = searched.step_scores, searched.step_labels, searched.drawn
 
     groups = {"all": None} | {f"{level} operations": rows for level, rows in by_level.items()}
     summary = {
-        method: {label: {group: point.summary(rows) for group, rows in groups.items()} for label, point in points.items()}
+        method: {
+            label: {group: point.summary(rows) for group, rows in groups.items()}
+            for label, point in points.items()
+        }
         for method, points in curves.items()
     }
     comparisons = compare(summary, s, groups)
@@ -285,10 +338,23 @@ def run(ctx: EvalContext, s: Settings) -> SuiteResult:
     if ctx.out_dir is not None:
         plot_files.append(plots.search_curves_plot(ctx.plot_path("search.png"), summary, list(groups)))
         for i, (problem, result) in enumerate(drawn):
-            labels = {id(n): chain_step_labels(problem, n.steps)[-1] for n in result.root.walk() if n.parent is not None}
+            labels = {
+                id(n): chain_step_labels(problem, n.steps)[-1]
+                for n in result.root.walk()
+                if n.parent is not None
+            }
             path = ctx.plot_path(f"search_tree_{i + 1}.png")
-            plot_files.append(plots.search_tree_plot(path, result, labels, f"{problem.question} = {problem.answer}"))
-    return SuiteResult("search", figures, tables_of(summary, comparisons, figures, s, groups), plot_files, headline_of(figures, s, longest), notes=trees_text(drawn))
+            plot_files.append(
+                plots.search_tree_plot(path, result, labels, f"{problem.question} = {problem.answer}")
+            )
+    return SuiteResult(
+        "search",
+        figures,
+        tables_of(summary, comparisons, figures, s, groups),
+        plot_files,
+        headline_of(figures, s, longest),
+        notes=trees_text(drawn),
+    )
 
 
 def compare(summary: dict, s: Settings, groups: dict) -> dict:
@@ -311,7 +377,9 @@ def compare(summary: dict, s: Settings, groups: dict) -> dict:
                 "best_of_n_at_tokens": best_of_n,
                 "best_of_n_extrapolated": outside,
                 "points_over_best_of_n": 100 * (found["success"] - best_of_n),
-                "points_over_likelihood_search": 100 * (found["success"] - likelihood) if likelihood is not None else None,
+                "points_over_likelihood_search": 100 * (found["success"] - likelihood)
+                if likelihood is not None
+                else None,
             }
     return out
 
@@ -346,19 +414,45 @@ def tables_of(summary: dict, comparisons: dict, figures: dict, s: Settings, grou
         )
     ]
     compare_rows = [
-        [shape, group, c["search"], c["greedy"], c["times_greedy"], c["best_of_n_at_tokens"], c["points_over_best_of_n"], c["points_over_likelihood_search"], c["tokens"]]
+        [
+            shape,
+            group,
+            c["search"],
+            c["greedy"],
+            c["times_greedy"],
+            c["best_of_n_at_tokens"],
+            c["points_over_best_of_n"],
+            c["points_over_likelihood_search"],
+            c["tokens"],
+        ]
         for shape, by_group in comparisons.items()
         for group, c in by_group.items()
     ]
     tables.append(
         Table(
             "Beam search with the step critic against greedy and best-of-N at the same sampled tokens",
-            ["shape", "problems", "search", "greedy", "× greedy", "best-of-N at its tokens", "points over best-of-N", "points over likelihood search", "tokens"],
+            [
+                "shape",
+                "problems",
+                "search",
+                "greedy",
+                "× greedy",
+                "best-of-N at its tokens",
+                "points over best-of-N",
+                "points over likelihood search",
+                "tokens",
+            ],
             compare_rows,
         )
     )
     step = figures["step_critic"]
-    tables.append(Table("Step critic on the steps the search wrote (exact labels)", ["AUROC", "steps", "fraction right"], [[step["auroc"], step["steps"], step["right_fraction"]]]))
+    tables.append(
+        Table(
+            "Step critic on the steps the search wrote (exact labels)",
+            ["AUROC", "steps", "fraction right"],
+            [[step["auroc"], step["steps"], step["right_fraction"]]],
+        )
+    )
     return tables
 
 
@@ -389,6 +483,8 @@ def trees_text(drawn: Sequence[tuple[Problem, SearchResult]]) -> list[str]:
                 continue
             right = chain_step_labels(problem, node.steps)[-1]
             mark = ">>" if id(node) in chosen else ("* " if node.kept else ("x " if node.pruned else "  "))
-            lines.append(f"{'  ' * (node.depth - 1)}{mark} {node.step!r} value {node.value:.2f} {'right' if right else 'wrong'}")
+            lines.append(
+                f"{'  ' * (node.depth - 1)}{mark} {node.step!r} value {node.value:.2f} {'right' if right else 'wrong'}"
+            )
         notes.append("\n".join(lines + ["```"]))
     return notes

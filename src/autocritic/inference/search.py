@@ -45,7 +45,9 @@ class SearchSettings:
     max_step_tokens: int = 24
     token_budget: int | None = None  # sampled tokens; no expansion starts once spent
     temperature: float = 0.8
-    greedy_first: bool = True  # the first of each state's `expand` steps is the greedy one, the others sampled
+    greedy_first: bool = (
+        True  # the first of each state's `expand` steps is the greedy one, the others sampled
+    )
     threshold: float = 0.5  # dfs: children valued below are pruned
     separator: str = "\n"
     final_prefix: str = "Answer:"
@@ -57,7 +59,9 @@ class SearchSettings:
         if self.value not in VALUES:
             raise ValueError(f"search value must be one of {', '.join(VALUES)}; got {self.value!r}")
         if self.aggregate not in AGGREGATES:
-            raise ValueError(f"search aggregate must be one of {', '.join(AGGREGATES)}; got {self.aggregate!r}")
+            raise ValueError(
+                f"search aggregate must be one of {', '.join(AGGREGATES)}; got {self.aggregate!r}"
+            )
         for name in ("expand", "beam", "max_depth", "max_step_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"search {name} must be at least 1, got {getattr(self, name)}")
@@ -80,7 +84,9 @@ class Expansion:
     final: bool  # the path ends here
     finish: str = "step"  # step | answer | eos | length
     state: Any = None
-    token_ids: list[int] = field(default_factory=list)  # the step's sampled tokens (an expander may leave it empty)
+    token_ids: list[int] = field(
+        default_factory=list
+    )  # the step's sampled tokens (an expander may leave it empty)
 
 
 class StepExpander(Protocol):

@@ -56,7 +56,9 @@ class CriticTreeSearch(RunnableSerializable[Any, Any]):
     def model_post_init(self, context: Any) -> None:
         self.settings()  # bad settings fail when built, not at the first call
         if self.model is None and self.generator is None and self.expander is None:
-            raise ConfigError("CriticTreeSearch needs model= (an export of a step critic), generator= or expander=.")
+            raise ConfigError(
+                "CriticTreeSearch needs model= (an export of a step critic), generator= or expander=."
+            )
         if self.model is not None:
             check_model(self.model)
 

@@ -32,7 +32,9 @@ class PathState:
     ids: list[int]  # prompt + response tokens, all fed
     keys: list[torch.Tensor]  # per layer (1, kv heads, len(ids), head dim)
     values: list[torch.Tensor]
-    window_states: torch.Tensor  # (window, H): the final states of the path's last tokens, left-padded with zeros
+    window_states: (
+        torch.Tensor
+    )  # (window, H): the final states of the path's last tokens, left-padded with zeros
     window_mask: torch.Tensor  # (window,) bool: False on the padding
     window_ids: torch.Tensor  # (window,): the ids of those tokens
     next_logits: torch.Tensor  # (V,): the distribution of the next token
@@ -125,7 +127,9 @@ class CriticStepper:
         """One step for each row, all rows in one batch, one token per forward, until every row has fed the token
         that ends its step (or `max_step_tokens`)."""
         count, steps = len(rows), settings.max_step_tokens
-        ends = _tokens_ending_steps(self.generator.tokenizer, settings.separator, self.vocab_size).to(self.device)
+        ends = _tokens_ending_steps(self.generator.tokenizer, settings.separator, self.vocab_size).to(
+            self.device
+        )
         is_eos = torch.zeros(self.vocab_size, dtype=torch.bool, device=self.device)
         is_eos[[i for i in self.generator.eos_ids if i < self.vocab_size]] = True
         ends = ends | is_eos
@@ -133,13 +137,19 @@ class CriticStepper:
         longest = int(lengths.max())
         cache = DynamicCache(config=self.backbone.config)
         for layer in range(len(rows[0].keys)):
-            cache.update(_left_padded(rows, "keys", layer, longest), _left_padded(rows, "values", layer, longest), layer)
+            cache.update(
+                _left_padded(rows, "keys", layer, longest),
+                _left_padded(rows, "values", layer, longest),
+                layer,
+            )
         padded = bool((lengths < longest).any())
         # Rows of one length need no mask (the causal fast path); rows after shorter parents mask their left padding.
         mask = None
         if padded:
             mask = torch.ones(count, longest + steps, dtype=torch.long, device=self.device)
-            mask[:, :longest] = torch.arange(longest, device=self.device)[None] >= (longest - lengths)[:, None]
+            mask[:, :longest] = (
+                torch.arange(longest, device=self.device)[None] >= (longest - lengths)[:, None]
+            )
         out = _Sampled(
             tokens=torch.full((count, steps), self.generator.pad_id, dtype=torch.long, device=self.device),
             logprobs=torch.zeros(count, steps, device=self.device),
@@ -157,7 +167,9 @@ class CriticStepper:
             greedy[:: settings.expand] = True
         with _lock_of(self.model):
             for t in range(steps):
-                token = torch.where(greedy, logits.argmax(-1), _sample(logits, settings.temperature, self.rng))
+                token = torch.where(
+                    greedy, logits.argmax(-1), _sample(logits, settings.temperature, self.rng)
+                )
                 token = torch.where(alive, token, self.generator.pad_id)
                 out.tokens[:, t] = token
                 out.logprobs[:, t] = logits.log_softmax(-1).gather(-1, token[:, None])[:, 0]
@@ -181,31 +193,52 @@ class CriticStepper:
         return out
 
     def _expansions(
-        self, states: Sequence[PathState], k: int, rows: list[PathState], sampled: _Sampled, settings: SearchSettings
+        self,
+        states: Sequence[PathState],
+        k: int,
+        rows: list[PathState],
+        sampled: _Sampled,
+        settings: SearchSettings,
     ) -> list[list[Expansion]]:
         tokens, logprobs, hidden, fed, cache, longest = (
-            sampled.tokens, sampled.logprobs, sampled.hidden, sampled.fed, sampled.cache, sampled.longest
+            sampled.tokens,
+            sampled.logprobs,
+            sampled.hidden,
+            sampled.fed,
+            sampled.cache,
+            sampled.longest,
         )
         ended_by_eos, cut, last_logits = sampled.by_eos, sampled.cut, sampled.next_logits
         count, steps = tokens.shape
         texts = self.generator._batch_decode([tokens[r, : fed[r]].tolist() for r in range(count)])
         # Each row's parent window, then its step: a window ending at a token of the step reads both.
-        window = torch.cat([torch.stack([r.window_states for r in rows]), hidden.to(rows[0].window_states.dtype)], 1)
-        mask = torch.cat([torch.stack([r.window_mask for r in rows]), tokens.new_ones(count, steps, dtype=torch.bool)], 1)
+        window = torch.cat(
+            [torch.stack([r.window_states for r in rows]), hidden.to(rows[0].window_states.dtype)], 1
+        )
+        mask = torch.cat(
+            [torch.stack([r.window_mask for r in rows]), tokens.new_ones(count, steps, dtype=torch.bool)], 1
+        )
         ids = torch.cat([torch.stack([r.window_ids for r in rows]), tokens], 1)
         # eos is not part of the response the critic was trained on: the score reads the token before it
         scored = fed - ended_by_eos.long()
         read = gather_windows(window, mask, torch.stack([scored, fed], 1) + self.window - 1, self.window, ids)
         taken = torch.arange(steps, device=self.device)[None] < scored[:, None]
-        sums = torch.tensor([r.logprob_sum for r in rows], device=self.device) + torch.where(taken, logprobs, 0.0).sum(1)
+        sums = torch.tensor([r.logprob_sum for r in rows], device=self.device) + torch.where(
+            taken, logprobs, 0.0
+        ).sum(1)
         seen = torch.tensor([r.logprob_count for r in rows], device=self.device) + scored
-        lows = torch.tensor([r.logprob_min if r.logprob_count else float("inf") for r in rows], device=self.device)
+        lows = torch.tensor(
+            [r.logprob_min if r.logprob_count else float("inf") for r in rows], device=self.device
+        )
         lows = torch.minimum(lows, torch.where(taken, logprobs, float("inf")).min(1).values)
         lows = torch.where(seen > 0, lows, 0.0)
         means = torch.where(seen > 0, sums / seen.clamp(min=1), 0.0)
         confidence = torch.stack([means, lows], 1)[:, None] if self.model.reads_confidence else None
         scores = self.model.score_at(
-            read[0][:, 0], read[1][:, 0], torch.full((count, 1), self.window - 1, device=self.device), confidence,
+            read[0][:, 0],
+            read[1][:, 0],
+            torch.full((count, 1), self.window - 1, device=self.device),
+            confidence,
             tokens=read[2][:, 0],
         )[:, 0].tolist()
         child_states, child_mask, child_ids = read[0][:, 1], read[1][:, 1], read[2][:, 1]
@@ -260,7 +293,10 @@ def _left_padded(rows: Sequence[PathState], which: str, layer: int, longest: int
     """One layer's keys or values of every row, left-padded with zeros to `longest` (the mask hides the padding)."""
     tensors = [getattr(row, which)[layer] for row in rows]
     return torch.cat(
-        [torch.nn.functional.pad(t, (0, 0, longest - t.shape[2], 0)) if t.shape[2] < longest else t for t in tensors]
+        [
+            torch.nn.functional.pad(t, (0, 0, longest - t.shape[2], 0)) if t.shape[2] < longest else t
+            for t in tensors
+        ]
     )
 
 
