@@ -120,12 +120,12 @@ class CriticStepper:
     @torch.no_grad()
     def expand(self, states: Sequence[PathState], k: int, settings: SearchSettings) -> list[list[Expansion]]:
         rows = [state for state in states for _ in range(k)]
-        sampled = self._sample_steps(rows, settings)
+        sampled = self._sample_steps(rows, k, settings)
         return self._expansions(states, k, rows, sampled, settings)
 
-    def _sample_steps(self, rows: list[PathState], settings: SearchSettings) -> _Sampled:
-        """One step for each row, all rows in one batch, one token per forward, until every row has fed the token
-        that ends its step (or `max_step_tokens`)."""
+    def _sample_steps(self, rows: list[PathState], k: int, settings: SearchSettings) -> _Sampled:
+        """One step for each row (`k` rows per state), all rows in one batch, one token per forward, until every
+        row has fed the token that ends its step (or `max_step_tokens`)."""
         count, steps = len(rows), settings.max_step_tokens
         ends = _tokens_ending_steps(self.generator.tokenizer, settings.separator, self.vocab_size).to(
             self.device
@@ -164,7 +164,7 @@ class CriticStepper:
         logits, alive = out.next_logits.clone(), out.cut
         greedy = torch.zeros(count, dtype=torch.bool, device=self.device)
         if settings.greedy_first:
-            greedy[:: settings.expand] = True
+            greedy[::k] = True  # the first row of each state
         with _lock_of(self.model):
             for t in range(steps):
                 token = torch.where(
