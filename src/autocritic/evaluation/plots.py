@@ -171,10 +171,7 @@ def search_tree_plot(path: Path, result, right: Mapping[int, bool], title: str) 
     is not; kept states outlined, pruned ones faded, the chosen path drawn thick. Siblings that wrote the same step
     are one box marked "xN"."""
     plt = _pyplot()
-    chosen, node = set(), result.best
-    while node is not None:
-        chosen.add(id(node))
-        node = node.parent
+    chosen = {id(node) for node in result.best.path()} | {id(result.root)}
     y: dict[int, float] = {}
     boxes: list[tuple] = []  # (node, count)
     edges: list[tuple] = []  # (parent, node)

@@ -26,14 +26,18 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
+from autocritic.data.stepwise import step_prefix
 from autocritic.evaluation import plots
 from autocritic.evaluation.context import EvalContext
-from autocritic.evaluation.metrics import auroc, ci95, with_ci
+from autocritic.evaluation.metrics import auroc, ci95, sigmoid, with_ci
 from autocritic.evaluation.report import SuiteResult, Table
+from autocritic.evaluation.rerank import mean_logprob
 from autocritic.formats import ANSWER_PREFIX, STEP_SEPARATOR
 from autocritic.inference.generation import CriticGenerator, GenerationSettings, Sample
+from autocritic.inference.rerank import majority_vote
 from autocritic.inference.search import SearchResult, SearchSettings, search
 from autocritic.inference.stepper import CriticStepper
+from autocritic.labelling.steps import split_steps
 from autocritic.offline.labelling import answer_of, is_right
 from autocritic.offline.steps import chain_step_labels
 from autocritic.offline.tasks import Problem, prompt_of
@@ -140,13 +144,8 @@ def sampling_points(
             for _ in range(subsets if n < len(samples) else 1):
                 subset = rng.sample(range(len(samples)), n)
                 tokens += sum(sampled_tokens(samples[i]) for i in subset)
-                votes: dict[str, int] = {}
-                for i in subset:
-                    if said[i] is not None:
-                        votes[said[i]] = votes.get(said[i], 0) + 1
-                top = max(votes.values(), default=0)
-                winner = next((i for i in subset if said[i] is not None and votes[said[i]] == top), None)
-                totals["majority"] += winner is not None and ok[winner]
+                winner = majority_vote([said[i] for i in subset])
+                totals["majority"] += winner is not None and ok[next(i for i in subset if said[i] == winner)]
                 totals["best_of_n"] += ok[max(subset, key=lambda i: scores[i])]
                 totals["step_best_of_n"] += ok[max(subset, key=lambda i: step_values[i])]
                 totals["likelihood"] += ok[max(subset, key=lambda i: mean_logprob(samples[i]))]
@@ -158,10 +157,6 @@ def sampling_points(
         for m in methods:
             out[m][n] = points[m]
     return out
-
-
-def mean_logprob(sample: Sample) -> float:
-    return sum(sample.logprobs) / len(sample.logprobs) if sample.logprobs else float("-inf")
 
 
 def at_tokens(curve: Sequence[tuple[float, float]], tokens: float) -> tuple[float, bool]:
@@ -195,18 +190,17 @@ def lowest_step_probabilities(
 ) -> list[float]:
     """Each text's lowest step probability under the step critic, every step prefix read where the critic was
     trained to read it (after the step's separator); each distinct prefix scored once."""
-    prefixes = [
-        [(prompt, "".join(step + STEP_SEPARATOR for step in steps[: i + 1])) for i in range(len(steps))]
-        for prompt, steps in (
-            (p, [x for x in t.split(STEP_SEPARATOR) if x.strip()])
-            for p, t in zip(prompts, texts, strict=True)
+    prefixes = []
+    for prompt, text in zip(prompts, texts, strict=True):
+        steps = split_steps(text, STEP_SEPARATOR)
+        prefixes.append(
+            [(prompt, step_prefix(steps, count, STEP_SEPARATOR)) for count in range(1, len(steps) + 1)]
         )
-    ]
     distinct = list(dict.fromkeys(pair for row in prefixes for pair in row))
     scores = dict(
         zip(distinct, generator.score_texts([p for p, _ in distinct], [r for _, r in distinct]), strict=True)
     )
-    return [min((1 / (1 + math.exp(-scores[pair])) for pair in row), default=0.0) for row in prefixes]
+    return [min((sigmoid(scores[pair]) for pair in row), default=0.0) for row in prefixes]
 
 
 def sampling_curves(
@@ -472,11 +466,7 @@ def trees_text(drawn: Sequence[tuple[Problem, SearchResult]]) -> list[str]:
     """The drawn trees as indented text for the report: value, kept (*) or pruned (x), the chosen path (>>)."""
     notes = []
     for problem, result in drawn:
-        chosen = set()
-        node = result.best
-        while node is not None:
-            chosen.add(id(node))
-            node = node.parent
+        chosen = {id(node) for node in result.best.path()}
         lines = [f"Search tree for {problem.question} (answer {problem.answer}):", "```"]
         for node in result.root.walk():
             if node.parent is None:

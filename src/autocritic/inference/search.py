@@ -114,23 +114,23 @@ class Node:
     pruned: bool = False  # dfs: below the threshold
     state: Any = field(default=None, repr=False)
 
-    @property
-    def steps(self) -> list[str]:
-        """The path's steps from the first one to this node's."""
+    def path(self) -> list[Node]:
+        """The nodes from the first step to this one (the root, which holds no step, excluded)."""
         node, out = self, []
         while node is not None and node.parent is not None:
-            out.append(node.step)
+            out.append(node)
             node = node.parent
         return out[::-1]
 
     @property
+    def steps(self) -> list[str]:
+        """The path's steps from the first one to this node's."""
+        return [node.step for node in self.path()]
+
+    @property
     def path_token_ids(self) -> list[int]:
         """The sampled tokens of the whole path (the prompt's excluded)."""
-        node, out = self, []
-        while node is not None and node.parent is not None:
-            out.append(node.token_ids)
-            node = node.parent
-        return [token for ids in reversed(out) for token in ids]
+        return [token for node in self.path() for token in node.token_ids]
 
     def walk(self) -> Iterator[Node]:
         yield self
