@@ -309,31 +309,31 @@ class CriticDataModule(L.LightningDataModule):
         chat_tokenizer = self.tokenizer if self.settings.chat_template == "auto" else None
         for split, rows in self.prepare_rows().items():
             texts = [text_row(r, chat_tokenizer) for r in rows]
-            self.check_conversations_fit(rows, texts)
-            self.encoded[split] = self.encode_rows(texts, split)
+            self.encoded[split], lengths = self.encode_rows(texts, split)
+            self.check_conversations_fit(rows, lengths)
         if self.settings.replay_files:
             documents = read_replay_files(as_list(self.settings.replay_files))
             self.replay = encode_documents(documents, self.tokenizer, self.settings.max_length)
             self.stats["data/replay_documents"] = len(self.replay)
 
-    def check_conversations_fit(self, rows: list[dict], texts: list[dict]) -> None:
+    def check_conversations_fit(self, rows: list[dict], lengths: list[dict[str, int]]) -> None:
         """A conversation longer than data.max_length is refused (a text row keeps its end): cutting its start
-        would drop the system message and the first turns, which is another conversation."""
-        for row, text in zip(rows, texts, strict=True):
+        would drop the system message and the first turns, which is another conversation. `lengths`: each row's
+        token count per answer field, before any cut (`encode_rows`)."""
+        for row, row_lengths in zip(rows, lengths, strict=True):
             if not isinstance(row["prompt"], Conversation):
                 continue
-            for answer in ANSWER_FIELDS:
-                if answer in text:
-                    length = len(self.tokenizer(self.template.render(text["prompt"], text[answer]))["input_ids"])
-                    if length > self.settings.max_length:
-                        raise DataError(
-                            f"{row['prompt'].where}: the conversation ({answer}) is {length} tokens, longer than "
-                            f"data.max_length={self.settings.max_length}. Raise data.max_length or shorten it."
-                        )
+            for answer, length in row_lengths.items():
+                if length > self.settings.max_length:
+                    raise DataError(
+                        f"{row['prompt'].where}: the conversation ({answer}) is {length} tokens, longer than "
+                        f"data.max_length={self.settings.max_length}. Raise data.max_length or shorten it."
+                    )
 
     # ---- tokenization ----
-    def encode_texts(self, pairs: list[tuple[str, str]]) -> list[tuple[list[int], int, bool]]:
-        """Token ids of each prompt+response (keeping the end when too long), prompt length, truncated?
+    def encode_texts(self, pairs: list[tuple[str, str]]) -> list[tuple[list[int], int, int]]:
+        """Token ids of each prompt+response (keeping the end when too long), prompt length, and the length
+        before any cut.
 
         One batched tokenizer call for all texts; each distinct prompt is tokenized once (self-generated data
         repeats every prompt K times)."""
@@ -344,34 +344,36 @@ class CriticDataModule(L.LightningDataModule):
         out = []
         for ids, rendered in zip(self.tokenizer(texts)["input_ids"] if texts else [], prompts, strict=True):
             cut = max(0, len(ids) - self.settings.max_length)
-            out.append((ids[cut:], max(0, prompt_lens[rendered] - cut), cut > 0))
+            out.append((ids[cut:], max(0, prompt_lens[rendered] - cut), len(ids)))
         return out
 
-    def encode_rows(self, rows: list[dict], split: str) -> list[dict]:
+    def encode_rows(self, rows: list[dict], split: str) -> tuple[list[dict], list[dict[str, int]]]:
         """Items {"ids", "prompt_len", "target"}, and for pointwise and scalar rows "group": the number of the row's
-        prompt in the split, for the metrics over the answers to one prompt (within-problem AUROC)."""
-        items, truncated = [], 0
+        prompt in the split, for the metrics over the answers to one prompt (within-problem AUROC); and each row's
+        token count per answer field before any cut."""
+        items, lengths = [], []
         groups: dict[str, int] = {}
+        limit = self.settings.max_length
         if self.pairwise:
             encoded = self.encode_texts([(r["prompt"], r[k]) for r in rows for k in ("chosen", "rejected")])
-            for (chosen, chosen_len, cut_c), (rejected, rejected_len, cut_r) in zip(
+            for (chosen, chosen_len, full_c), (rejected, rejected_len, full_r) in zip(
                 encoded[0::2], encoded[1::2], strict=True
             ):
                 items.append({"ids": [chosen, rejected], "prompt_len": [chosen_len, rejected_len], "target": 1.0})
-                truncated += cut_c or cut_r
+                lengths.append({"chosen": full_c, "rejected": full_r})
         else:
             key = "score" if self.settings.schema == "scalar" else "label"
             encoded = self.encode_texts([(r["prompt"], r["response"]) for r in rows])
-            for row, (ids, prompt_len, cut) in zip(rows, encoded, strict=True):
+            for row, (ids, prompt_len, full) in zip(rows, encoded, strict=True):
                 group = groups.setdefault(row["prompt"], len(groups))
                 items.append({"ids": [ids], "prompt_len": [prompt_len], "target": row[key], "group": group})
-                truncated += cut
+                lengths.append({"response": full})
         self.stats[f"data/{split}_examples"] = len(items)
         if self.settings.schema == "stepwise":  # each example is one step; step 1 starts a solution
             self.stats[f"data/{split}_solutions"] = sum(row["step"] == 1 for row in rows)
             self.stats[f"data/{split}_steps"] = len(items)
-        self.stats[f"data/{split}_truncated"] = truncated
-        return items
+        self.stats[f"data/{split}_truncated"] = sum(max(row.values()) > limit for row in lengths)
+        return items, lengths
 
     def collate_tokens(self, batch: list[dict]) -> dict[str, torch.Tensor]:
         # Pairwise: all chosen rows, then all rejected rows.
