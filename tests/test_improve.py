@@ -233,3 +233,40 @@ def test_round_zero_defaults_to_the_latest_transfer_export(tiny_export, tmp_path
     shutil.copytree(tiny_export, tmp_path / "transfer" / "run1" / "export")
     cfg = compose_train(["phase=improve", f"paths.outputs={tmp_path}"])
     assert latest_transfer_export(cfg) == tmp_path / "transfer" / "run1" / "export"
+
+
+def write_run(run_dir: Path, filter_name: str, greedy: list[float], threshold: float | None = 0.2) -> Path:
+    run_dir.mkdir(parents=True)
+    rounds = [{"round": r, "metrics": {"greedy_accuracy": g, "pass@8": 0.5}} for r, g in enumerate(greedy)]
+    settings = {"filter": filter_name, "threshold": threshold}
+    (run_dir / ROUNDS).write_text(json.dumps({"settings": settings, "rounds": rounds}))
+    return run_dir
+
+
+def test_compare_tables_and_plots_each_run_by_its_filter(tmp_path):
+    from autocritic.improve.compare import compare, main
+
+    critic = write_run(tmp_path / "a", "critic", [0.2, 0.25, 0.3])
+    oracle = write_run(tmp_path / "b", "oracle", [0.2, 0.3], threshold=None)
+    again = write_run(tmp_path / "c", "critic", [0.2, 0.22, 0.24])
+    out = tmp_path / "filters.png"
+    table = compare([critic, oracle, again], "greedy_accuracy", out)
+    assert table.splitlines()[0] == "| filter | round 0 | round 1 | round 2 |"
+    assert "| critic (0.2) | 0.200 | 0.250 | 0.300 |" in table
+    assert "| oracle | 0.200 | 0.300 | — |" in table  # a shorter run leaves its later rounds empty
+    assert "| critic (0.2) #2 | 0.200 | 0.220 | 0.240 |" in table
+    assert out.stat().st_size > 1000
+    assert main([str(critic), str(tmp_path / "missing")]) == 2
+    assert main([str(critic), "--metric", "nope"]) == 2
+
+
+def test_compare_names_a_missing_metric_and_a_damaged_file(tmp_path):
+    from autocritic.errors import AutocriticError, CheckpointError
+    from autocritic.improve.compare import compare
+
+    run = write_run(tmp_path / "a", "critic", [0.2])
+    with pytest.raises(AutocriticError, match="'pass@16'.*its metrics: greedy_accuracy, pass@8"):
+        compare([run], "pass@16", None)
+    (run / ROUNDS).write_text("{not json")
+    with pytest.raises(CheckpointError, match="is damaged"):
+        compare([run], "greedy_accuracy", None)
