@@ -36,7 +36,7 @@ class NothingKept(AutocriticError):
 @dataclass(frozen=True)
 class LoopSettings:
     rounds: int = 3
-    samples: int = 8  # K answers per improving problem
+    samples: int = 16  # K answers per improving problem
     filter: str = "critic"
     keep: int = 1  # distinct answers kept per problem (critic, likelihood, oracle)
     threshold: float | None = None  # critic / likelihood: the least probability a kept answer has

@@ -38,7 +38,7 @@ from autocritic.offline.tasks import Problem, few_shot_prompts, make_splits
 @dataclass(frozen=True)
 class ProblemSettings:
     seed: int = 7  # of the improving and labelled sets (the critic data uses offline.generate.seed)
-    improving: int = 3000
+    improving: int = 10000
     labelled: int = 300
     val_fraction: float = 0.2  # of the labelled problems: the critic refresh's validation rows
     held_out: int = 1000
