@@ -39,7 +39,7 @@ from autocritic.offline.tasks import Problem, few_shot_prompts, make_splits
 class ProblemSettings:
     seed: int = 7  # of the improving and labelled sets (the critic data uses offline.generate.seed)
     improving: int = 10000
-    labelled: int = 300
+    labelled: int = 2000
     val_fraction: float = 0.2  # of the labelled problems: the critic refresh's validation rows
     held_out: int = 1000
     held_out_seed: int = 0  # offline.generate.seed: the rerank suite's test problems
