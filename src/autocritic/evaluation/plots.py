@@ -122,6 +122,8 @@ def lines_plot(
         if points:
             style = "--" if name in dashed else "-"
             ax.plot(*zip(*points, strict=True), marker="o", linestyle=style, label=name)
+    if xs and all(isinstance(x, int) for x in xs):  # rounds, counts: no 0.5 ticks
+        ax.set_xticks(sorted(set(xs)))
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
