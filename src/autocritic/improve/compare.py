@@ -7,26 +7,21 @@ held-out metric by round, and the same figures as a Markdown table.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 from autocritic.errors import AutocriticError, CheckpointError
 from autocritic.evaluation.plots import lines_plot
-from autocritic.improve.loop import ROUNDS
+from autocritic.improve.loop import ROUNDS, read_run_file
 
 
 def read_run(run_dir: Path) -> tuple[str, list[dict]]:
     """(the run's label: its filter and threshold, its rounds) of one improve run directory."""
-    path = Path(run_dir) / ROUNDS
-    if not path.is_file():
+    if not (Path(run_dir) / ROUNDS).is_file():
         raise CheckpointError(f"{run_dir} is not an improve run directory ({ROUNDS} is missing): pass <run dir> of phase=improve.")
-    try:
-        data = json.loads(path.read_text())
-        settings, rounds = data.get("settings", {}), data["rounds"]
-    except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as error:
-        raise CheckpointError(f"{path} is damaged ({error}).") from None
-    label = f"{settings.get('filter', '?')}"
+    run = read_run_file(run_dir, hint=".")
+    settings, rounds = run["settings"], run["rounds"]
+    label = str(settings.get("filter", "?"))
     if settings.get("threshold") is not None and settings.get("filter") in ("critic", "likelihood"):
         label += f" ({settings['threshold']})"
     return label, rounds

@@ -70,14 +70,21 @@ def round_dir(run_dir: Path, index: int) -> Path:
     return Path(run_dir) / f"round_{index}"
 
 
-def read_rounds(run_dir: Path) -> list[dict]:
+def read_run_file(run_dir: Path, hint: str = ": start a new run instead of resuming this one.") -> dict:
+    """A run's rounds.json as {"settings": ..., "rounds": [...]}; empty ones when it has none yet. A damaged file
+    is a CheckpointError naming it, followed by `hint`."""
     path = Path(run_dir) / ROUNDS
     if not path.is_file():
-        return []
+        return {"settings": {}, "rounds": []}
     try:
-        return json.loads(path.read_text())["rounds"]
-    except (json.JSONDecodeError, KeyError, TypeError) as error:
-        raise CheckpointError(f"{path} is damaged ({error}): start a new run instead of resuming this one.") from None
+        data = json.loads(path.read_text())
+        return {"settings": dict(data.get("settings") or {}), "rounds": list(data["rounds"])}
+    except (json.JSONDecodeError, KeyError, TypeError, AttributeError, ValueError) as error:
+        raise CheckpointError(f"{path} is damaged ({error}){hint}") from None
+
+
+def read_rounds(run_dir: Path) -> list[dict]:
+    return read_run_file(run_dir)["rounds"]
 
 
 def write_rounds(run_dir: Path, settings: LoopSettings, rounds: Sequence[dict]) -> None:
@@ -90,8 +97,7 @@ def write_rounds(run_dir: Path, settings: LoopSettings, rounds: Sequence[dict]) 
 def check_same_filter(run_dir: Path, settings: LoopSettings) -> None:
     """A resumed run keeps its filter (another would mix two runs in one table); rounds, threshold, keep and the
     rest may change (a round that kept nothing is resumed with a lower threshold)."""
-    path = Path(run_dir) / ROUNDS
-    before = json.loads(path.read_text()).get("settings", {}).get("filter") if path.is_file() else None
+    before = read_run_file(run_dir)["settings"].get("filter")
     if before is not None and before != settings.filter:
         raise ConfigError(
             f"resume: {run_dir} ran with improve.filter={before}, not {settings.filter}: resume it with "
