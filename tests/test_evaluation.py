@@ -239,6 +239,23 @@ def test_latest_export_prefers_finetune_then_the_newest(tmp_path):
     assert find_export(cfg) == finetune
 
 
+def test_the_search_suite_alone_picks_the_newest_step_critic(tmp_path):
+    def export(phase: str, run: str, schema: str) -> Path:
+        path = tmp_path / phase / run / "export"
+        path.mkdir(parents=True)
+        (path / CONFIG_NAME).write_text(json.dumps({"data": {"schema": schema}}))
+        return path
+
+    cfg = compose_eval([f"paths.outputs={tmp_path}"])
+    export("transfer", "a", "pointwise")
+    with pytest.raises(CheckpointError, match="needs a step critic.*experiment=steps"):
+        find_export(cfg, step_critic=True)
+    steps = export("transfer", "b", "stepwise")
+    outcome = export("transfer", "c", "pointwise")
+    assert find_export(cfg, step_critic=True) == steps
+    assert find_export(cfg) == outcome
+
+
 @pytest.mark.parametrize("damage", ["head", "backbone"])
 def test_incompatible_checkpoint_is_a_clear_error(tiny_export, tmp_path, damage):
     broken = tmp_path / "export"

@@ -274,7 +274,7 @@ def test_the_runnable_runs_an_export(tiny_export):
 # ---- the evaluation suite -----------------------------------------------------------------------------------
 
 
-def test_the_search_suite_runs_on_a_tiny_export_and_draws_its_trees(tiny_export, tmp_path):
+def test_the_search_suite_runs_on_a_tiny_export_and_draws_its_trees(tiny_export, tmp_path, caplog):
     import json
 
     from test_evaluation import compose_eval
@@ -295,7 +295,9 @@ def test_the_search_suite_runs_on_a_tiny_export_and_draws_its_trees(tiny_export,
         "search.max_step_tokens=5",
         "search.trees=1",
     ]
-    evaluate(compose_eval([f"ckpt={tiny_export}", f"paths.run_dir={run_dir}", "suites=[search]", *sizes]))
+    with caplog.at_level("WARNING", logger="autocritic"):
+        evaluate(compose_eval([f"ckpt={tiny_export}", f"paths.run_dir={run_dir}", "suites=[search]", *sizes]))
+    assert "trained on whole answers, not steps" in caplog.text  # the tiny export's critic is pointwise
     figures = json.loads((run_dir / "results.json").read_text())["suites"]["search"]["figures"]
     methods = figures["methods"]
     assert set(methods) == {

@@ -9,6 +9,7 @@ suite's files) before the model is loaded.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import platform
 import time
@@ -58,8 +59,18 @@ def looks_like_hub_id(name: str) -> bool:
     return name.count("/") == 1 and not name.startswith((".", "/", "~")) and not Path(name).exists()
 
 
-def find_export(cfg: DictConfig) -> Path:
-    """`ckpt` (an export directory or a hub id), or the newest export of outputs/finetune, else of outputs/transfer."""
+def is_step_critic(export: Path) -> bool:
+    """Was the export's critic trained on steps (data.schema=stepwise, as experiment=steps trains it)?"""
+    try:
+        config = json.loads((Path(export) / CONFIG_NAME).read_text())
+        return (config.get("data") or {}).get("schema") == "stepwise"
+    except (OSError, ValueError, AttributeError):  # a damaged or remote export: not known to be one
+        return False
+
+
+def find_export(cfg: DictConfig, step_critic: bool = False) -> Path:
+    """`ckpt` (an export directory or a hub id), or the newest export of outputs/finetune, else of outputs/transfer;
+    with `step_critic` (suites=[search] alone) the newest one whose critic was trained on steps."""
     if cfg.ckpt:
         path = Path(str(cfg.ckpt)).expanduser()
         if not path.is_dir() and not looks_like_hub_id(str(cfg.ckpt)):
@@ -73,8 +84,16 @@ def find_export(cfg: DictConfig) -> Path:
     root = Path(cfg.paths.outputs)
     for phase in SEARCHED_PHASES:
         found = sorted(root.glob(f"{phase}/*/export/{CONFIG_NAME}"), key=lambda p: p.stat().st_mtime)
+        if step_critic:
+            found = [p for p in found if is_step_critic(p.parent)]
         if found:
             return found[-1].parent
+    if step_critic:
+        raise CheckpointError(
+            f"suites=[search] needs a step critic, and no export under {root}/finetune or {root}/transfer was "
+            "trained on steps. Train one (`python train.py experiment=steps phase=transfer`) or pass "
+            "ckpt=<step critic export>."
+        )
     raise CheckpointError(
         f"no export found under {root}/finetune/*/export or {root}/transfer/*/export. Train one first "
         "(`python train.py phase=transfer`) or pass ckpt=<export dir>."
@@ -199,8 +218,14 @@ def evaluate(cfg: DictConfig) -> float | None:
         if hasattr(SUITES[name], "check"):
             SUITES[name].check(settings[name])  # a suite's own inputs, before the model loads
     use_wandb = check_logger(cfg)
-    export = find_export(cfg)
+    export = find_export(cfg, step_critic=suites == ["search"])
     log.info("evaluating %s (suites: %s)", export, ", ".join(suites))
+    if "search" in suites and not is_step_critic(export):
+        log.warning(
+            "suite search: %s was trained on whole answers, not steps; its step values are read where it never "
+            "learned to judge. A step critic: `python train.py experiment=steps phase=transfer`, then ckpt=<its export>.",
+            export,
+        )
     started = time.perf_counter()
     generator = load_generator(export, cfg)
     run_dir = Path(
