@@ -270,28 +270,3 @@ def test_compare_names_a_missing_metric_and_a_damaged_file(tmp_path):
     (run / ROUNDS).write_text("{not json")
     with pytest.raises(CheckpointError, match="is damaged"):
         compare([run], "greedy_accuracy", None)
-
-
-def test_the_critic_refresh_replays_the_offline_critics_own_rows(tmp_path):
-    from helpers import compose_train
-
-    from autocritic.improve.critic import compose_train_config, transfer_overrides
-    from autocritic.improve.run import critic_replay_files
-
-    cfg = compose_train(["phase=improve", f"paths.offline={tmp_path}"])
-    with pytest.raises(ConfigError, match=r"perturbed_train.jsonl not found.*replay_files=\[\]"):
-        critic_replay_files(cfg, yours=False)
-    (tmp_path / "critic").mkdir()
-    expected = [str(tmp_path / "critic" / f"{name}.jsonl") for name in ("train", "perturbed_train")]
-    for path in expected:
-        Path(path).write_text("")
-    assert critic_replay_files(cfg, yours=False) == expected
-    assert critic_replay_files(cfg, yours=True) == []  # your questions: the offline critic's rows are not yours
-    none = compose_train(["phase=improve", f"paths.offline={tmp_path}", "improve.critic_refresh.replay_files=[]"])
-    assert critic_replay_files(none, yours=False) == []
-
-    run = tmp_path / "round_1" / "critic"
-    overrides = transfer_overrides(tmp_path / "g", tmp_path / "p", run, run / "train.jsonl", run / "val.jsonl", [], expected)
-    train_cfg = compose_train_config(overrides)
-    assert list(train_cfg.data.train_files) == [str(run / "train.jsonl"), *expected]
-    assert list(train_cfg.data.val_files) == [str(run / "val.jsonl")]  # chosen on the new answers alone

@@ -1,7 +1,6 @@
 """Refresh the critic on the new generator (the V-STaR half): the generator answers the labelled split, a checker
 labels the answers, and `phase=transfer` retrains the head on the generator's frozen states, starting from the last
-round's head. Replay files (the round-0 critic's own training rows) are read again by each new generator, so the
-head learns the new states without forgetting how to rank answers. The run is an ordinary `python train.py phase=transfer` (its own run directory, checkpoints and
+round's head. The run is an ordinary `python train.py phase=transfer` (its own run directory, checkpoints and
 export), composed from the same configs with `improve.critic_refresh.overrides` on top."""
 
 from __future__ import annotations
@@ -27,13 +26,7 @@ def write_rows(path: Path, rows: Sequence[dict]) -> Path:
 
 
 def transfer_overrides(
-    generator: Path,
-    previous: Path,
-    run_dir: Path,
-    train_file: Path,
-    val_file: Path,
-    shared: Sequence[str],
-    replay_files: Sequence[str] = (),
+    generator: Path, previous: Path, run_dir: Path, train_file: Path, val_file: Path, shared: Sequence[str]
 ) -> list[str]:
     return [
         "phase=transfer",
@@ -42,7 +35,7 @@ def transfer_overrides(
         f"model.name_or_path={generator}",
         f"paths.run_dir={run_dir}",
         f"paths.cache={run_dir / 'cache'}",
-        f"data.train_files=[{','.join(map(str, [train_file, *replay_files]))}]",
+        f"data.train_files=[{train_file}]",
         f"data.val_files=[{val_file}]",
         f"data.test_files=[{val_file}]",
         "data.replay_files=[]",
@@ -68,16 +61,13 @@ def refresh_critic(
     val_rows: Sequence[dict],
     shared_overrides: Sequence[str],
     facts: dict,
-    replay_files: Sequence[str] = (),
 ) -> Path:
     """Train the head, then write `out/export` holding the generator's weights and the new head (a full export:
     a round's export stands alone)."""
     data = out / "critic_data"
     train_file, val_file = write_rows(data / "train.jsonl", train_rows), write_rows(data / "val.jsonl", val_rows)
     run_dir = out / "critic"
-    cfg = compose_train_config(
-        transfer_overrides(generator, previous, run_dir, train_file, val_file, shared_overrides, replay_files)
-    )
+    cfg = compose_train_config(transfer_overrides(generator, previous, run_dir, train_file, val_file, shared_overrides))
     train(cfg)
     trained = load_critic(run_dir / "export")
     return save_critic(

@@ -60,27 +60,6 @@ def latest_transfer_export(cfg: DictConfig) -> Path:
     return found.parent
 
 
-def critic_replay_files(cfg: DictConfig, yours: bool) -> list[str]:
-    """improve.critic_refresh.replay_files, checked; null: the offline critic's own training rows (the right and
-    sampled answers, and their near misses), none for your questions."""
-    chosen = OmegaConf.to_container(cfg.improve.critic_refresh, resolve=True).get("replay_files")
-    if chosen is None:
-        if yours:
-            return []
-        chosen = [f"{cfg.paths.offline}/critic/{name}.jsonl" for name in ("train", "perturbed_train")]
-    if isinstance(chosen, str):
-        chosen = [chosen]
-    files = [str(Path(f).expanduser()) for f in chosen]
-    missing = [f for f in files if not Path(f).is_file()]
-    if missing:
-        raise ConfigError(
-            f"improve.critic_refresh.replay_files: {', '.join(missing)} not found. Build the offline critic data "
-            "(`python train.py phase=generate`), name files that exist, or set improve.critic_refresh.replay_files=[] "
-            "to refresh the critic on the new answers alone."
-        )
-    return files
-
-
 def improve(cfg: DictConfig) -> float | None:
     section = cfg.improve
     loop = settings_from(
@@ -101,10 +80,10 @@ def improve(cfg: DictConfig) -> float | None:
         if loop.audit:
             log.info("improve.audit is off: your questions have no answers to audit the kept ones against")
             loop = replace(loop, audit=False)
-        world = YourWorld(yours, start, sampling, generator, replay_files, critic_overrides, critic_replay_files(cfg, True))
+        world = YourWorld(yours, start, sampling, generator, replay_files, critic_overrides)
     else:
         problems = settings_from(ProblemSettings, section.problems, "improve.problems")
-        world = OfflineWorld(problems, sampling, generator, replay_files, critic_overrides, critic_replay_files(cfg, False))
+        world = OfflineWorld(problems, sampling, generator, replay_files, critic_overrides)
     run_dir = run_dir_of(cfg)
     done = read_rounds(run_dir)
     if done and done[-1]["round"] >= loop.rounds:

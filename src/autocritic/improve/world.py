@@ -82,7 +82,6 @@ class ModelSteps:
     sampling: SamplingSettings
     generator: GeneratorSettings
     replay_files: list[str]
-    critic_replay_files: list[str]  # rows the critic refresh reads besides the new checked answers
     stop: tuple[str, ...]
     _replay: list | None = None
 
@@ -139,10 +138,8 @@ class OfflineWorld(ModelSteps):
         generator: GeneratorSettings,
         replay_files: Sequence[str],
         critic_overrides: Sequence[str],
-        critic_replay_files: Sequence[str] = (),
     ):
         self.settings, self.sampling, self.generator = problems, sampling, generator
-        self.critic_replay_files = list(critic_replay_files)
         self.improving, self.labelled, self.held_out = problem_sets(problems)
         self.replay_files, self.critic_overrides = list(replay_files), list(critic_overrides)
         self.stop = tuple(ARITHMETIC_STOP)
@@ -170,7 +167,7 @@ class OfflineWorld(ModelSteps):
         train_rows, val_rows, counts = self.labelled_rows(generator, seed)
         facts = {"improve": {"critic_data": {k: counts[k] for k in ("rows", "positives", "problems_with_both")}}}
         overrides = [f"seed={seed}", *self.critic_overrides]
-        return refresh_critic(generator, previous, out, train_rows, val_rows, overrides, facts, self.critic_replay_files)
+        return refresh_critic(generator, previous, out, train_rows, val_rows, overrides, facts)
 
     def measure(self, export: Path) -> dict:
         return measure_export(

@@ -69,13 +69,11 @@ class YourWorld(ModelSteps):
         generator: GeneratorSettings,
         replay_files: Sequence[str],
         critic_overrides: Sequence[str],
-        critic_replay_files: Sequence[str] = (),
     ):
         if not settings.questions or not settings.labelled:
             raise DataError("improve.yours needs both questions=<file of questions> and labelled=<file of questions and answers>.")
         self.settings, self.sampling, self.generator = settings, sampling, generator
         self.replay_files, self.critic_overrides, self.stop = list(replay_files), list(critic_overrides), settings.stop
-        self.critic_replay_files = list(critic_replay_files)
         self.checker = load_checker(settings.checker, settings.tolerance)
         self.template = Template(read_critic_config(start)["template"])
         self.questions = read_questions(settings.questions, settings.columns)
@@ -100,9 +98,7 @@ class YourWorld(ModelSteps):
         template_file.write_text(self.template.text)
         overrides = ["data=files", f"data.template_file={template_file}", f"seed={seed}", *self.critic_overrides]
         facts = {"improve": {"critic_data": {"rows": len(rows["train"]), "positives": sum(r["label"] for r in rows["train"])}}}
-        return refresh_critic(
-            generator, previous, out, rows["train"], rows["val"], overrides, facts, self.critic_replay_files
-        )
+        return refresh_critic(generator, previous, out, rows["train"], rows["val"], overrides, facts)
 
     def measure(self, export: Path) -> dict:
         def judge(index: int, text: str) -> bool:
