@@ -386,3 +386,31 @@ def test_a_finetune_run_writes_the_facts_and_a_merged_backbone(tiny_backbone, ti
     assert digest in card and "test/auroc" in card and front_matter(card)["license"] == "apache-2.0"
     merged, unmerged = load_critic(out), load_critic(out, merge=False)
     assert (scores(merged.model, tokenizer, TEXTS) - scores(unmerged.model, tokenizer, TEXTS)).abs().max() <= TOL
+
+
+def test_the_push_command_uploads_an_export_and_says_clearly_when_it_cannot(tiny_backbone, tokenizer, tmp_path, monkeypatch, capsys):
+    from huggingface_hub import HfApi
+
+    from autocritic.cli import push
+
+    fake = FakeHub(monkeypatch)
+    out = export(lora_of(tiny_backbone, MLP), tokenizer, tmp_path / "export", tiny_backbone, MLP, "lora")
+    push([str(out), "user/critic", "--private", "--revision", "v1"])
+    assert capsys.readouterr().out.strip() == "https://huggingface.co/user/critic/commit/abc"
+    assert fake.repos[0]["private"] is True and fake.uploads[0]["revision"] == "v1"
+    assert "critic_config.json" in fake.uploads[0]["files"]
+
+    with pytest.raises(SystemExit) as stopped:
+        push([str(tmp_path), "user/critic"])  # not an export: nothing is uploaded
+    assert stopped.value.code == 2 and "not an autocritic export" in capsys.readouterr().err
+    assert len(fake.uploads) == 1
+
+    def offline(api, *args, **kwargs):
+        raise ConnectionError("Failed to resolve 'huggingface.co'\nmore lines")
+
+    monkeypatch.setattr(HfApi, "upload_folder", offline)
+    with pytest.raises(SystemExit) as stopped:
+        push([str(out), "user/critic"])
+    err = capsys.readouterr().err
+    assert stopped.value.code == 1 and "failed: ConnectionError: Failed to resolve 'huggingface.co' (log in" in err
+    assert err.count("\n") == 1

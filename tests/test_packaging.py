@@ -16,7 +16,11 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE_CONF = REPO / "src" / "autocritic" / "conf"
-SCRIPTS = {"autocritic-train": "autocritic.cli:train", "autocritic-evaluate": "autocritic.cli:evaluate"}
+SCRIPTS = {
+    "autocritic-train": "autocritic.cli:train",
+    "autocritic-evaluate": "autocritic.cli:evaluate",
+    "autocritic-push": "autocritic.cli:push",
+}
 
 
 def config_files() -> set[str]:
