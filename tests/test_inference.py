@@ -158,6 +158,22 @@ def test_scores_from_generation_equal_critic_forward(generators, do_sample, head
     assert any(0 < n < settings.max_new_tokens for n in lengths)  # a cut mid-text
 
 
+def test_a_deadline_cuts_the_generation_and_scores_what_was_kept(generator, window_generator):
+    settings = GenerationSettings(max_new_tokens=24, do_sample=True, n=2, seed=3)
+    free = generator.generate(PROMPTS, settings)
+    assert any(len(s.token_ids) > 1 for row in free for s in row)
+    for model in (generator, window_generator):
+        cut = model.generate(PROMPTS, settings, max_time=0.0)  # past the deadline after the first token
+        assert all(len(s.token_ids) <= 1 and s.finish_reason in ("length", "eos") for row in cut for s in row)
+        assert_scores_match(model, PROMPTS, cut)
+    streamed = list(generator.stream(PROMPTS[0], settings, max_time=0.0))
+    assert len(streamed[-1].token_ids) <= 1
+    assert CriticLLM(generator=generator, timeout=2.5).generation_settings().max_time == 2.5
+    assert CriticLLM(generator=generator).generation_settings(timeout=1.0).max_time == 1.0
+    with pytest.raises(ConfigError, match="timeout=0"):
+        CriticLLM(generator=generator, timeout=0)
+
+
 def test_only_new_text_and_greedy_copies(generator):
     [[first, second]] = generator.generate(["Q: 1+2=? A:"], max_new_tokens=6, n=2)
     assert first == second

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -73,6 +74,7 @@ class GenerationSettings:
     stop: tuple[str, ...] = ()
     return_values: bool = False  # token-level values (the head over each response token's state)
     return_logprobs: bool = False  # log p(token | prefix) of each kept token, under the untempered model
+    max_time: float | None = None  # seconds for the whole call: rows still going then stop (finish_reason "length")
 
 
 @dataclass
@@ -152,6 +154,17 @@ class _StopOnText(StoppingCriteria):
         for row, text in zip(rows, self.batch_decode(tails), strict=True):
             self.done[row] = find_stop(text, self.stop) is not None
         return torch.tensor(self.done, dtype=torch.bool, device=input_ids.device)
+
+
+class _Deadline(StoppingCriteria):
+    """Stops every row once the monotonic clock passes `deadline` (checked after each generated token)."""
+
+    def __init__(self, deadline: float):
+        self.deadline = deadline
+
+    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
+        done = time.monotonic() >= self.deadline
+        return torch.full((input_ids.shape[0],), done, dtype=torch.bool, device=input_ids.device)
 
 
 class _Cancel(StoppingCriteria):
@@ -238,6 +251,7 @@ class CriticGenerator:
     ) -> list[list[Sample]]:
         """`settings.n` samples per prompt, in the order of `prompts`. Rows are batched by prompt length."""
         settings = replace(settings or GenerationSettings(), **overrides)
+        deadline = None if settings.max_time is None else time.monotonic() + settings.max_time
         encoded = [self._encode_prompt(p) for p in prompts]
         rows_per_prompt = settings.n if settings.do_sample else 1
         per_batch = max(1, self.batch_size // rows_per_prompt)
@@ -247,7 +261,7 @@ class CriticGenerator:
         # A call of one batch is over quickly (an agent's step): only longer ones get a bar, gone when done.
         for start in track(starts, desc="generating", enabled=len(starts) > 1, leave=False):
             indices = order[start : start + per_batch]
-            samples = self._generate_rows([encoded[i] for i in indices], settings, rows_per_prompt)
+            samples = self._generate_rows([encoded[i] for i in indices], settings, rows_per_prompt, deadline=deadline)
             for row, sample in enumerate(samples):
                 results[indices[row // rows_per_prompt]].append(sample)
         if rows_per_prompt != settings.n:  # greedy: every sample is the same
@@ -260,6 +274,7 @@ class CriticGenerator:
         """Text deltas as tokens arrive (never any part of a stop string), then the final `Sample`.
         The deltas concatenate to `Sample.text`; the Sample comes from the same code path as `generate`."""
         settings = replace(settings or GenerationSettings(), n=1, **overrides)
+        deadline = None if settings.max_time is None else time.monotonic() + settings.max_time
         ids = self._encode_prompt(prompt)
         tokens: queue.Queue = queue.Queue()
         cancel = threading.Event()
@@ -267,7 +282,7 @@ class CriticGenerator:
 
         def work() -> None:
             try:
-                outcome["sample"] = self._generate_rows([ids], settings, 1, _QueueStreamer(tokens), cancel)[0]
+                outcome["sample"] = self._generate_rows([ids], settings, 1, _QueueStreamer(tokens), cancel, deadline)[0]
             except BaseException as error:  # re-raised in the consuming thread
                 outcome["error"] = error
             finally:
@@ -328,8 +343,10 @@ class CriticGenerator:
         n: int,
         streamer: BaseStreamer | None = None,
         cancel: threading.Event | None = None,
+        deadline: float | None = None,
     ) -> list[Sample]:
-        """`n` samples for each tokenized prompt, prompt-major (row = prompt * n + sample)."""
+        """`n` samples for each tokenized prompt, prompt-major (row = prompt * n + sample); rows still going at
+        `deadline` (time.monotonic) stop there."""
         input_ids, attention_mask = self._left_pad(prompts)
         sampling = (
             {
@@ -346,6 +363,8 @@ class CriticGenerator:
             criteria.append(_StopOnText(self._batch_decode, input_ids.shape[1], settings.stop))
         if cancel is not None:
             criteria.append(_Cancel(cancel))
+        if deadline is not None:
+            criteria.append(_Deadline(deadline))
         want_logprobs = settings.return_logprobs or self.model.reads_confidence
         # A window head also reads the prompt's last states; the others the state of the last kept token only.
         prompt_tail = min(self.model.window, input_ids.shape[1])

@@ -33,7 +33,7 @@ from autocritic.inference.generation import GenerationSettings, Sample, TextGene
 from autocritic.inference.loading import check_model, shared_generator
 
 _SETTING_NAMES = {f.name for f in fields(GenerationSettings)}
-_CALL_ALIASES = {"max_tokens": "max_new_tokens"}  # LangChain's name at call time -> ours
+_CALL_ALIASES = {"max_tokens": "max_new_tokens", "timeout": "max_time"}  # LangChain's name at call time -> ours
 
 
 def sampling_of(temperature: float | None, do_sample: bool | None) -> tuple[bool, float]:
@@ -60,8 +60,9 @@ class GenerationFields(BaseModel):
     Sampling: `temperature=0` (or unset) is greedy and `temperature>0` samples at that temperature, as LangChain
     users expect; `do_sample` (unset by default) overrides the rule: False forces greedy decoding, True samples
     (at temperature 1 when none is given). `max_tokens` is also accepted as `max_new_tokens`, `model` as
-    `model_name`. `timeout` and `max_retries` are accepted for LangChain's standard signature: a local generation
-    is neither retried nor cut by time (bound it with `max_tokens`).
+    `model_name`. `timeout` (seconds) bounds a call's generation: rows still going then stop, with
+    finish_reason "length"; `max_retries` is accepted for LangChain's standard signature (a local generation is
+    not retried).
     """
 
     model_config = ConfigDict(arbitrary_types_allowed=True, populate_by_name=True)
@@ -96,6 +97,8 @@ class GenerationFields(BaseModel):
         if self.generator is None:
             check_model(self.model)
         sampling_of(self.temperature, self.do_sample)
+        if self.timeout is not None and self.timeout <= 0:
+            raise ConfigError(f"timeout={self.timeout}: give the seconds a call may generate for (> 0), or None.")
         return self
 
     @property
@@ -144,6 +147,7 @@ class GenerationFields(BaseModel):
             "seed": self.seed,
             "return_values": self.return_values,
             "return_logprobs": self.return_logprobs,
+            "max_time": self.timeout,
         } | overrides
         values["do_sample"], values["temperature"] = sampling_of(values["temperature"], values["do_sample"])
         stops = [*(self.stop or []), *(stop or []), *overrides.get("stop", ())]
