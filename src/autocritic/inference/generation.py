@@ -156,6 +156,11 @@ class _StopOnText(StoppingCriteria):
         return torch.tensor(self.done, dtype=torch.bool, device=input_ids.device)
 
 
+def _deadline_of(settings: GenerationSettings) -> float | None:
+    """When a call that starts now must stop (time.monotonic), or None without `max_time`."""
+    return None if settings.max_time is None else time.monotonic() + settings.max_time
+
+
 class _Deadline(StoppingCriteria):
     """Stops every row once the monotonic clock passes `deadline` (checked after each generated token)."""
 
@@ -251,7 +256,7 @@ class CriticGenerator:
     ) -> list[list[Sample]]:
         """`settings.n` samples per prompt, in the order of `prompts`. Rows are batched by prompt length."""
         settings = replace(settings or GenerationSettings(), **overrides)
-        deadline = None if settings.max_time is None else time.monotonic() + settings.max_time
+        deadline = _deadline_of(settings)
         encoded = [self._encode_prompt(p) for p in prompts]
         rows_per_prompt = settings.n if settings.do_sample else 1
         per_batch = max(1, self.batch_size // rows_per_prompt)
@@ -274,7 +279,7 @@ class CriticGenerator:
         """Text deltas as tokens arrive (never any part of a stop string), then the final `Sample`.
         The deltas concatenate to `Sample.text`; the Sample comes from the same code path as `generate`."""
         settings = replace(settings or GenerationSettings(), n=1, **overrides)
-        deadline = None if settings.max_time is None else time.monotonic() + settings.max_time
+        deadline = _deadline_of(settings)
         ids = self._encode_prompt(prompt)
         tokens: queue.Queue = queue.Queue()
         cancel = threading.Event()
