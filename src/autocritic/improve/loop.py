@@ -94,10 +94,11 @@ def write_rounds(run_dir: Path, settings: LoopSettings, rounds: Sequence[dict]) 
     tmp.replace(path)
 
 
-def check_same_filter(run_dir: Path, settings: LoopSettings) -> None:
+def check_same_filter(run_dir: Path, settings: LoopSettings, recorded: dict) -> None:
     """A resumed run keeps its filter (another would mix two runs in one table); rounds, threshold, keep and the
-    rest may change (a round that kept nothing is resumed with a lower threshold)."""
-    before = read_run_file(run_dir)["settings"].get("filter")
+    rest may change (a round that kept nothing is resumed with a lower threshold). `recorded`: the settings in its
+    rounds.json."""
+    before = recorded.get("filter")
     if before is not None and before != settings.filter:
         raise ConfigError(
             f"resume: {run_dir} ran with improve.filter={before}, not {settings.filter}: resume it with "
@@ -120,8 +121,9 @@ def run_rounds(
     kept as they are. `on_round` sees the records after each round (e.g. to redraw a plot)."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    rounds = read_rounds(run_dir)
-    check_same_filter(run_dir, settings)
+    recorded = read_run_file(run_dir)
+    check_same_filter(run_dir, settings, recorded["settings"])
+    rounds = recorded["rounds"]
     if not rounds:
         log.info("round 0: measuring the start export %s", start)
         rounds = [{"round": 0, "export": str(start), "metrics": world.measure(Path(start))}]
