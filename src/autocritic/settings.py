@@ -52,6 +52,24 @@ def settings_from(cls, section: DictConfig | Mapping | None, where: str, skip: I
         raise ConfigError(f"{where}: {error}") from None
 
 
+def at_least(settings, minimum: float, *names: str) -> None:
+    """A ValueError naming the first of `names` whose value is below `minimum` (None passes: that field's "off").
+    Called from a settings dataclass's `__post_init__`; `settings_from` turns it into a ConfigError naming the
+    section."""
+    for name in names:
+        value = getattr(settings, name)
+        if value is not None and value < minimum:
+            raise ValueError(f"{name}={value} must be ≥ {minimum}")
+
+
+def positive(settings, *names: str) -> None:
+    """The same for values that must be above 0 (a learning rate)."""
+    for name in names:
+        value = getattr(settings, name)
+        if value is not None and value <= 0:
+            raise ValueError(f"{name}={value} must be > 0")
+
+
 def _wants_tuple(hint) -> bool:
     if typing.get_origin(hint) in (typing.Union, types.UnionType):
         return any(_wants_tuple(a) for a in typing.get_args(hint))

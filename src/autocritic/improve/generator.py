@@ -15,6 +15,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from autocritic.data.replay import collate_replay
+from autocritic.settings import at_least, positive
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,11 @@ class GeneratorSettings:
     replay_documents: int = 2000  # of the replay file: enough for the steps of a round
     max_length: int = 384
     answer_end: str = "\n"  # appended to each answer: the stop string that ended it, so the model still stops
+
+    def __post_init__(self) -> None:
+        positive(self, "lr")
+        at_least(self, 1, "epochs", "batch_size", "replay_batch_size", "max_length")
+        at_least(self, 0, "weight_decay", "replay_weight", "replay_documents")
 
 
 def encode_answers(

@@ -23,6 +23,7 @@ from typing import Protocol
 
 from autocritic.errors import AutocriticError, CheckpointError, ConfigError
 from autocritic.improve.filters import Candidate, Kept, select
+from autocritic.settings import at_least
 
 log = logging.getLogger("autocritic")
 
@@ -42,6 +43,11 @@ class LoopSettings:
     threshold: float | None = None  # critic / likelihood: the least probability a kept answer has
     audit: bool = True  # after the filter has chosen: how many kept answers are right (reads the true answers)
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        at_least(self, 1, "rounds", "samples", "keep")
+        if self.threshold is not None and not 0 <= self.threshold <= 1:
+            raise ValueError(f"threshold={self.threshold} must lie in [0, 1] (a probability), or be null (no bar)")
 
 
 class World(Protocol):

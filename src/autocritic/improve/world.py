@@ -33,6 +33,7 @@ from autocritic.model.export import load_critic
 from autocritic.offline.generate import label_split
 from autocritic.offline.labelling import extract_answer, is_right, label_offline
 from autocritic.offline.tasks import Problem, few_shot_prompts, make_splits
+from autocritic.settings import at_least
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,8 @@ class ProblemSettings:
     def __post_init__(self) -> None:
         if min(self.improving, self.labelled, self.held_out) < 1:
             raise ConfigError("improve.problems: improving, labelled and held_out must each be at least 1.")
+        if self.shots < 0:
+            raise ConfigError(f"improve.problems.shots={self.shots} must be ≥ 0 (worked examples in each prompt).")
         if not 0 < self.val_fraction < 1:
             raise ConfigError(f"improve.problems.val_fraction={self.val_fraction} must lie between 0 and 1.")
 
@@ -60,6 +63,10 @@ class SamplingSettings:
     eval_samples: int = 8  # K of the held-out measurement (majority@K, pass@K, best-of-K)
     eval_seed: int = 0
     max_pairs_per_problem: int = 4
+
+    def __post_init__(self) -> None:
+        at_least(self, 0, "temperature")
+        at_least(self, 1, "max_new_tokens", "batch_size", "eval_samples", "max_pairs_per_problem")
 
 
 def problem_sets(settings: ProblemSettings) -> tuple[list[Problem], list[Problem], list[Problem]]:

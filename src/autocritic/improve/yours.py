@@ -25,6 +25,7 @@ from autocritic.labelling.build import label_split
 from autocritic.labelling.checkers import last_number, load_checker
 from autocritic.labelling.problems import as_text, read_problems, split_by_problem
 from autocritic.model.export import read_critic_config
+from autocritic.settings import at_least
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,17 @@ class YourSettings:
     val_fraction: float = 0.2  # of the labelled questions: the critic refresh's validation rows
     stop: tuple[str, ...] = ("\n\n",)
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        at_least(self, 0, "tolerance")
+        for name in ("held_out_fraction", "val_fraction"):
+            if not 0 < getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} must lie between 0 and 1")
+        if self.held_out_fraction + self.val_fraction >= 1:
+            raise ValueError(
+                f"held_out_fraction={self.held_out_fraction} and val_fraction={self.val_fraction} leave no labelled "
+                "questions to refresh the critic on: their sum must stay below 1"
+            )
 
 
 def read_questions(path: str, columns: dict[str, str]) -> list[str]:
