@@ -180,6 +180,16 @@ def test_a_mix_override_changes_only_the_kinds_it_names():
         settings_from(PretrainSettings, compose_train(["offline.pretrain.mix={copy: -1}"]).offline.pretrain, "offline.pretrain")
 
 
+def test_a_bad_offline_setting_fails_before_any_build(tmp_path):
+    """offline.generate is checked before the backbone is built, and nothing is written."""
+    from autocritic.offline.pipeline import run_offline_phase
+
+    cfg = compose_train(["phase=generate", f"paths.offline={tmp_path / 'offline'}", "offline.generate.temperature=-1"])
+    with pytest.raises(ConfigError, match=r"offline.generate: temperature=-1 must be ≥ 0"):
+        run_offline_phase(cfg)
+    assert not (tmp_path / "offline").exists()
+
+
 def test_settings_follow_their_annotations():
     """Optional values take null, whole numbers pass where a number is asked, lists become tuples."""
     from autocritic.evaluation.rerank import Settings

@@ -300,6 +300,9 @@ def test_entry_point_exits_2_with_the_message(tmp_path, capsys):
         ("memory.kinds=[bogus]", r"unknown memory kinds \['bogus'\]"),
         ("memory.summary_prompt=nope", "use one of"),
         ("memory.window=true", "memory.window=True is not valid: expected a whole number"),
+        ("threads=0", r"threads=0 is not valid: expected a positive integer"),
+        ("batch_size=0", r"batch_size=0 is not valid: expected a positive integer"),
+        ("seed=abc", r"seed='abc' is not valid: expected an integer"),
     ],
 )
 def test_bad_settings_fail_before_loading(tmp_path, override, message):

@@ -90,7 +90,7 @@ def test_labels_are_exactly_the_checkers_verdicts(tmp_path):
     rows = read_rows(DataSettings(train_files=[str(tmp_path / "out" / "train.jsonl")]))  # as training reads it
     assert rows["train"] and set(rows["train"][0]) == {"prompt", "response", "label"}
     assert (tmp_path / "out" / "template.txt").read_text() == "Q: {prompt}\nA:{response}"
-    assert not list(tmp_path.glob("*.tmp"))
+    assert not list(tmp_path.glob("*.partial"))
 
 
 def test_bad_problems_are_named(tmp_path):

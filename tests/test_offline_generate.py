@@ -189,3 +189,32 @@ def test_read_problems_gsm8k_style(tmp_path):
         render(problems[0])
         == "Question: Tom has 40 apples and buys 2. How many?\nAnswer: 40 + 2 = 42\n#### 42"
     )
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"samples": 0}, r"samples=0 must be ≥ 1"),
+        ({"temperature": -1.0}, r"temperature=-1.0 must be ≥ 0"),
+        ({"train_problems": 0}, r"train_problems=0 must be ≥ 1"),
+        ({"families": ()}, "families is empty"),
+    ],
+)
+def test_settings_out_of_range_are_refused(change, message):
+    with pytest.raises(ValueError, match=message):
+        GenerateSettings(**change)
+
+
+def test_a_rebuild_that_fails_leaves_the_previous_data_in_place(backbone, tmp_path, monkeypatch):
+    from autocritic.offline import generate
+
+    out = build_critic_data(backbone, SETTINGS, tmp_path / "critic", progress=False)
+    before = {path.name: path.read_bytes() for path in output_files(out)}
+
+    def killed(*args, **kwargs):  # called once the train split's rows and pairs are written
+        raise RuntimeError("killed mid-build")
+
+    monkeypatch.setattr(generate, "perturbed_rows", killed)
+    with pytest.raises(RuntimeError, match="killed mid-build"):
+        build_critic_data(backbone, dataclasses.replace(SETTINGS, samples=2), out, progress=False)
+    assert {path.name: path.read_bytes() for path in output_files(out)} == before

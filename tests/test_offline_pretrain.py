@@ -161,3 +161,33 @@ def test_a_bad_mix_is_refused(mix, message):
     for settings in (PretrainSettings, ReplaySettings):
         with pytest.raises(ValueError, match=message):
             settings(mix=mix)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"hidden_size": 130}, "the width must be a multiple of the heads"),
+        ({"num_kv_heads": 3}, "the heads a multiple of the key-value heads"),
+        ({"lr": -1.0}, r"lr=-1.0 must be > 0"),
+        ({"max_steps": 0}, r"max_steps=0 must be ≥ 1"),
+        ({"max_minutes": 0.0}, r"max_minutes=0.0 must be > 0"),
+    ],
+)
+def test_settings_out_of_range_are_refused(change, message):
+    with pytest.raises(ValueError, match=message):
+        PretrainSettings(**change)
+
+
+def test_a_rebuild_that_fails_leaves_the_previous_build_in_place(tmp_path, monkeypatch):
+    settings = dataclasses.replace(TINY, max_steps=3)
+    out = build_backbone(settings, tmp_path / "backbone", progress=False)
+    weights = (out / "model.safetensors").read_bytes()
+
+    def killed(*args, **kwargs):
+        raise RuntimeError("killed mid-build")
+
+    monkeypatch.setattr(pretrain, "train_model", killed)
+    with pytest.raises(RuntimeError, match="killed mid-build"):
+        build_backbone(dataclasses.replace(TINY, max_steps=4), out, progress=False)
+    assert pretrain.is_built(out, settings.fingerprint())
+    assert (out / "model.safetensors").read_bytes() == weights

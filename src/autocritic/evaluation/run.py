@@ -20,7 +20,7 @@ from types import ModuleType
 import torch
 from omegaconf import DictConfig
 
-from autocritic.errors import AutocriticError, CheckpointError, ConfigError, is_of_kind
+from autocritic.errors import AutocriticError, CheckpointError, ConfigError, invalid_value, is_of_kind
 from autocritic.evaluation import agent, fewshot, memory, prompts, rerank, score, search
 from autocritic.evaluation.context import EvalContext
 from autocritic.evaluation.report import (
@@ -162,6 +162,16 @@ def check_suites(cfg: DictConfig) -> list[str]:
     return suites
 
 
+def check_run_settings(cfg: DictConfig) -> None:
+    """The top-level counts every suite shares (threads, batch_size, seed)."""
+    for key in ("threads", "batch_size"):
+        value = cfg.get(key)
+        if not is_of_kind(value, (int,)) or value < 1:
+            raise invalid_value(key, value, "a positive integer", f"Override it, e.g. `{key}=1`.")
+    if not is_of_kind(cfg.get("seed"), (int,)):
+        raise invalid_value("seed", cfg.get("seed"), "an integer", "Override it, e.g. `seed=0`.")
+
+
 def check_logger(cfg: DictConfig) -> bool:
     """True for wandb; evaluate writes no other logger (results.json is the machine-readable record)."""
     target = cfg.logger.get("_target_") if cfg.get("logger") else None
@@ -205,7 +215,8 @@ def evaluate(cfg: DictConfig) -> float | None:
 
     # The classic chains and memories are run on purpose (parity with LangChain 1.x): their notices are noise here.
     warnings.filterwarnings("ignore", category=LangChainDeprecationWarning)
-    torch.set_num_threads(int(cfg.threads))
+    check_run_settings(cfg)
+    torch.set_num_threads(cfg.threads)
     resolve_device(str(cfg.get("device", "cpu")), str(cfg.dtype))  # a wrong name fails before any loading
     suites = check_suites(cfg)
     settings = {

@@ -34,6 +34,8 @@ from autocritic.offline.pretrain import BUILD_INFO, recorded_fingerprint
 from autocritic.offline.steps import chain_step_labels, split_steps
 from autocritic.offline.tasks import SPLITS, Problem, few_shot_prompts, make_splits
 from autocritic.progress import track
+from autocritic.settings import at_least
+from autocritic.staging import move_into_place, staging_dir
 
 CARD = "card.json"
 PERTURBED = "perturbed_train.jsonl"
@@ -55,6 +57,12 @@ class GenerateSettings:
     stop: tuple[str, ...] = ARITHMETIC_STOP
     batch_size: int = 64
     max_pairs_per_problem: int = 4
+
+    def __post_init__(self) -> None:
+        at_least(self, 1, "train_problems", "val_problems", "test_problems", "samples", "max_new_tokens", "batch_size")
+        at_least(self, 0, "temperature", "shots", "max_pairs_per_problem")
+        if not self.families:
+            raise ValueError("families is empty: name at least one task family, e.g. [arithmetic]")
 
 
 def output_files(out_dir: Path, stepwise: bool = False) -> list[Path]:
@@ -226,8 +234,7 @@ def build_critic_data(
     )
     if not force and is_built(out_dir, fingerprint, stepwise):
         return out_dir
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / CARD).unlink(missing_ok=True)
+    staging = staging_dir(out_dir)  # the previous data stays in place until this build is complete
     started = time.perf_counter()
     if problems is None:
         sizes = {
@@ -278,15 +285,15 @@ def build_critic_data(
         )
         if stepwise:
             steps, counts["steps"] = step_rows(split_problems, prompts, responses)
-            _write_jsonl(out_dir / f"steps_{split}.jsonl", steps)
+            _write_jsonl(staging / f"steps_{split}.jsonl", steps)
         counts["seconds"] = round(time.perf_counter() - split_start, 1)
         card["splits"][split] = counts
-        _write_jsonl(out_dir / f"{split}.jsonl", rows)
-        _write_jsonl(out_dir / f"pairs_{split}.jsonl", pairs)
+        _write_jsonl(staging / f"{split}.jsonl", rows)
+        _write_jsonl(staging / f"pairs_{split}.jsonl", pairs)
         if split == "train":
             perturbed = perturbed_rows(split_problems, prompts)
             card["perturbed_train_rows"] = len(perturbed)
-            _write_jsonl(out_dir / PERTURBED, perturbed)
+            _write_jsonl(staging / PERTURBED, perturbed)
     card["seconds"] = round(time.perf_counter() - started, 1)
-    (out_dir / CARD).write_text(json.dumps(card, indent=2) + "\n")
-    return out_dir
+    (staging / CARD).write_text(json.dumps(card, indent=2) + "\n")
+    return move_into_place(staging, out_dir)

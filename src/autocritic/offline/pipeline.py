@@ -61,7 +61,16 @@ def ensure_replay_documents(cfg: DictConfig, force: bool) -> Path:
     return path
 
 
+def check_offline_settings(cfg: DictConfig) -> None:
+    """Every offline build's settings, checked before any of them runs: a bad value in offline.generate must not
+    cost a backbone build first."""
+    settings_from(PretrainSettings, cfg.offline.get("pretrain"), "offline.pretrain")
+    settings_from(GenerateSettings, cfg.offline.get("generate"), "offline.generate")
+    settings_from(ReplaySettings, cfg.offline.get("replay"), "offline.replay")
+
+
 def run_offline_phase(cfg: DictConfig) -> None:
+    check_offline_settings(cfg)
     force = bool(cfg.phase.get("force", True))
     if cfg.phase.name == "pretrain":
         ensure_backbone(cfg, force=force)

@@ -16,7 +16,6 @@ import json
 import logging
 import math
 import os
-import shutil
 import statistics
 import time
 from collections.abc import Iterator
@@ -32,7 +31,9 @@ from autocritic.errors import ConfigError
 from autocritic.offline.documents import check_mix, document_text, iter_documents
 from autocritic.offline.tokenizer import save_tokenizer, train_tokenizer
 from autocritic.progress import track
+from autocritic.settings import at_least, positive
 from autocritic.signals import SaveOnSignal, interrupted
+from autocritic.staging import move_into_place, staging_dir
 
 log = logging.getLogger("autocritic")
 
@@ -80,6 +81,17 @@ class PretrainSettings:
 
     def __post_init__(self) -> None:
         check_mix(self.mix)
+        at_least(
+            self, 1, "tokenizer_documents", "vocab_size", "hidden_size", "num_layers", "num_heads", "num_kv_heads",
+            "seq_len", "batch_size", "max_steps",
+        )
+        at_least(self, 0, "weight_decay", "warmup_steps", "min_lr_ratio")
+        positive(self, "lr", "max_minutes")
+        if self.hidden_size % self.num_heads or self.num_heads % self.num_kv_heads:
+            raise ValueError(
+                f"hidden_size={self.hidden_size}, num_heads={self.num_heads} and num_kv_heads={self.num_kv_heads}: "
+                "the width must be a multiple of the heads, and the heads a multiple of the key-value heads"
+            )
 
     def fingerprint(self) -> str:
         return settings_fingerprint(self)
@@ -341,16 +353,15 @@ def build_backbone(
     fingerprint = settings.fingerprint()
     if not force and is_built(out_dir, fingerprint):
         return out_dir
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
     started = time.perf_counter()
     documents = iter_documents(settings.seed + 1, settings.mix)
     tokenizer = train_tokenizer(
         (document_text(next(documents)) for _ in range(settings.tokenizer_documents)), settings.vocab_size
     )
     model, stats = train_model(settings, tokenizer, progress)
-    model.save_pretrained(out_dir)
-    save_tokenizer(tokenizer, out_dir)
+    staging = staging_dir(out_dir)  # the previous build stays in place until this one is complete
+    model.save_pretrained(staging)
+    save_tokenizer(tokenizer, staging)
     info = {
         "fingerprint": fingerprint,
         "settings": dataclasses.asdict(settings),
@@ -359,5 +370,5 @@ def build_backbone(
         "total_seconds": round(time.perf_counter() - started, 1),
     }
     # Written last: its presence with the right fingerprint is what marks the build complete.
-    (out_dir / BUILD_INFO).write_text(json.dumps(info, indent=2) + "\n")
-    return out_dir
+    (staging / BUILD_INFO).write_text(json.dumps(info, indent=2) + "\n")
+    return move_into_place(staging, out_dir)

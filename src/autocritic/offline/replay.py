@@ -16,6 +16,7 @@ from pathlib import Path
 
 from autocritic.offline.documents import check_mix, iter_documents
 from autocritic.offline.pretrain import MIX, PretrainSettings, recorded_fingerprint, settings_fingerprint
+from autocritic.settings import at_least
 
 DOCUMENTS = "documents.jsonl"
 INFO = "info.json"
@@ -29,6 +30,7 @@ class ReplaySettings:
 
     def __post_init__(self) -> None:
         check_mix(self.mix)
+        at_least(self, 1, "documents")
 
     def fingerprint(self) -> str:
         return settings_fingerprint(self)

@@ -294,12 +294,14 @@ def ensure_offline_inputs(cfg: DictConfig) -> None:
     if not (backbone or data):
         return
     from autocritic.offline.pipeline import (
+        check_offline_settings,
         ensure_backbone,
         ensure_critic_data,
         ensure_replay_documents,
         offline_replay_file,
     )
 
+    check_offline_settings(cfg)
     if backbone:
         ensure_backbone(cfg, force=False)
     if data:
