@@ -31,6 +31,7 @@ BAD = {
         "data.batch_size=0 is not valid: expected a positive integer",
     ),
     "float batch": (["data.batch_size=2.5"], ConfigError, "data.batch_size=2.5 is not valid"),
+    "lora dropout of 2": (["peft=lora", "peft.dropout=2"], ConfigError, "peft.dropout=2 is not valid: expected a number in [0, 1)"),
     "bad dtype": (["model.dtype=float8"], ConfigError, "model.dtype='float8' is not valid"),
     "bad head": (["head.kind=conv"], ConfigError, "head.kind='conv' is not valid: expected linear, mlp or attention"),
     "window on an mlp head": (["head.window=8"], ConfigError, "head.window=8 needs an attention head"),

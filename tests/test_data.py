@@ -213,6 +213,16 @@ def test_truncation_is_counted_and_keeps_the_end(tokenizer, tmp_path):
     assert dm.encoded["train"][1]["ids"][0] == tokenizer("Q: 1+1=? A: 2")["input_ids"]
 
 
+def test_rows_cut_to_max_length_are_said_on_the_console(caplog):
+    from autocritic.training.run import warn_truncated
+
+    caplog.set_level("WARNING", logger="autocritic")
+    stats = {"data/train_truncated": 2, "data/train_examples": 3, "data/val_truncated": 0, "data/val_examples": 3}
+    warn_truncated(stats, 14)
+    assert "2 of 3 train rows are longer than data.max_length=14 tokens" in caplog.text
+    assert "val rows" not in caplog.text
+
+
 def test_collate_pads_right_and_labels_only_good_responses(tokenizer, tmp_path):
     train = write(tmp_path / "train.jsonl", ROWS["pointwise"][:2])  # labels 1, 0
     dm = datamodule(tokenizer, train_files=[str(train)], val_files=[str(train)])

@@ -92,6 +92,7 @@ RULES: dict[str, tuple[tuple[type, ...], Callable | None, str]] = {
     "peft.mode": ((str,), lambda x: x in ("none", "lora"), "none or lora"),
     "peft.r": ((int,), positive, "a positive integer"),
     "peft.alpha": ((int, float), positive, "a positive number"),
+    "peft.dropout": ((float, int), fraction, "a number in [0, 1)"),
     "export_diverged": ((bool,), None, "true or false"),
     "export.merged": ((bool,), None, "true or false"),
     "export.sequence_classification": ((bool,), None, "true or false"),

@@ -310,6 +310,19 @@ def ensure_offline_inputs(cfg: DictConfig) -> None:
             ensure_replay_documents(cfg, force=False)
 
 
+def warn_truncated(stats: dict, max_length: int) -> None:
+    """Rows longer than data.max_length keep their last tokens (the response, cut from the prompt's start): said
+    once per split, since a limit set too low trains on fragments of every prompt."""
+    for split in ("train", "val", "test"):
+        cut, rows = stats.get(f"data/{split}_truncated", 0), stats.get(f"data/{split}_examples", 0)
+        if cut:
+            log.warning(
+                "data: %d of %d %s rows are longer than data.max_length=%d tokens and keep only their last %d "
+                "(the start of the prompt is cut); raise data.max_length to keep them whole.",
+                cut, rows, split, max_length, max_length,
+            )
+
+
 def chat_tokenizer(cfg: DictConfig, tokenizer):
     """The tokenizer with the chat template that renders this run's conversations, saved with the export so that
     CriticChatModel renders them the same way: none for data.chat_template=none (the dialogue layout), and the
@@ -374,6 +387,7 @@ def train(cfg: DictConfig) -> float | None:
             f"{split} {stats[f'data/{split}_solutions']} solutions → {stats[f'data/{split}_steps']} steps"
             for split in ("train", "val", "test")
         ))
+    warn_truncated(datamodule.stats, data.max_length)
     objective = objective_settings(cfg)
     cached = cfg.phase.freeze_backbone and cfg.phase.cache_features
     critic, head_settings = build_critic(cfg, checked.start)
