@@ -59,7 +59,7 @@ def at_least(settings, minimum: float, *names: str) -> None:
     for name in names:
         value = getattr(settings, name)
         if value is not None and value < minimum:
-            raise ValueError(f"{name}={value} must be ≥ {minimum}")
+            raise ValueError(f"{name}={value} must be ≥ {minimum}: set it to {minimum} or more")
 
 
 def positive(settings, *names: str) -> None:
@@ -67,7 +67,7 @@ def positive(settings, *names: str) -> None:
     for name in names:
         value = getattr(settings, name)
         if value is not None and value <= 0:
-            raise ValueError(f"{name}={value} must be > 0")
+            raise ValueError(f"{name}={value} must be > 0: set a positive value")
 
 
 def _wants_tuple(hint) -> bool:
