@@ -209,6 +209,8 @@ def test_your_problems_run_a_round_from_questions_without_answers(tiny_export, t
         (["improve.generator.lr=0"], r"improve.generator: lr=0 must be > 0"),
         (["improve.problems.shots=-1"], r"improve.problems.shots=-1 must be ≥ 0"),
         (["improve.yours.val_fraction=0.8"], r"improve.yours: held_out_fraction=0.3 and val_fraction=0.8"),
+        (['improve.critic_refresh.overrides=["phase.lr=abc"]'], r"improve.critic_refresh.overrides: phase.lr='abc' is not valid"),
+        (['improve.critic_refresh.overrides=["nokey=1"]'], r"improve.critic_refresh.overrides=\['nokey=1'\] do not compose"),
     ],
 )
 def test_phase_improve_refuses_a_bad_config_before_any_compute(overrides, message, tiny_export, tmp_path):

@@ -12,8 +12,10 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
+from autocritic.errors import ConfigError
 from autocritic.model.export import load_critic, save_critic
 from autocritic.model.head import HeadSettings
+from autocritic.training.config_check import check_config
 from autocritic.training.run import train
 
 CONF = Path(__file__).resolve().parents[1] / "conf"  # the configs that ship in the package (autocritic/conf)
@@ -51,6 +53,23 @@ def compose_train_config(overrides: Sequence[str]):
         return compose(config_name="train", overrides=list(overrides))
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         return compose(config_name="train", overrides=list(overrides))
+
+
+def check_refresh_overrides(start: Path, overrides: Sequence[str]) -> None:
+    """The refresh's `phase=transfer` config composed and checked now, so a bad override in
+    improve.critic_refresh.overrides fails in seconds, not after round 1's sampling and fine-tuning."""
+    where = "improve.critic_refresh.overrides"
+    try:
+        cfg = compose_train_config(
+            transfer_overrides(start, start, Path("run"), Path("train.jsonl"), Path("val.jsonl"), overrides)
+        )
+    except Exception as error:  # Hydra's override and composition errors
+        reason = " ".join(str(error).split()).rstrip(".")
+        raise ConfigError(f"{where}={list(overrides)} do not compose: {reason}. Fix or remove that override.") from None
+    try:
+        check_config(cfg)
+    except ConfigError as error:
+        raise ConfigError(f"{where}: {error}") from None
 
 
 def refresh_critic(

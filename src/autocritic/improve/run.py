@@ -11,6 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from autocritic.errors import AlreadyDone, ConfigError
 from autocritic.evaluation.plots import lines_plot
+from autocritic.improve.critic import check_refresh_overrides
 from autocritic.improve.filters import FILTERS
 from autocritic.improve.generator import GeneratorSettings
 from autocritic.improve.loop import ROUNDS, LoopSettings, read_rounds, run_rounds
@@ -73,6 +74,7 @@ def improve(cfg: DictConfig) -> float | None:
     generator = settings_from(GeneratorSettings, section.generator, "improve.generator")
     replay_files = OmegaConf.to_container(section.replay_files, resolve=True) or []
     critic_overrides = OmegaConf.to_container(section.critic_refresh.overrides, resolve=True) or []
+    check_refresh_overrides(start, critic_overrides)
     yours = settings_from(YourSettings, section.get("yours"), "improve.yours")
     if yours.questions:
         if loop.filter == "oracle":
