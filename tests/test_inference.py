@@ -174,6 +174,28 @@ def test_a_deadline_cuts_the_generation_and_scores_what_was_kept(generator, wind
         CriticLLM(generator=generator, timeout=0)
 
 
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"n": 0}, r"n=0 must be ≥ 1"),
+        ({"max_new_tokens": 0}, r"max_new_tokens=0 must be ≥ 1"),
+        ({"top_k": -1}, r"top_k=-1 must be ≥ 0"),
+        ({"top_p": 1.5}, r"top_p=1.5 must lie in \(0, 1\]"),
+        ({"temperature": -1.0}, r"temperature=-1.0 is not valid with do_sample=False"),
+        ({"do_sample": True, "temperature": 0.0}, r"temperature=0.0 is not valid with do_sample=True"),
+    ],
+)
+def test_generation_settings_out_of_range_are_refused(generator, values, message):
+    with pytest.raises(ValueError, match=message):
+        GenerationSettings(**values)
+    llm_values = {("max_tokens" if k == "max_new_tokens" else k): v for k, v in values.items()}
+    if "temperature" not in values:  # LangChain's temperature has its own convention (sampling_of)
+        with pytest.raises(ConfigError, match=message.replace("max_new_tokens", "max_tokens")):
+            CriticLLM(generator=generator, **llm_values)
+        with pytest.raises(ConfigError, match=message.replace("max_new_tokens", "max_tokens")):
+            CriticLLM(generator=generator).generation_settings(**llm_values)
+
+
 def test_only_new_text_and_greedy_copies(generator):
     [[first, second]] = generator.generate(["Q: 1+2=? A:"], max_new_tokens=6, n=2)
     assert first == second

@@ -33,7 +33,7 @@ from autocritic.model.export import load_critic
 from autocritic.offline.generate import label_split
 from autocritic.offline.labelling import extract_answer, is_right, label_offline
 from autocritic.offline.tasks import Problem, few_shot_prompts, make_splits
-from autocritic.settings import at_least
+from autocritic.settings import at_least, positive
 
 
 @dataclass(frozen=True)
@@ -65,7 +65,7 @@ class SamplingSettings:
     max_pairs_per_problem: int = 4
 
     def __post_init__(self) -> None:
-        at_least(self, 0, "temperature")
+        positive(self, "temperature")  # the loop samples: 0 would be K copies of the greedy answer
         at_least(self, 1, "max_new_tokens", "batch_size", "eval_samples", "max_pairs_per_problem")
 
 

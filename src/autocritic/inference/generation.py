@@ -46,6 +46,7 @@ from autocritic.model.critic import (
 )
 from autocritic.model.sampling import prefill_for_samples
 from autocritic.progress import track
+from autocritic.settings import at_least
 
 FINISH_REASONS = ("stop", "eos", "length")  # stop string found, eos generated, max_new_tokens reached
 
@@ -75,6 +76,17 @@ class GenerationSettings:
     return_values: bool = False  # token-level values (the head over each response token's state)
     return_logprobs: bool = False  # log p(token | prefix) of each kept token, under the untempered model
     max_time: float | None = None  # seconds for the whole call: rows still going then stop (finish_reason "length")
+
+    def __post_init__(self) -> None:
+        at_least(self, 1, "max_new_tokens", "n")
+        at_least(self, 0, "top_k", "max_time")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p={self.top_p} must lie in (0, 1] (1: off)")
+        if self.temperature < 0 or (self.do_sample and self.temperature == 0):
+            raise ValueError(
+                f"temperature={self.temperature} is not valid with do_sample={self.do_sample}: it must be > 0 to "
+                "sample (greedy decoding, do_sample=False, ignores it but takes no negative value)"
+            )
 
 
 @dataclass

@@ -99,6 +99,7 @@ class GenerationFields(BaseModel):
         sampling_of(self.temperature, self.do_sample)
         if self.timeout is not None and self.timeout <= 0:
             raise ConfigError(f"timeout={self.timeout}: give the seconds a call may generate for (> 0), or None.")
+        self.generation_settings()  # n, max_tokens, top_k, top_p out of range: refused here, not at the first call
         return self
 
     @property
@@ -152,7 +153,10 @@ class GenerationFields(BaseModel):
         values["do_sample"], values["temperature"] = sampling_of(values["temperature"], values["do_sample"])
         stops = [*(self.stop or []), *(stop or []), *overrides.get("stop", ())]
         values["stop"] = tuple(dict.fromkeys(s for s in stops if s))  # deduplicated, in order
-        return GenerationSettings(**values)
+        try:
+            return GenerationSettings(**values)
+        except ValueError as error:
+            raise ConfigError(f"{error}.".replace("max_new_tokens=", "max_tokens=")) from None
 
     @property
     def settings_params(self) -> dict[str, Any]:
