@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -214,8 +215,8 @@ def test_feature_cache_is_reused_and_keyed(tiny_backbone, tiny_data, tmp_path, m
     monkeypatch.setattr(feature_cache, "compute_features", lambda *a: calls.append(a[2]) or compute(*a))
     cache = tmp_path / "cache"
 
-    def files() -> dict[str, int]:
-        return {f.name: f.stat().st_mtime_ns for f in cache.glob("*.safetensors")}
+    def files() -> dict[str, int]:  # a rewrite replaces the file (a new inode); a hit only marks it used
+        return {f.name: f.stat().st_ino for f in cache.glob("*.safetensors")}
 
     train(tiny_backbone, tiny_data, tmp_path, "a", "trainer.fast_dev_run=true")
     first = files()
@@ -233,7 +234,36 @@ def test_feature_cache_is_reused_and_keyed(tiny_backbone, tiny_data, tmp_path, m
     assert len(files()) == 2 and len(calls) == 4
     train(tiny_backbone, tiny_data, tmp_path, "d", "trainer.fast_dev_run=true", "data.max_length=16")
     assert len(files()) == 3 and len(calls) == 6
-    assert all(files()[name] == mtime for name, mtime in first.items())
+    assert all(files()[name] == inode for name, inode in first.items())
+
+
+def test_the_feature_cache_is_pruned_least_recently_used_first(tiny_backbone, tiny_data, tmp_path, caplog):
+    cache = tmp_path / "cache"
+    train(tiny_backbone, tiny_data, tmp_path, "a", "trainer.fast_dev_run=true")
+    [first] = cache.glob("*.safetensors")
+    size_gb = first.stat().st_size / 1e9
+    template = "data.template='{prompt} {response}'"
+    train(tiny_backbone, tiny_data, tmp_path, "b", "trainer.fast_dev_run=true", template)  # 20 GB: both kept
+    assert len(list(cache.glob("*.safetensors"))) == 2
+    os.utime(first, (first.stat().st_atime, first.stat().st_mtime - 100))  # the older file was used longer ago
+    caplog.set_level("INFO", logger="autocritic")
+    limit = f"paths.cache_max_gb={2.5 * size_gb}"  # room for two files of this size, not three
+    train(tiny_backbone, tiny_data, tmp_path, "c", "trainer.fast_dev_run=true", "data.max_length=16", limit)
+    kept = {f.name for f in cache.glob("*.safetensors")}
+    assert len(kept) == 2 and first.name not in kept
+    assert "removed 1 least recently used file(s)" in caplog.text
+
+
+def test_prune_cache_never_removes_the_file_in_use(tmp_path):
+    files = []
+    for age, name in enumerate(("new", "mid", "old")):
+        path = tmp_path / f"{name}.safetensors"
+        path.write_bytes(b"x" * 100)
+        os.utime(path, (1000 - age, 1000 - age))
+        files.append(path)
+    new, mid, old = files
+    assert feature_cache.prune_cache(tmp_path, keep=old, max_bytes=150) == [mid, new]  # oldest of the others first
+    assert old.is_file() and feature_cache.prune_cache(tmp_path, keep=old, max_bytes=10) == []
 
 
 def test_feature_cache_does_not_change_the_result(tiny_backbone, tiny_data, tmp_path, capture):

@@ -98,6 +98,7 @@ RULES: dict[str, tuple[tuple[type, ...], Callable | None, str]] = {
     "export.sequence_classification": ((bool,), None, "true or false"),
     "export.license": ((str,), None, "a license id such as apache-2.0, or null"),
     "progress_bar": ((str,), lambda x: x in ("rich", "tqdm", "none"), "rich, tqdm or none"),
+    "paths.cache_max_gb": ((float, int), positive, "a positive number of GB, or null (no limit)"),
     "trainer.max_epochs": ((int,), positive, "a positive integer"),
     "trainer.accumulate_grad_batches": ((int,), positive, "a positive integer"),
     "trainer.gradient_clip_val": ((float, int), lambda x: x >= 0, "a number ≥ 0 (0 turns clipping off)"),

@@ -3,7 +3,9 @@ their mask, and their token ids for a head reading them) and the model's confide
 computed once, reused every epoch.
 
 The key hashes everything the features depend on (backbone weights and config, tokenizer, data files, template,
-max length, dtype); any change gives a new key, so a stale cache is never read.
+max length, dtype); any change gives a new key, so a stale cache is never read. Stale files are never read but
+stay on disk, so the directory is kept under a size (`paths.cache_max_gb`): after a new file is written, the least
+recently used others are removed until it fits.
 """
 
 from __future__ import annotations
@@ -170,6 +172,23 @@ def _features_after_prefixes(prefixes, answers, skips, repeat, critic, device, p
     return join_features(states[:, 0], mask[:, 0], confidence[rows, last], None if ids is None else ids[:, 0]).cpu()
 
 
+def prune_cache(cache_dir: str | Path, keep: Path, max_bytes: int) -> list[Path]:
+    """Remove the least recently used cache files other than `keep` until the directory's files total at most
+    `max_bytes` (`keep` alone may exceed it); returns the removed ones."""
+    files = sorted(
+        (f for f in Path(cache_dir).glob("*.safetensors") if f != Path(keep)), key=lambda f: f.stat().st_mtime
+    )
+    total = sum(f.stat().st_size for f in files) + (Path(keep).stat().st_size if Path(keep).is_file() else 0)
+    removed = []
+    for file in files:
+        if total <= max_bytes:
+            break
+        total -= file.stat().st_size
+        file.unlink(missing_ok=True)
+        removed.append(file)
+    return removed
+
+
 def load_or_compute(
     critic: CriticModel,
     datamodule: CriticDataModule,
@@ -177,9 +196,11 @@ def load_or_compute(
     key: str,
     device: torch.device,
     ranks: Ranks | None = None,
+    max_bytes: int | None = None,
 ) -> tuple[dict[str, torch.Tensor], bool]:
     """Features per split and whether they came from the cache. Written atomically, by rank 0 alone. With `ranks`,
-    every rank reads the file only if every rank can (nodes need not share a disk), else they compute it together."""
+    every rank reads the file only if every rank can (nodes need not share a disk), else they compute it together.
+    A file read is marked as used now; after a file is written, the cache is pruned to `max_bytes` (None: never)."""
     file = Path(cache_dir) / f"{key}.safetensors"
     features = None
     if file.is_file():
@@ -191,6 +212,7 @@ def load_or_compute(
         if not all(len(features.get(s, ())) == len(datamodule.encoded[s]) for s in SPLITS if datamodule.encoded.get(s)):
             features = None
     if (features is not None) if ranks is None else ranks.all_agree(features is not None):
+        file.touch()  # used now: the last file pruning would remove
         return features, True
     was_training = critic.training
     critic.eval()
@@ -203,4 +225,11 @@ def load_or_compute(
         tmp = file.with_suffix(f".tmp{os.getpid()}")
         save_file({k: v.contiguous() for k, v in features.items()}, str(tmp))
         tmp.replace(file)
+        if max_bytes is not None:
+            removed = prune_cache(file.parent, file, max_bytes)
+            if removed:
+                log.info(
+                    "feature cache: removed %d least recently used file(s) to stay under paths.cache_max_gb=%g",
+                    len(removed), max_bytes / 1e9,
+                )
     return features, False

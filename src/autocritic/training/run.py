@@ -148,6 +148,8 @@ class FeatureCache(L.Callback):
              "quantization": OmegaConf.to_container(cfg.quantization), "seed": cfg.seed, "features": layout},
         )
         self.cache_dir, self.critic = cfg.paths.cache, critic
+        limit = OmegaConf.select(cfg, "paths.cache_max_gb", default=None)
+        self.max_bytes = None if limit is None else int(limit * 1e9)
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         datamodule = trainer.datamodule
@@ -158,7 +160,9 @@ class FeatureCache(L.Callback):
             strategy = trainer.strategy
             ranks = Ranks(trainer.global_rank, trainer.world_size, strategy.all_gather, lambda ok: strategy.reduce_boolean_decision(ok, all=True))
         device = trainer.strategy.root_device
-        features, hit = load_or_compute(self.critic.to(device), datamodule, self.cache_dir, self.key, device, ranks)
+        features, hit = load_or_compute(
+            self.critic.to(device), datamodule, self.cache_dir, self.key, device, ranks, self.max_bytes
+        )
         log.info("feature cache %s (%s)", "hit" if hit else "computed", self.key)
         datamodule.use_features(features)
 
