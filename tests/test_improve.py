@@ -190,6 +190,8 @@ def test_your_problems_run_a_round_from_questions_without_answers(tiny_export, t
     assert rounds[1]["export"] == str(export)
     config = json.loads((export / "critic_config.json").read_text())
     assert config["backbone"]["mode"] == "full" and (export / "backbone").is_dir()  # the round's export stands alone
+    assert (tmp_path / "run" / "round_1" / "critic" / "export").is_dir()
+    assert not (tmp_path / "run" / "round_1" / "critic" / "cache").exists()  # the refresh's features: not kept
     assert set(rounds[1]["metrics"]) >= {"greedy_accuracy", "pass@2", "best_of_2_critic", "critic_auroc", "distinct_answers"}
     with pytest.raises(Exception, match="improve.yours.questions lacks"):
         world.judge(0, " 0")

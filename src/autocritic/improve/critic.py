@@ -6,6 +6,7 @@ export), composed from the same configs with `improve.critic_refresh.overrides` 
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -88,6 +89,7 @@ def refresh_critic(
     run_dir = out / "critic"
     cfg = compose_train_config(transfer_overrides(generator, previous, run_dir, train_file, val_file, shared_overrides))
     train(cfg)
+    shutil.rmtree(run_dir / "cache", ignore_errors=True)  # read by this refresh only: most of a round's disk
     trained = load_critic(run_dir / "export")
     return save_critic(
         trained.model,
