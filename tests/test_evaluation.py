@@ -256,6 +256,20 @@ def test_the_search_suite_alone_picks_the_newest_step_critic(tmp_path):
     assert find_export(cfg) == outcome
 
 
+def test_ctrl_c_in_a_suite_is_one_message_and_writes_nothing(tiny_export, tmp_path, monkeypatch):
+    from autocritic.errors import Interrupted
+
+    def stopped(ctx, settings):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(rerank, "run", stopped)
+    run_dir = tmp_path / "run"
+    cfg = compose_eval([f"ckpt={tiny_export}", f"paths.run_dir={run_dir}", "suites=[rerank]", *TINY_SIZES])
+    with pytest.raises(Interrupted, match=r"stopped by SIGINT in the rerank suite: nothing is written") as stopped_run:
+        evaluate(cfg)
+    assert stopped_run.value.exit_code == 130 and not (run_dir / "results.json").exists()
+
+
 @pytest.mark.parametrize("damage", ["head", "backbone"])
 def test_incompatible_checkpoint_is_a_clear_error(tiny_export, tmp_path, damage):
     broken = tmp_path / "export"

@@ -281,3 +281,63 @@ def test_compare_names_a_missing_metric_and_a_damaged_file(tmp_path):
     (run / ROUNDS).write_text("{not json")
     with pytest.raises(CheckpointError, match="is damaged"):
         compare([run], "greedy_accuracy", None)
+
+
+# ---- a signal in the middle of a run: one message saying how to go on ----
+
+
+def test_a_stopped_run_says_what_is_kept_and_how_to_go_on(tmp_path):
+    from autocritic.improve.loop import write_rounds
+    from autocritic.improve.run import stopped_message
+
+    assert "nothing was finished; run the same command again" in stopped_message(tmp_path, "SIGTERM")
+    write_rounds(tmp_path, LoopSettings(), [{"round": 0, "export": "e0", "metrics": {}}, {"round": 1, "export": "e1", "metrics": {}}])
+    assert stopped_message(tmp_path, "SIGINT") == (
+        f"stopped by SIGINT in round 2: rounds 0–1 and their exports are kept in {tmp_path}; go on with the same "
+        f"command and resume={tmp_path} (round 2 starts over)."
+    )
+
+
+@pytest.mark.parametrize(("raise_it", "code", "name"), [("sigterm", 143, "SIGTERM"), ("ctrl-c", 130, "SIGINT")])
+def test_stop_with_turns_a_signal_anywhere_inside_into_one_message(raise_it, code, name):
+    import os
+    import signal
+    import time
+
+    from autocritic.errors import Interrupted
+    from autocritic.signals import stop_with
+
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(Interrupted) as stopped, stop_with(lambda signal_name: f"stopped by {signal_name}, go on"):
+        if raise_it == "sigterm":
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # the handler raises before this ends
+        else:
+            raise KeyboardInterrupt
+    assert (str(stopped.value), stopped.value.exit_code) == (f"stopped by {name}, go on", code)
+    assert signal.getsignal(signal.SIGTERM) is before  # the previous handler is back
+
+
+def test_a_sigterm_during_an_inner_training_run_is_this_runs_message(tiny_backbone, tiny_data, tmp_path):
+    """The critic refresh is a Lightning fit inside the loop: its own 'resume with phase=transfer' hint is replaced
+    by the loop's."""
+    import os
+    import signal
+    import threading
+
+    from helpers import compose_train, tiny_overrides
+
+    from autocritic.errors import Interrupted
+    from autocritic.signals import stop_with
+    from autocritic.training import run
+
+    cfg = compose_train([*tiny_overrides(tiny_backbone, tiny_data, tmp_path), "phase.max_epochs=100000"])
+    timer = threading.Timer(4.0, os.kill, (os.getpid(), signal.SIGTERM))
+    timer.start()
+    try:
+        with pytest.raises(Interrupted) as stopped, stop_with(lambda signal_name: f"the loop's message ({signal_name})"):
+            run.train(cfg)
+    finally:
+        timer.cancel()
+    assert (str(stopped.value), stopped.value.exit_code) == ("the loop's message (SIGTERM)", 143)
+    assert (Path(cfg.paths.run_dir) / "checkpoints" / "last.ckpt").is_file()  # it stopped inside the fit

@@ -9,6 +9,8 @@ catches the `KeyboardInterrupt` and calls `sys.exit(1)`. Both pass the callbacks
 from __future__ import annotations
 
 import signal
+import threading
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -55,3 +57,31 @@ def interrupted(callback: SaveOnSignal, resume_hint: str = "", start_again: str 
         else:
             what = f"nothing was saved; run {start_again}"
         raise Interrupted(f"stopped by {callback.received}: {what}.", code) from None
+
+
+class Terminated(Exception):
+    """SIGTERM, raised where the process was (by the handler `stop_with` installs)."""
+
+
+@contextmanager
+def stop_with(message: Callable[[str], str]):
+    """Around work with loops of its own (not one Lightning fit): SIGTERM or Ctrl+C anywhere inside, a fit's own
+    `Interrupted` included (its resume hint is the inner run's, not this one's), ends as one
+    `Interrupted(message(signal name), 128 + signum)`."""
+    def terminate(signum, frame):
+        raise Terminated()
+
+    main = threading.current_thread() is threading.main_thread()  # handlers can only be set there
+    previous = signal.signal(signal.SIGTERM, terminate) if main else None
+    try:
+        yield
+    except Terminated:
+        raise Interrupted(message("SIGTERM"), 128 + signal.SIGTERM) from None
+    except KeyboardInterrupt:
+        raise Interrupted(message("SIGINT"), 128 + signal.SIGINT) from None
+    except Interrupted as error:
+        name = "SIGTERM" if error.exit_code == 128 + signal.SIGTERM else "SIGINT"
+        raise Interrupted(message(name), error.exit_code) from None
+    finally:
+        if main:
+            signal.signal(signal.SIGTERM, previous)

@@ -37,6 +37,7 @@ from autocritic.inference.generation import CriticGenerator
 from autocritic.model.export import CONFIG_NAME, read_critic_config
 from autocritic.model.hub import locate_export
 from autocritic.settings import settings_from
+from autocritic.signals import stop_with
 from autocritic.tracking import is_wandb, wandb_mode
 
 log = logging.getLogger("autocritic")
@@ -246,16 +247,25 @@ def evaluate(cfg: DictConfig) -> float | None:
     ctx = EvalContext.for_generator(generator, seed=cfg.seed, out_dir=run_dir)
 
     results = []
-    for name in suites:
-        log.info("suite %s: %s", name, settings[name])
-        suite_start = time.perf_counter()
-        try:
-            result = SUITES[name].run(ctx, settings[name])
-        except ValueError as error:  # a setting the suite refuses (unknown variant, selector, ...)
-            raise ConfigError(f"{name}: {error}") from None
-        result.seconds = time.perf_counter() - suite_start
-        log.info("suite %s done in %.1f s: %s", name, result.seconds, result.headline)
-        results.append(result)
+    current = suites[0]
+
+    def stopped(signal_name: str) -> str:
+        return (
+            f"stopped by {signal_name} in the {current} suite: nothing is written before every suite is done; run "
+            "the same command again (suites=[...] runs fewer)."
+        )
+
+    with stop_with(stopped):
+        for current in suites:
+            log.info("suite %s: %s", current, settings[current])
+            suite_start = time.perf_counter()
+            try:
+                result = SUITES[current].run(ctx, settings[current])
+            except ValueError as error:  # a setting the suite refuses (unknown variant, selector, ...)
+                raise ConfigError(f"{current}: {error}") from None
+            result.seconds = time.perf_counter() - suite_start
+            log.info("suite %s done in %.1f s: %s", current, result.seconds, result.headline)
+            results.append(result)
 
     config = read_critic_config(export)
     meta = {

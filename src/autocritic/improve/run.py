@@ -19,6 +19,7 @@ from autocritic.improve.world import OfflineWorld, ProblemSettings, SamplingSett
 from autocritic.improve.yours import YourSettings, YourWorld
 from autocritic.model.export import CONFIG_NAME, read_critic_config
 from autocritic.settings import settings_from
+from autocritic.signals import stop_with
 from autocritic.training.preflight import latest
 
 log = logging.getLogger("autocritic")
@@ -61,6 +62,20 @@ def latest_transfer_export(cfg: DictConfig) -> Path:
     return found.parent
 
 
+def stopped_message(run_dir: Path, signal_name: str) -> str:
+    """What a signal in the middle of a run leaves, and how to go on: the finished rounds stay, the cut one starts
+    over."""
+    done = read_rounds(run_dir)
+    if not done:
+        return f"stopped by {signal_name} while measuring round 0: nothing was finished; run the same command again."
+    last = done[-1]["round"]
+    kept = "round 0 (the start, measured) is" if last == 0 else f"rounds 0–{last} and their exports are"
+    return (
+        f"stopped by {signal_name} in round {last + 1}: {kept} kept in {run_dir}; go on with the same command and "
+        f"resume={run_dir} (round {last + 1} starts over)."
+    )
+
+
 def improve(cfg: DictConfig) -> float | None:
     section = cfg.improve
     loop = settings_from(
@@ -92,6 +107,7 @@ def improve(cfg: DictConfig) -> float | None:
         raise AlreadyDone(f"{run_dir} has finished its {loop.rounds} rounds; raise improve.rounds to go on.")
     log.info("phase=improve in %s: %d rounds, filter=%s, %d improving problems", run_dir, loop.rounds, loop.filter, len(world.improving_prompts()))
     samples = world.sampling.eval_samples
-    rounds = run_rounds(world, loop, run_dir, start, on_round=lambda r: plot_rounds(run_dir, r, samples, loop.filter))
+    with stop_with(lambda name: stopped_message(run_dir, name)):
+        rounds = run_rounds(world, loop, run_dir, start, on_round=lambda r: plot_rounds(run_dir, r, samples, loop.filter))
     plot_rounds(run_dir, rounds, samples, loop.filter)
     return rounds[-1]["metrics"].get("greedy_accuracy")

@@ -17,6 +17,7 @@ from autocritic.offline.generate import CARD, GenerateSettings, build_critic_dat
 from autocritic.offline.pretrain import BUILD_INFO, PretrainSettings, build_backbone
 from autocritic.offline.replay import DOCUMENTS, ReplaySettings, build_replay_documents
 from autocritic.settings import settings_from
+from autocritic.signals import stop_with
 
 log = logging.getLogger("autocritic")
 
@@ -44,7 +45,11 @@ def ensure_critic_data(cfg: DictConfig, force: bool) -> Path:
     settings = settings_from(GenerateSettings, cfg.offline.get("generate"), "offline.generate")
     out = critic_dir(cfg)
     log.info("self-labelled critic data: %s %s", "rebuilding" if force else "checking", out)
-    build_critic_data(backbone, settings, out, force=force, progress=cfg.progress_bar != "none")
+    def stopped(name: str) -> str:
+        return f"stopped by {name} while building the critic data: {out} is as it was; run the same command again."
+
+    with stop_with(stopped):
+        build_critic_data(backbone, settings, out, force=force, progress=cfg.progress_bar != "none")
     card = json.loads((out / CARD).read_text())
     log.info("critic data ready: %s", json.dumps(card.get("splits", {})))
     return out
