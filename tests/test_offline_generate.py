@@ -218,3 +218,4 @@ def test_a_rebuild_that_fails_leaves_the_previous_data_in_place(backbone, tmp_pa
     with pytest.raises(RuntimeError, match="killed mid-build"):
         build_critic_data(backbone, dataclasses.replace(SETTINGS, samples=2), out, progress=False)
     assert {path.name: path.read_bytes() for path in output_files(out)} == before
+    assert not out.with_name(out.name + ".partial").exists()  # the cut build's files are gone too

@@ -4,21 +4,24 @@ Ctrl+C in the middle of a build leaves the previous build as it was, never a hal
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
-def staging_dir(target: Path) -> Path:
-    """An empty directory beside `target` (`<name>.partial`), for the build that will replace it."""
-    staging = Path(target).with_name(Path(target).name + ".partial")
+@contextmanager
+def staged(target: Path) -> Iterator[Path]:
+    """An empty directory beside `target` (`<name>.partial`) to build in: it replaces `target` when the block ends,
+    and is removed, `target` untouched, when the block raises (a signal included)."""
+    target = Path(target)
+    staging = target.with_name(target.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    return staging
-
-
-def move_into_place(staging: Path, target: Path) -> Path:
-    """`staging` becomes `target`; the previous build there is removed only now."""
-    target = Path(target)
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     if target.exists():
         shutil.rmtree(target)
-    Path(staging).rename(target)
-    return target
+    staging.rename(target)

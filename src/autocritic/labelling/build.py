@@ -24,7 +24,7 @@ from autocritic.errors import ConfigError
 from autocritic.labelling.checkers import Checker
 from autocritic.labelling.problems import SPLITS, Problem
 from autocritic.labelling.steps import Completer, Solution, split_steps, stepwise_rows
-from autocritic.staging import move_into_place, staging_dir
+from autocritic.staging import staged
 
 Sampler = Callable[[Sequence[str]], list[list[str]]]  # rendered prompts -> K responses each
 CARD = "card.json"
@@ -79,14 +79,14 @@ def write_set(out_dir: Path, rows: Mapping[str, list[dict]], card: dict) -> Path
     out_dir = Path(out_dir)
     if out_dir.exists() and not set(p.name for p in out_dir.iterdir()) <= WRITTEN:
         raise ConfigError(f"generate.out={out_dir} holds other files: name a new or an earlier labelled directory.")
-    tmp = staging_dir(out_dir)
-    for split, split_rows in rows.items():
-        (tmp / f"{split}.jsonl").write_text(
-            "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in split_rows), encoding="utf-8"
-        )
-    (tmp / CARD).write_text(json.dumps(card, indent=2) + "\n")
-    (tmp / TEMPLATE).write_text(card["template"], encoding="utf-8")
-    return move_into_place(tmp, out_dir)
+    with staged(out_dir) as tmp:
+        for split, split_rows in rows.items():
+            (tmp / f"{split}.jsonl").write_text(
+                "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in split_rows), encoding="utf-8"
+            )
+        (tmp / CARD).write_text(json.dumps(card, indent=2) + "\n")
+        (tmp / TEMPLATE).write_text(card["template"], encoding="utf-8")
+    return out_dir
 
 
 def build_labelled_data(

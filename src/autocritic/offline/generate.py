@@ -35,7 +35,7 @@ from autocritic.offline.steps import chain_step_labels, split_steps
 from autocritic.offline.tasks import SPLITS, Problem, few_shot_prompts, make_splits
 from autocritic.progress import track
 from autocritic.settings import at_least
-from autocritic.staging import move_into_place, staging_dir
+from autocritic.staging import staged
 
 CARD = "card.json"
 PERTURBED = "perturbed_train.jsonl"
@@ -234,7 +234,22 @@ def build_critic_data(
     )
     if not force and is_built(out_dir, fingerprint, stepwise):
         return out_dir
-    staging = staging_dir(out_dir)  # the previous data stays in place until this build is complete
+    with staged(out_dir) as staging:  # the previous data stays in place until this build is complete
+        _build_into(staging, backbone_dir, settings, fingerprint, label_fn, problems, stepwise, progress)
+    return out_dir
+
+
+def _build_into(
+    staging: Path,
+    backbone_dir: Path,
+    settings: GenerateSettings,
+    fingerprint: str,
+    label_fn: LabelFn,
+    problems: Mapping[str, Sequence[Problem]] | None,
+    stepwise: bool,
+    progress: bool,
+) -> None:
+    """Sample and label every split, writing the files and the card (last) into `staging`."""
     started = time.perf_counter()
     if problems is None:
         sizes = {
@@ -296,4 +311,3 @@ def build_critic_data(
             _write_jsonl(staging / PERTURBED, perturbed)
     card["seconds"] = round(time.perf_counter() - started, 1)
     (staging / CARD).write_text(json.dumps(card, indent=2) + "\n")
-    return move_into_place(staging, out_dir)

@@ -33,7 +33,7 @@ from autocritic.offline.tokenizer import save_tokenizer, train_tokenizer
 from autocritic.progress import track
 from autocritic.settings import at_least, positive
 from autocritic.signals import SaveOnSignal, interrupted
-from autocritic.staging import move_into_place, staging_dir
+from autocritic.staging import staged
 
 log = logging.getLogger("autocritic")
 
@@ -359,9 +359,6 @@ def build_backbone(
         (document_text(next(documents)) for _ in range(settings.tokenizer_documents)), settings.vocab_size
     )
     model, stats = train_model(settings, tokenizer, progress)
-    staging = staging_dir(out_dir)  # the previous build stays in place until this one is complete
-    model.save_pretrained(staging)
-    save_tokenizer(tokenizer, staging)
     info = {
         "fingerprint": fingerprint,
         "settings": dataclasses.asdict(settings),
@@ -369,6 +366,9 @@ def build_backbone(
         **stats,
         "total_seconds": round(time.perf_counter() - started, 1),
     }
-    # Written last: its presence with the right fingerprint is what marks the build complete.
-    (staging / BUILD_INFO).write_text(json.dumps(info, indent=2) + "\n")
-    return move_into_place(staging, out_dir)
+    with staged(out_dir) as staging:  # the previous build stays in place until this one is complete
+        model.save_pretrained(staging)
+        save_tokenizer(tokenizer, staging)
+        # Written last: its presence with the right fingerprint is what marks the build complete.
+        (staging / BUILD_INFO).write_text(json.dumps(info, indent=2) + "\n")
+    return out_dir
