@@ -45,6 +45,7 @@ def ensure_critic_data(cfg: DictConfig, force: bool) -> Path:
     settings = settings_from(GenerateSettings, cfg.offline.get("generate"), "offline.generate")
     out = critic_dir(cfg)
     log.info("self-labelled critic data: %s %s", "rebuilding" if force else "checking", out)
+
     def stopped(name: str) -> str:
         return f"stopped by {name} while building the critic data: {out} is as it was; run the same command again."
 

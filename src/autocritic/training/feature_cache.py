@@ -175,15 +175,15 @@ def _features_after_prefixes(prefixes, answers, skips, repeat, critic, device, p
 def prune_cache(cache_dir: str | Path, keep: Path, max_bytes: int) -> list[Path]:
     """Remove the least recently used cache files other than `keep` until the directory's files total at most
     `max_bytes` (`keep` alone may exceed it); returns the removed ones."""
-    files = sorted(
-        (f for f in Path(cache_dir).glob("*.safetensors") if f != Path(keep)), key=lambda f: f.stat().st_mtime
+    others = sorted(
+        ((f, f.stat()) for f in Path(cache_dir).glob("*.safetensors") if f != Path(keep)), key=lambda fs: fs[1].st_mtime
     )
-    total = sum(f.stat().st_size for f in files) + (Path(keep).stat().st_size if Path(keep).is_file() else 0)
+    total = sum(stat.st_size for _, stat in others) + (Path(keep).stat().st_size if Path(keep).is_file() else 0)
     removed = []
-    for file in files:
+    for file, stat in others:
         if total <= max_bytes:
             break
-        total -= file.stat().st_size
+        total -= stat.st_size
         file.unlink(missing_ok=True)
         removed.append(file)
     return removed

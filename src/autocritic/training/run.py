@@ -18,7 +18,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar, TQDMPr
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from autocritic.chat_format import DIALOGUE_CHAT_TEMPLATE, has_chat_template
-from autocritic.data.datamodule import CriticDataModule, DataSettings, as_list
+from autocritic.data.datamodule import SPLITS, CriticDataModule, DataSettings, as_list
 from autocritic.data.stepwise import DEFAULT_SEPARATOR
 from autocritic.data.template import read_template_file
 from autocritic.errors import ConfigError, DivergedError
@@ -317,7 +317,7 @@ def ensure_offline_inputs(cfg: DictConfig) -> None:
 def warn_truncated(stats: dict, max_length: int) -> None:
     """Rows longer than data.max_length keep their last tokens (the response, cut from the prompt's start): said
     once per split, since a limit set too low trains on fragments of every prompt."""
-    for split in ("train", "val", "test"):
+    for split in SPLITS:
         cut, rows = stats.get(f"data/{split}_truncated", 0), stats.get(f"data/{split}_examples", 0)
         if cut:
             log.warning(
