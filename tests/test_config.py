@@ -147,6 +147,41 @@ def test_bad_config_fails_before_compute(tiny_backbone, tiny_data, tmp_path, ref
 
 
 @pytest.mark.parametrize(
+    ("overrides", "gpus", "message"),
+    [
+        (["trainer=gpu"], 0, "trainer.accelerator=gpu asks for a GPU (trainer=gpu, fsdp and deepspeed do), but torch sees none"),
+        (["trainer=fsdp"], 0, "or set trainer.accelerator=cpu"),
+        (["trainer=gpu", "trainer.devices=2"], 1, "trainer.devices=2 asks for 2 GPUs, but torch sees 1"),
+        (["trainer=gpu", "trainer.devices=[0,3]"], 2, "trainer.devices=[0, 3] asks for 4 GPUs, but torch sees 2"),
+    ],
+)
+def test_a_trainer_asking_for_missing_gpus_fails_before_compute(
+    tiny_backbone, tiny_data, tmp_path, refuse_compute, monkeypatch, overrides, gpus, message
+):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpus > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+    # tiny_overrides sets trainer.accelerator=cpu: the presets' own accelerator is put back
+    cfg = compose_train([*tiny_overrides(tiny_backbone, tiny_data, tmp_path), *overrides, "trainer.accelerator=gpu"])
+    with pytest.raises(ConfigError, match="asks for") as raised:
+        run.train(cfg)
+    assert message in str(raised.value)
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_a_trainer_asking_for_the_gpus_there_are_passes_the_device_check(monkeypatch):
+    import torch
+
+    from autocritic.training.config_check import check_devices
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    for devices in ("2", "auto", "-1", "[1]"):
+        check_devices(compose_train(["trainer=gpu", f"trainer.devices={devices}"]))
+
+
+@pytest.mark.parametrize(
     ("values", "message"),
     [
         ({"mix": "{summary:0.5}"}, "offline.replay.mix='{summary:0.5}' is not valid: expected a mapping"),

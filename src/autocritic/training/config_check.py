@@ -148,6 +148,41 @@ def check_trainer_keys(cfg: DictConfig) -> None:
         )
 
 
+def gpus_asked(devices) -> int:
+    """How many GPUs trainer.devices names: a count, a list of indices, or 1 for auto/-1 (at least one)."""
+    if isinstance(devices, (list, ListConfig)):
+        return max(devices) + 1 if devices else 1
+    if isinstance(devices, str):
+        devices = int(devices) if devices.lstrip("-").isdigit() else 1
+    return devices if devices > 0 else 1
+
+
+def check_devices(cfg: DictConfig) -> None:
+    """A trainer that asks for GPUs on a machine whose torch sees fewer fails now, not after the data is built
+    (Lightning's own message, "No supported gpu backend found!", comes late and names no setting)."""
+    accelerator = OmegaConf.select(cfg, "trainer.accelerator", default="auto")
+    if accelerator not in ("gpu", "cuda"):
+        return
+    import torch
+
+    seen = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    devices = OmegaConf.select(cfg, "trainer.devices", default=1)
+    asked = gpus_asked(devices)
+    if seen == 0:
+        why = "this torch is a CPU build" if torch.version.cuda is None else "no CUDA device or driver is visible"
+        raise ConfigError(
+            f"trainer.accelerator={accelerator} asks for a GPU (trainer=gpu, fsdp and deepspeed do), but torch sees "
+            f"none ({why}). Run on a machine with a GPU and a CUDA build of torch, or train on the CPU: leave "
+            "trainer at its default (it takes the GPU when there is one) or set trainer.accelerator=cpu."
+        )
+    if asked > seen:
+        raise ConfigError(
+            f"trainer.devices={OmegaConf.to_container(devices) if isinstance(devices, ListConfig) else devices} "
+            f"asks for {asked} GPUs, but torch sees {seen}. Set trainer.devices={seen} (or auto), or check "
+            "CUDA_VISIBLE_DEVICES."
+        )
+
+
 def check_config(cfg: DictConfig) -> None:
     phase = OmegaConf.select(cfg, "phase.name")
     if phase not in PHASES:
@@ -224,3 +259,4 @@ def check_config(cfg: DictConfig) -> None:
             "cannot test it (measured on an H200, docs/results.md). Shard the weights with "
             "trainer=fsdp, or use ZeRO stage 2 (trainer=deepspeed, the default stage)."
         )
+    check_devices(cfg)
