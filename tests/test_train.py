@@ -365,7 +365,10 @@ def test_train_returns_the_best_validation_metric(tiny_backbone, tiny_data, tmp_
 
 # ---- every preset composes ----
 @pytest.mark.parametrize("experiment", [None, *EXPERIMENTS])
-def test_configs_compose(experiment):
+def test_configs_compose(experiment, monkeypatch):
+    # the GPU presets are checked as on the machine they are for
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 8)
     cfg = compose_train([] if experiment is None else [f"experiment={experiment}"])
     assert cfg.phase.name in PHASES
     check_config(cfg)
