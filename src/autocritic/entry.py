@@ -22,7 +22,7 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
     os.environ.setdefault("WANDB_SILENT", "true")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    for name in ("bitsandbytes", "transformers.modeling_utils", "lightning.pytorch.utilities.rank_zero"):
+    for name in ("bitsandbytes", "kernels", "transformers.modeling_utils", "lightning.pytorch.utilities.rank_zero"):
         logging.getLogger(name).setLevel(logging.ERROR)
     import transformers
 

@@ -9,7 +9,10 @@ the keys lose that prefix and the config names the base model and the task, so
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -46,11 +49,29 @@ def save_adapter(model: torch.nn.Module, out_dir: Path, base_model_name_or_path:
     save_file(plain, str(out_dir / ADAPTER_WEIGHTS), metadata={"format": "pt"})
 
 
+@contextlib.contextmanager
+def bitsandbytes_quiet() -> Iterator[None]:
+    """peft imports bitsandbytes when it is installed, and on CPUs with AVX512-BF16 bitsandbytes then looks for its
+    CPU 4-bit kernel on the Hub (through the `kernels` package) and warns when it cannot have it: a matter for
+    quantized models only (loading one runs its backend first, model/quantization.py), noise to someone loading an
+    adapter. Both libraries' warnings are quiet for the import alone."""
+    loggers = [logging.getLogger(name) for name in ("bitsandbytes", "kernels")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
+
+
 def apply_adapter(critic: torch.nn.Module, adapter_dir: Path, merge: bool, plain: bool = True) -> torch.nn.Module:
     """`critic` (a CriticModel) with the export's adapter on its backbone: merged into the weights (a CriticModel
     again), or as a PeftModel around it. `plain`: the adapter is a causal LM's (this module's layout); exports of
     format 1 wrote the CriticModel's own."""
-    from peft import PeftConfig, PeftModel
+    with bitsandbytes_quiet():
+        from peft import PeftConfig, PeftModel
 
     try:
         extra = {}
