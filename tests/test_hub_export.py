@@ -7,6 +7,8 @@ import dataclasses
 import hashlib
 import json
 import shutil
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -414,3 +416,15 @@ def test_the_push_command_uploads_an_export_and_says_clearly_when_it_cannot(tiny
     err = capsys.readouterr().err
     assert stopped.value.code == 1 and "failed: ConnectionError: Failed to resolve 'huggingface.co' (log in" in err
     assert err.count("\n") == 1
+
+
+def test_loading_an_adapter_does_not_print_bitsandbytes_kernel_notices():
+    def stderr_of(code: str) -> str:
+        return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stderr
+
+    if "kernels-community" not in stderr_of("import peft"):
+        pytest.skip("this machine's bitsandbytes says nothing at import (no AVX512-BF16 CPU, or no bitsandbytes)")
+    quiet = stderr_of(
+        "from autocritic.model.adapter import bitsandbytes_quiet\nwith bitsandbytes_quiet():\n    import peft"
+    )
+    assert "kernels-community" not in quiet

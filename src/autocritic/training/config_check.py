@@ -169,7 +169,8 @@ def check_devices(cfg: DictConfig) -> None:
     devices = OmegaConf.select(cfg, "trainer.devices", default=1)
     asked = gpus_asked(devices)
     if seen == 0:
-        why = "this torch is a CPU build" if torch.version.cuda is None else "no CUDA device or driver is visible"
+        cpu_build = torch.version.cuda is None and getattr(torch.version, "hip", None) is None
+        why = "this torch is a CPU build" if cpu_build else "no GPU or driver is visible"
         raise ConfigError(
             f"trainer.accelerator={accelerator} asks for a GPU (trainer=gpu, fsdp and deepspeed do), but torch sees "
             f"none ({why}). Run on a machine with a GPU and a CUDA build of torch, or train on the CPU: leave "
