@@ -323,6 +323,40 @@ def test_the_search_suite_runs_on_a_tiny_export_and_draws_its_trees(tiny_export,
         assert (run_dir / png).stat().st_size > 1000 and f"]({png})" in report
 
 
+@pytest.mark.parametrize("chain_share", [0.0, None, 0.85])
+def test_a_backbone_pretrained_without_chains_is_refused_before_loading(tiny_backbone, tmp_path, chain_share):
+    import json
+    import shutil
+
+    from autocritic.errors import ConfigError
+    from autocritic.evaluation.search import check_backbone
+    from autocritic.model.backbone import load_backbone, load_tokenizer
+    from autocritic.model.critic import CriticModel
+    from autocritic.model.export import save_critic
+    from autocritic.model.head import HeadSettings
+
+    backbone = tmp_path / "backbone"
+    shutil.copytree(tiny_backbone, backbone)
+    mix = {"arithmetic": 1.0} | ({} if chain_share is None else {"chain": chain_share})
+    (backbone / "build_info.json").write_text(json.dumps({"settings": {"mix": mix}}))
+    model = CriticModel(load_backbone(str(backbone)), head_settings=HeadSettings())
+    export = save_critic(
+        model, load_tokenizer(str(backbone)), tmp_path / "export", str(backbone), HeadSettings(), "{prompt}{response}",
+        "frozen",
+    )
+    if chain_share:
+        check_backbone(export)  # a steps backbone runs
+        return
+    with pytest.raises(ConfigError, match="pretrained without the chain family.*experiment=steps"):
+        check_backbone(export)
+
+
+def test_a_backbone_without_build_info_is_searched(tiny_export):
+    from autocritic.evaluation.search import check_backbone
+
+    check_backbone(tiny_export)  # your model: not known to lack the family, so the suite runs
+
+
 def test_best_of_n_is_compared_at_the_search_tokens():
     from autocritic.evaluation.search import at_tokens
 

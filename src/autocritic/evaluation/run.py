@@ -232,6 +232,8 @@ def evaluate(cfg: DictConfig) -> float | None:
     use_wandb = check_logger(cfg)
     export = find_export(cfg, step_critic=suites == ["search"])
     log.info("evaluating %s (suites: %s)", export, ", ".join(suites))
+    if "search" in suites:
+        search.check_backbone(export)
     if "search" in suites and not is_step_critic(export):
         log.warning(
             "suite search: %s was trained on whole answers, not steps; its step values are read where it never "

@@ -21,12 +21,15 @@ exactly by the family's checker. The trees of a few problems are drawn.
 
 from __future__ import annotations
 
+import json
 import math
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 from autocritic.data.stepwise import step_prefix
+from autocritic.errors import AutocriticError, ConfigError
 from autocritic.evaluation import plots
 from autocritic.evaluation.context import EvalContext
 from autocritic.evaluation.metrics import auroc, ci95, sigmoid, with_ci
@@ -38,12 +41,34 @@ from autocritic.inference.rerank import majority_vote
 from autocritic.inference.search import SearchResult, SearchSettings, search
 from autocritic.inference.stepper import CriticStepper
 from autocritic.labelling.steps import split_steps
+from autocritic.model.export import CONFIG_NAME
+from autocritic.model.reference import resolve_backbone
 from autocritic.offline.labelling import answer_of, is_right
+from autocritic.offline.pretrain import BUILD_INFO
 from autocritic.offline.steps import chain_step_labels
 from autocritic.offline.tasks import Problem, prompt_of
 
 FAMILY = "chain"
 STOP = ("\n\n",)
+
+
+def check_backbone(export: Path) -> None:
+    """An offline backbone pretrained without the chain family cannot write a step: every method would score 0.
+    Its build_info.json says so before the model loads; a backbone without one (yours, a full fine-tune) is not
+    known not to, and runs."""
+    try:
+        reference = json.loads((Path(export) / CONFIG_NAME).read_text())["backbone"]
+        backbone = Path(resolve_backbone(Path(export), reference))
+        mix = json.loads((backbone / BUILD_INFO).read_text())["settings"]["mix"]
+    except (OSError, ValueError, KeyError, TypeError, AutocriticError):
+        return
+    if not mix.get(FAMILY):
+        raise ConfigError(
+            f"suite search: the backbone of {export} ({backbone}) was pretrained without the {FAMILY} family "
+            f"(its {BUILD_INFO} mix: {FAMILY} share 0), so it cannot write the steps the suite asks for and every "
+            "method would score 0. Evaluate a critic of `python train.py experiment=steps phase=transfer` "
+            "(ckpt=<its export>, or suites=[search] alone finds the newest), or leave search out of suites."
+        )
 
 
 @dataclass
