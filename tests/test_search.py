@@ -205,6 +205,24 @@ def test_every_step_score_equals_a_forward_over_the_path(tiny_backbone, head):
     assert result.sampled_tokens == sum(len(n.token_ids) for n in nodes)
 
 
+def test_a_step_sampled_twice_from_one_state_is_scored_once(tiny_backbone):
+    generator = tiny_generator(tiny_backbone, head=TOKENS_HEAD)
+    score_at, rows = generator.model.score_at, []
+
+    def counted(hidden, *args, **kwargs):
+        rows.append(hidden.shape[0])
+        return score_at(hidden, *args, **kwargs)
+
+    generator.model.score_at = counted
+    greedy = dataclasses.replace(SETTINGS, temperature=0.0)  # every candidate of a state is the same step
+    result = search(CriticStepper(generator), "Q: 12+3-4=? A:", greedy)
+    nodes = [n for n in result.root.walk() if n.parent is not None]
+    assert len(nodes) == greedy.expand * result.expansions
+    assert sum(rows) == result.expansions  # one row per expanded state, not `expand`
+    for parent in result.root.walk():
+        assert len({(c.step, c.score) for c in parent.children}) <= 1
+
+
 def test_steps_end_at_the_separator_and_values_are_untempered_likelihoods(tiny_backbone):
     generator = tiny_generator(tiny_backbone)
     result = search(

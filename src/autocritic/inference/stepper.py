@@ -210,7 +210,12 @@ class CriticStepper:
         )
         ended_by_eos, cut, last_logits = sampled.by_eos, sampled.cut, sampled.next_logits
         count, steps = tokens.shape
-        texts = self.generator._batch_decode([tokens[r, : fed[r]].tolist() for r in range(count)])
+        step_ids = [tokens[r, :n].tolist() for r, n in enumerate(fed.tolist())]
+        texts = self.generator._batch_decode(step_ids)
+        # A confident model samples the same step several times from one state: the head reads each distinct one once.
+        first_of: dict[tuple[int, tuple[int, ...]], int] = {}
+        distinct = [first_of.setdefault((r // k, tuple(ids)), r) for r, ids in enumerate(step_ids)]
+        scored_rows = torch.tensor(list(first_of.values()), device=self.device)
         # Each row's parent window, then its step: a window ending at a token of the step reads both.
         window = torch.cat(
             [torch.stack([r.window_states for r in rows]), hidden.to(rows[0].window_states.dtype)], 1
@@ -234,13 +239,15 @@ class CriticStepper:
         lows = torch.where(seen > 0, lows, 0.0)
         means = torch.where(seen > 0, sums / seen.clamp(min=1), 0.0)
         confidence = torch.stack([means, lows], 1)[:, None] if self.model.reads_confidence else None
-        scores = self.model.score_at(
-            read[0][:, 0],
-            read[1][:, 0],
-            torch.full((count, 1), self.window - 1, device=self.device),
-            confidence,
-            tokens=read[2][:, 0],
+        distinct_scores = self.model.score_at(
+            read[0][scored_rows, 0],
+            read[1][scored_rows, 0],
+            torch.full((len(scored_rows), 1), self.window - 1, device=self.device),
+            None if confidence is None else confidence[scored_rows],
+            tokens=read[2][scored_rows, 0],
         )[:, 0].tolist()
+        score_of = dict(zip(first_of.values(), distinct_scores, strict=True))
+        scores = [score_of[r] for r in distinct]
         child_states, child_mask, child_ids = read[0][:, 1], read[1][:, 1], read[2][:, 1]
         child_states = torch.where(child_mask[..., None], child_states, 0.0)
         new_sums, new_counts, new_mins = sums.tolist(), seen.tolist(), lows.tolist()
