@@ -11,7 +11,7 @@ import pytest
 import torch
 from test_inference import TOKENS_HEAD, WINDOW_HEAD, tiny_generator
 
-from autocritic.inference.search import Expansion, SearchSettings, search
+from autocritic.inference.search import Expansion, SearchSettings, search, search_many
 from autocritic.inference.stepper import CriticStepper
 
 
@@ -155,6 +155,59 @@ def test_max_depth_ends_a_path_unfinished():
     assert result.steps == ["a", "b"] and result.best.finish == "length" and not result.finished
 
 
+class PromptTrees(ScriptedTree):
+    """One scripted tree per prompt: a state is (prompt, *steps); records the states of each call."""
+
+    def __init__(self, trees: dict[str, dict], tokens_per_step: int = 3):
+        merged = {(prompt, *path): children for prompt, tree in trees.items() for path, children in tree.items()}
+        super().__init__(merged, tokens_per_step)
+        self.calls: list[int] = []
+
+    def root(self, prompt, settings):
+        return (prompt,)
+
+    def expand(self, states, k, settings):
+        self.calls.append(len(states))
+        return super().expand(states, k, settings)
+
+
+TREES = {
+    "deep": TREE,
+    "shallow": {(): [("Answer: 7", 0.8, -0.1), ("x", 0.5, -0.2)], ("x",): [("Answer: 8", 0.6, -0.1)]},
+    "empty": {},
+}
+
+
+def signature(result):
+    return (
+        result.steps, result.best.value, result.sampled_tokens, result.expansions,
+        [(n.step, n.kept, n.depth) for n in result.root.walk()],
+    )
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [SearchSettings(expand=3, beam=2), SearchSettings(expand=3, beam=1, token_budget=20), SearchSettings(expand=2, beam=2, max_depth=2)],
+    ids=["beam", "budget", "depth"],
+)
+def test_searches_in_lockstep_give_each_prompt_its_own_search(settings):
+    prompts = ["deep", "shallow", "empty", "deep"]
+    alone = [signature(search(PromptTrees(TREES), prompt, settings)) for prompt in prompts]
+    together = PromptTrees(TREES)
+    results = search_many(together, prompts, settings, batch=3)
+    assert [signature(r) for r in results] == alone
+    assert [r.prompt for r in results] == prompts
+    assert together.calls[0] == 3  # the first three roots in one call, the fourth prompt in a batch of its own
+
+
+def test_dfs_and_a_bad_batch_in_search_many():
+    settings = SearchSettings(strategy="dfs", expand=3, threshold=0.5)
+    results = search_many(PromptTrees(TREES), ["deep", "shallow"], settings)
+    assert [signature(r) for r in results] == [signature(search(PromptTrees(TREES), p, settings)) for p in ("deep", "shallow")]
+    with pytest.raises(ValueError, match="batch"):
+        search_many(PromptTrees(TREES), ["deep"], SearchSettings(), batch=0)
+
+
 @pytest.mark.parametrize(
     "bad",
     [
@@ -223,6 +276,17 @@ def test_a_step_sampled_twice_from_one_state_is_scored_once(tiny_backbone):
         assert len({(c.step, c.score) for c in parent.children}) <= 1
 
 
+def test_searches_in_lockstep_sample_as_they_would_alone(tiny_backbone):
+    """Each search draws from its own random stream: one prompt's steps do not depend on the prompts beside it."""
+    stepper = CriticStepper(tiny_generator(tiny_backbone, head=TOKENS_HEAD))
+    prompts = ["Q: 12+3-4=? A:", "Q: 1+2=? A:", "Q: 7*8=? A:"]
+    alone = [search(stepper, prompt, SETTINGS) for prompt in prompts]
+    together = search_many(stepper, prompts, SETTINGS, batch=3)
+    for one, other in zip(alone, together, strict=True):
+        assert [n.token_ids for n in one.root.walk()] == [n.token_ids for n in other.root.walk()]
+        assert [n.score for n in one.root.walk()] == pytest.approx([n.score for n in other.root.walk()], abs=1e-4)
+
+
 def test_steps_end_at_the_separator_and_values_are_untempered_likelihoods(tiny_backbone):
     generator = tiny_generator(tiny_backbone)
     result = search(
@@ -266,6 +330,10 @@ def test_the_runnable_searches_after_a_prompt_template():
     ).invoke("q")
     assert full.steps == ["a1", "Answer: 1"] and full.sampled_tokens == 3 * 4
     assert CriticTreeSearch(expander=expander, expand=3).batch(["q", "q"]) == ["a2\nb1\nAnswer: 2"] * 2
+    trees = PromptTrees(TREES)
+    runnable = CriticTreeSearch(expander=trees, expand=3, beam=2)
+    assert runnable.batch(["deep", "shallow"]) == [runnable.invoke("deep"), runnable.invoke("shallow")]
+    assert trees.calls[0] == 2  # the batch expanded both roots in one call
 
 
 def test_the_runnable_refuses_bad_settings_and_inputs_clearly():

@@ -38,7 +38,7 @@ from autocritic.evaluation.rerank import mean_logprob
 from autocritic.formats import ANSWER_PREFIX, STEP_SEPARATOR
 from autocritic.inference.generation import CriticGenerator, GenerationSettings, Sample
 from autocritic.inference.rerank import majority_vote
-from autocritic.inference.search import SearchResult, SearchSettings, search
+from autocritic.inference.search import SearchResult, SearchSettings, search_many
 from autocritic.inference.stepper import CriticStepper
 from autocritic.labelling.steps import split_steps
 from autocritic.model.export import CONFIG_NAME
@@ -90,6 +90,7 @@ class Settings:
     )
     headline_shape: str = "4x2"
     trees: int = 3  # problems (of the most operations) whose search trees are drawn
+    batch: int = 8  # beam searches run in lockstep (each keeps its own random stream: results do not depend on it)
 
     def __post_init__(self) -> None:
         for shape in self.shapes:
@@ -299,8 +300,8 @@ def search_curves(
             expand, beam = parse_shape(shape)
             settings = replace(base, value=value, expand=expand, beam=beam)
         point = Point([], [])
-        for problem, prompt in zip(problems, prompts, strict=True):
-            result = search(stepper, prompt, settings)
+        results = search_many(stepper, prompts, settings, batch=s.batch)
+        for problem, result in zip(problems, results, strict=True):
             point.success.append(float(result.finished and solved(problem, result.response())))
             point.tokens.append(float(result.sampled_tokens))
             if value == "critic" and shape == s.headline_shape:

@@ -189,7 +189,10 @@ class _Search:
         return self.settings.token_budget is not None and self.sampled >= self.settings.token_budget
 
     def expand(self, parents: Sequence[Node]) -> list[list[Node]]:
-        per_parent = self.expander.expand([p.state for p in parents], self.settings.expand, self.settings)
+        return self.grow(parents, self.expander.expand([p.state for p in parents], self.settings.expand, self.settings))
+
+    def grow(self, parents: Sequence[Node], per_parent: Sequence[Sequence[Expansion]]) -> list[list[Node]]:
+        """The parents' children, from what the expander returned for each parent."""
         self.expansions += len(parents)
         out = []
         for parent, expansions in zip(parents, per_parent, strict=True):
@@ -227,17 +230,29 @@ class _Search:
 
     def beam(self) -> SearchResult:
         frontier = [self.root]
-        while frontier and len(self._finished()) < self.settings.beam and not self.spent():
-            children = [c for group in self.expand(frontier) for c in group]
-            self.candidates += [c for c in children if c.final]
-            open_children = sorted((c for c in children if not c.final), key=lambda n: -n.value)
-            frontier, seen = [], set()
-            for node in open_children:  # distinct states: a step sampled twice is one state
-                path = tuple(node.steps)
-                if path not in seen and len(frontier) < self.settings.beam:
-                    seen.add(path)
-                    frontier.append(node)
-                    node.kept = True
+        while self.goes_on(frontier):
+            frontier = self.keep_best(self.expand(frontier))
+        return self.beam_result()
+
+    def goes_on(self, frontier: Sequence[Node]) -> bool:
+        return bool(frontier) and len(self._finished()) < self.settings.beam and not self.spent()
+
+    def keep_best(self, groups: Sequence[Sequence[Node]]) -> list[Node]:
+        """One depth of the beam: finished children become candidates, the best `beam` distinct open ones the
+        next frontier."""
+        children = [c for group in groups for c in group]
+        self.candidates += [c for c in children if c.final]
+        open_children = sorted((c for c in children if not c.final), key=lambda n: -n.value)
+        frontier, seen = [], set()
+        for node in open_children:  # distinct states: a step sampled twice is one state
+            path = tuple(node.steps)
+            if path not in seen and len(frontier) < self.settings.beam:
+                seen.add(path)
+                frontier.append(node)
+                node.kept = True
+        return frontier
+
+    def beam_result(self) -> SearchResult:
         finished = self._finished()
         for node in finished:
             node.kept = True
@@ -278,3 +293,31 @@ def search(expander: StepExpander, prompt: str, settings: SearchSettings | None 
     settings = settings or SearchSettings()
     run = _Search(expander, prompt, settings)
     return run.beam() if settings.strategy == "beam" else run.dfs()
+
+
+def search_many(
+    expander: StepExpander, prompts: Sequence[str], settings: SearchSettings | None = None, batch: int = 8
+) -> list[SearchResult]:
+    """`search` of each prompt. Beam searches of `batch` prompts go in lockstep: each depth expands the frontiers
+    of all of them in one call, so the expander's batches are fuller. Each search keeps its own random stream (an
+    expander's `root` seeds it), so a prompt's result does not depend on the others; DFS runs one prompt at a
+    time (its order of expansion depends on what it finds)."""
+    settings = settings or SearchSettings()
+    if batch < 1:
+        raise ValueError(f"search_many batch must be at least 1, got {batch}")
+    if settings.strategy != "beam":
+        return [search(expander, prompt, settings) for prompt in prompts]
+    results: list[SearchResult] = []
+    for start in range(0, len(prompts), batch):
+        runs = [_Search(expander, prompt, settings) for prompt in prompts[start : start + batch]]
+        frontiers: list[list[Node]] = [[run.root] for run in runs]
+        while going := [i for i, run in enumerate(runs) if run.goes_on(frontiers[i])]:
+            parents = [node for i in going for node in frontiers[i]]
+            per_parent = expander.expand([p.state for p in parents], settings.expand, settings)
+            at = 0
+            for i in going:
+                count = len(frontiers[i])
+                groups = runs[i].grow(frontiers[i], per_parent[at : at + count])
+                frontiers[i], at = runs[i].keep_best(groups), at + count
+        results += [run.beam_result() for run in runs]
+    return results

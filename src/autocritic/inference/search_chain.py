@@ -20,7 +20,7 @@ from pydantic import ConfigDict, Field, PrivateAttr
 
 from autocritic.errors import ConfigError
 from autocritic.inference.loading import check_model, shared_generator
-from autocritic.inference.search import SearchResult, SearchSettings, search
+from autocritic.inference.search import SearchResult, SearchSettings, search, search_many
 from autocritic.inference.stepper import CriticStepper
 
 _SETTING_NAMES = [f.name for f in fields(SearchSettings)]
@@ -84,8 +84,28 @@ class CriticTreeSearch(RunnableSerializable[Any, Any]):
     def invoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Any:
         return self._call_with_config(lambda prompt: self._run(prompt, **kwargs), _as_prompt(input), config)
 
+    def batch(
+        self,
+        inputs: list[Any],
+        config: RunnableConfig | list[RunnableConfig] | None = None,
+        *,
+        return_exceptions: bool = False,
+        **kwargs: Any,
+    ) -> list[Any]:
+        """The searches of every input, beam searches in lockstep (`search_many`): the same results as one
+        `invoke` each, in fuller batches."""
+        prompts = [_as_prompt(value) for value in inputs]
+        settings = self.settings(**kwargs)
+
+        def run(given: list[str]) -> list[Any]:
+            return [self._output(result) for result in search_many(self.step_expander(), given, settings)]
+
+        return self._batch_with_config(run, prompts, config, return_exceptions=return_exceptions)
+
     def _run(self, prompt: str, **overrides) -> Any:
-        result = self.search(prompt, **overrides)
+        return self._output(self.search(prompt, **overrides))
+
+    def _output(self, result: SearchResult) -> Any:
         return result if self.return_result else result.response(self.separator)
 
 

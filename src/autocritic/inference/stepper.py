@@ -42,6 +42,7 @@ class PathState:
     logprob_sum: float = 0.0  # of the response tokens (what a confidence head reads)
     logprob_count: int = 0
     logprob_min: float = 0.0
+    rng: torch.Generator | None = None  # the search's own random stream, shared by its states
 
 
 @dataclass
@@ -91,8 +92,10 @@ class CriticStepper:
 
     @torch.no_grad()
     def root(self, prompt: str, settings: SearchSettings) -> PathState:
+        rng = self.rng  # unseeded searches share the stepper's stream
         if settings.seed is not None:
-            self.rng.manual_seed(settings.seed)
+            rng = torch.Generator(device=self.device)
+            rng.manual_seed(settings.seed)
         ids = self.generator._encode_prompt(prompt)
         cache = DynamicCache(config=self.backbone.config)
         with _lock_of(self.model):
@@ -115,6 +118,7 @@ class CriticStepper:
             window_ids=window_ids[0, 0],
             next_logits=self.lm_head(hidden[-1]).float(),
             prompt_length=len(ids),
+            rng=rng,
         )
 
     @torch.no_grad()
@@ -165,11 +169,10 @@ class CriticStepper:
         greedy = torch.zeros(count, dtype=torch.bool, device=self.device)
         if settings.greedy_first:
             greedy[::k] = True  # the first row of each state
+        streams = _streams(rows, self.rng)
         with _lock_of(self.model):
             for t in range(steps):
-                token = torch.where(
-                    greedy, logits.argmax(-1), _sample(logits, settings.temperature, self.rng)
-                )
+                token = torch.where(greedy, logits.argmax(-1), _sample_streams(logits, settings.temperature, streams, alive))
                 token = torch.where(alive, token, self.generator.pad_id)
                 out.tokens[:, t] = token
                 out.logprobs[:, t] = logits.log_softmax(-1).gather(-1, token[:, None])[:, 0]
@@ -280,6 +283,7 @@ class CriticStepper:
                     logprob_sum=new_sums[r],
                     logprob_count=new_counts[r],
                     logprob_min=new_mins[r],
+                    rng=parent.rng,
                 )
             out[r // k].append(
                 Expansion(
@@ -305,6 +309,32 @@ def _left_padded(rows: Sequence[PathState], which: str, layer: int, longest: int
             for t in tensors
         ]
     )
+
+
+def _streams(rows: Sequence[PathState], default: torch.Generator) -> list[tuple[int, int, torch.Generator]]:
+    """(first row, end row, generator) of each run of consecutive rows that share a random stream (one search's)."""
+    out: list[tuple[int, int, torch.Generator]] = []
+    for r, row in enumerate(rows):
+        rng = row.rng if row.rng is not None else default
+        if out and out[-1][2] is rng:
+            out[-1] = (out[-1][0], r + 1, rng)
+        else:
+            out.append((r, r + 1, rng))
+    return out
+
+
+def _sample_streams(
+    logits: torch.Tensor, temperature: float, streams: Sequence[tuple[int, int, torch.Generator]], alive: torch.Tensor
+) -> torch.Tensor:
+    """A token for each row, each search's rows from its own stream. A search whose rows have all ended draws
+    nothing, as it would have if it ran alone, so its next draws do not depend on the searches beside it."""
+    if len(streams) == 1:
+        return _sample(logits, temperature, streams[0][2])
+    tokens = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
+    for first, end, rng in streams:
+        if alive[first:end].any():
+            tokens[first:end] = _sample(logits[first:end], temperature, rng)
+    return tokens
 
 
 def _sample(logits: torch.Tensor, temperature: float, rng: torch.Generator) -> torch.Tensor:
