@@ -1,10 +1,11 @@
 """Critic-guided beam search vs plain sampling: what the search costs per sampled token.
 
-    python bench/search_cost.py --ckpt EXPORT [--problems 32] [--shape 4x2] [--repeats 3] [--threads 1]
+    python bench/search_cost.py --ckpt EXPORT [--problems 32] [--shape 4x2] [--repeats 3] [--threads 1] [--batch 8]
 
 Search side: `search` with the step critic (`CriticStepper`): each expansion samples `expand` next steps per kept
 state in one batch, scores every step from the state its last token produced (no second pass), and each child
-keeps its KV cache, so a shared prefix is never run again.
+keeps its KV cache, so a shared prefix is never run again. It runs one prompt at a time, then `--batch` prompts in
+lockstep (`search_many`, as `evaluate.py suites=[search]` runs them): the same trees, fuller batches.
 Sampling side: what a user without autocritic runs, `backbone.generate(num_return_sequences=expand x beam)` with
 transformers' stop string "\\n\\n" (the end of an answer), no critic.
 Both sample at the same temperature from the same held-out prompts (the chain family). Each side's cost is its wall
@@ -23,7 +24,7 @@ import torch
 
 from autocritic.entry import quiet_libraries
 from autocritic.inference.generation import CriticGenerator
-from autocritic.inference.search import SearchSettings, search
+from autocritic.inference.search import SearchSettings, search_many
 from autocritic.inference.stepper import CriticStepper
 from autocritic.offline.tasks import make_splits, prompt_of
 
@@ -37,7 +38,7 @@ def chain_prompts(problems: int, seed: int = 0) -> list[str]:
 
 
 def run_search(
-    stepper: CriticStepper, prompts: list[str], settings: SearchSettings
+    stepper: CriticStepper, prompts: list[str], settings: SearchSettings, batch: int = 1
 ) -> tuple[float, int, float, float]:
     """Wall time, sampled tokens, the time in the stepper's sampling (each prompt's prefill and the step loops), and
     the time in the critic head."""
@@ -57,7 +58,7 @@ def run_search(
     stepper.model.score_at = timed(stepper.model.score_at, "head")
     try:
         start = time.perf_counter()
-        tokens = sum(search(stepper, prompt, settings).sampled_tokens for prompt in prompts)
+        tokens = sum(result.sampled_tokens for result in search_many(stepper, prompts, settings, batch=batch))
         return time.perf_counter() - start, tokens, spent["sampling"], spent["head"]
     finally:
         del stepper.root, stepper._sample_steps, stepper.model.score_at
@@ -107,6 +108,7 @@ def main() -> None:
     parser.add_argument("--shape", default="4x2", help="expand x beam")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--batch", type=int, default=8, help="prompts searched in lockstep in the second mode")
     args = parser.parse_args()
     quiet_libraries()
     torch.set_num_threads(args.threads)
@@ -115,38 +117,46 @@ def main() -> None:
     generator = CriticGenerator.from_export(args.ckpt)
     stepper = CriticStepper(generator)
     prompts = chain_prompts(args.problems)
-    (
-        run_search(stepper, prompts[:2], settings),
-        run_sampling(generator, prompts[:2], expand * beam, settings),
-    )  # warm-up
-    searched, sampled, own, headless = [], [], [], []
+    modes = {"one at a time": 1, f"{args.batch} in lockstep": args.batch}
+    for batch in modes.values():
+        run_search(stepper, prompts[:2], settings, batch)  # warm-up
+    run_sampling(generator, prompts[:2], expand * beam, settings)
+    searched: dict[str, list] = {mode: [] for mode in modes}
+    own: dict[str, list] = {mode: [] for mode in modes}
+    headless: dict[str, list] = {mode: [] for mode in modes}
+    sampled = []
     for repeat in range(args.repeats):
         seeded = replace(settings, seed=repeat)
-        seconds, tokens, sampling, head = run_search(stepper, prompts, seeded)
-        searched.append((seconds, tokens))
-        own.append(seconds / sampling)
-        headless.append((seconds - head) / sampling)
+        for mode, batch in modes.items():
+            seconds, tokens, sampling, head = run_search(stepper, prompts, seeded, batch)
+            searched[mode].append((seconds, tokens))
+            own[mode].append(seconds / sampling)
+            headless[mode].append((seconds - head) / sampling)
         torch.manual_seed(repeat)
-        seconds, tokens = run_sampling(generator, prompts, expand * beam, settings)
-        sampled.append((seconds, tokens))
+        sampled.append(run_sampling(generator, prompts, expand * beam, settings))
     per_token = lambda runs: statistics.median(s / t * 1e3 for s, t in runs)  # noqa: E731
-    search_ms, sample_ms = per_token(searched), per_token(sampled)
+    sample_ms = per_token(sampled)
     head = generator.model.head.settings
     print(
         f"{len(prompts)} chain problems, shape {args.shape}, {args.threads} thread(s), {args.repeats} repeats, "
         f"head {head.kind} x{head.members} (window {head.window})"
     )
+    for mode in modes:
+        runs = searched[mode]
+        print(
+            f"{mode}: ratio search / its own sampling: {statistics.median(own[mode]):.2f}x (target <= 1.1x); "
+            f"without the head's own time: {statistics.median(headless[mode]):.2f}x"
+        )
+        print(
+            f"  search   : {statistics.median(t for _, t in runs):.0f} tokens, "
+            f"{statistics.median(s for s, _ in runs):.2f} s, {per_token(runs):.3f} ms/token; "
+            f"per sampled token, search / generate: {per_token(runs) / sample_ms:.2f}x"
+        )
     print(
-        f"ratio search / its own sampling: {statistics.median(own):.2f}x (target <= 1.1x); without the head's "
-        f"own time: {statistics.median(headless):.2f}x"
+        f"sampling : {statistics.median(t for _, t in sampled):.0f} tokens, "
+        f"{statistics.median(s for s, _ in sampled):.2f} s, {sample_ms:.3f} ms/token "
+        f"(generate, num_return_sequences={expand * beam}, one prompt at a time)"
     )
-    print(
-        f"search   : {statistics.median(t for _, t in searched):.0f} tokens, {statistics.median(s for s, _ in searched):.2f} s, {search_ms:.3f} ms/token"
-    )
-    print(
-        f"sampling : {statistics.median(t for _, t in sampled):.0f} tokens, {statistics.median(s for s, _ in sampled):.2f} s, {sample_ms:.3f} ms/token"
-    )
-    print(f"ratio per sampled token, search / generate: {search_ms / sample_ms:.2f}x")
 
 
 if __name__ == "__main__":

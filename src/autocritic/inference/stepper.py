@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 
 import torch
 from transformers import DynamicCache
@@ -30,8 +30,9 @@ from autocritic.model.sampling import takes_outside_cache
 @dataclass
 class PathState:
     ids: list[int]  # prompt + response tokens, all fed
-    keys: list[torch.Tensor]  # per layer (1, kv heads, len(ids), head dim)
-    values: list[torch.Tensor]
+    cache: DynamicCache  # the batch's cache that holds the path's keys and values, at `row`, positions `span`
+    row: int
+    span: tuple[int, int]
     window_states: (
         torch.Tensor
     )  # (window, H): the final states of the path's last tokens, left-padded with zeros
@@ -43,6 +44,15 @@ class PathState:
     logprob_count: int = 0
     logprob_min: float = 0.0
     rng: torch.Generator | None = None  # the search's own random stream, shared by its states
+
+    @cached_property
+    def keys(self) -> list[torch.Tensor]:
+        """Per layer (1, kv heads, len(ids), head dim): sliced when the state is expanded, not for every child."""
+        return [layer.keys[self.row : self.row + 1, :, self.span[0] : self.span[1]] for layer in self.cache.layers]
+
+    @cached_property
+    def values(self) -> list[torch.Tensor]:
+        return [layer.values[self.row : self.row + 1, :, self.span[0] : self.span[1]] for layer in self.cache.layers]
 
 
 @dataclass
@@ -92,27 +102,29 @@ class CriticStepper:
 
     @torch.no_grad()
     def root(self, prompt: str, settings: SearchSettings) -> PathState:
+        device = self.device
         rng = self.rng  # unseeded searches share the stepper's stream
         if settings.seed is not None:
-            rng = torch.Generator(device=self.device)
+            rng = torch.Generator(device=device)
             rng.manual_seed(settings.seed)
         ids = self.generator._encode_prompt(prompt)
         cache = DynamicCache(config=self.backbone.config)
         with _lock_of(self.model):
             hidden = self.decoder(
-                input_ids=torch.tensor([ids], device=self.device), cache=cache, use_cache=True
+                input_ids=torch.tensor([ids], device=device), cache=cache, use_cache=True
             ).last_hidden_state[0]
         states, mask, window_ids = gather_windows(
             hidden[None],
-            torch.ones(1, len(ids), dtype=torch.long, device=self.device),
-            torch.tensor([[len(ids) - 1]], device=self.device),
+            torch.ones(1, len(ids), dtype=torch.long, device=device),
+            torch.tensor([[len(ids) - 1]], device=device),
             self.window,
-            torch.tensor([ids], device=self.device),
+            torch.tensor([ids], device=device),
         )
         return PathState(
             ids=ids,
-            keys=[layer.keys for layer in cache.layers],
-            values=[layer.values for layer in cache.layers],
+            cache=cache,
+            row=0,
+            span=(0, len(ids)),
             window_states=torch.where(mask[0, 0, :, None], states[0, 0], 0.0),
             window_mask=mask[0, 0],
             window_ids=window_ids[0, 0],
@@ -130,17 +142,18 @@ class CriticStepper:
     def _sample_steps(self, rows: list[PathState], k: int, settings: SearchSettings) -> _Sampled:
         """One step for each row (`k` rows per state), all rows in one batch, one token per forward, until every
         row has fed the token that ends its step (or `max_step_tokens`)."""
+        device = self.device  # a property that walks the parameters: read once a call
         count, steps = len(rows), settings.max_step_tokens
         ends = _tokens_ending_steps(self.generator.tokenizer, settings.separator, self.vocab_size).to(
-            self.device
+            device
         )
-        is_eos = torch.zeros(self.vocab_size, dtype=torch.bool, device=self.device)
+        is_eos = torch.zeros(self.vocab_size, dtype=torch.bool, device=device)
         is_eos[[i for i in self.generator.eos_ids if i < self.vocab_size]] = True
         ends = ends | is_eos
-        lengths = torch.tensor([len(r.ids) for r in rows], device=self.device)
+        lengths = torch.tensor([len(r.ids) for r in rows], device=device)
         longest = int(lengths.max())
         cache = DynamicCache(config=self.backbone.config)
-        for layer in range(len(rows[0].keys)):
+        for layer in range(len(rows[0].cache.layers)):
             cache.update(
                 _left_padded(rows, "keys", layer, longest),
                 _left_padded(rows, "values", layer, longest),
@@ -150,23 +163,23 @@ class CriticStepper:
         # Rows of one length need no mask (the causal fast path); rows after shorter parents mask their left padding.
         mask = None
         if padded:
-            mask = torch.ones(count, longest + steps, dtype=torch.long, device=self.device)
+            mask = torch.ones(count, longest + steps, dtype=torch.long, device=device)
             mask[:, :longest] = (
-                torch.arange(longest, device=self.device)[None] >= (longest - lengths)[:, None]
+                torch.arange(longest, device=device)[None] >= (longest - lengths)[:, None]
             )
         out = _Sampled(
-            tokens=torch.full((count, steps), self.generator.pad_id, dtype=torch.long, device=self.device),
-            logprobs=torch.zeros(count, steps, device=self.device),
-            hidden=torch.zeros(count, steps, self.decoder.config.hidden_size, device=self.device),
-            fed=torch.zeros(count, dtype=torch.long, device=self.device),
-            by_eos=torch.zeros(count, dtype=torch.bool, device=self.device),
-            cut=torch.ones(count, dtype=torch.bool, device=self.device),
+            tokens=torch.full((count, steps), self.generator.pad_id, dtype=torch.long, device=device),
+            logprobs=torch.zeros(count, steps, device=device),
+            hidden=torch.zeros(count, steps, self.decoder.config.hidden_size, device=device),
+            fed=torch.zeros(count, dtype=torch.long, device=device),
+            by_eos=torch.zeros(count, dtype=torch.bool, device=device),
+            cut=torch.ones(count, dtype=torch.bool, device=device),
             next_logits=torch.stack([r.next_logits for r in rows]),
             cache=cache,
             longest=longest,
         )
         logits, alive = out.next_logits.clone(), out.cut
-        greedy = torch.zeros(count, dtype=torch.bool, device=self.device)
+        greedy = torch.zeros(count, dtype=torch.bool, device=device)
         if settings.greedy_first:
             greedy[::k] = True  # the first row of each state
         streams = _streams(rows, self.rng)
@@ -203,6 +216,7 @@ class CriticStepper:
         sampled: _Sampled,
         settings: SearchSettings,
     ) -> list[list[Expansion]]:
+        device = self.device  # a property that walks the parameters: read once a call
         tokens, logprobs, hidden, fed, cache, longest = (
             sampled.tokens,
             sampled.logprobs,
@@ -213,12 +227,13 @@ class CriticStepper:
         )
         ended_by_eos, cut, last_logits = sampled.by_eos, sampled.cut, sampled.next_logits
         count, steps = tokens.shape
-        step_ids = [tokens[r, :n].tolist() for r, n in enumerate(fed.tolist())]
+        fed_counts = fed.tolist()
+        step_ids = [row[:n] for row, n in zip(tokens.tolist(), fed_counts, strict=True)]
         texts = self.generator._batch_decode(step_ids)
         # A confident model samples the same step several times from one state: the head reads each distinct one once.
         first_of: dict[tuple[int, tuple[int, ...]], int] = {}
         distinct = [first_of.setdefault((r // k, tuple(ids)), r) for r, ids in enumerate(step_ids)]
-        scored_rows = torch.tensor(list(first_of.values()), device=self.device)
+        scored_rows = torch.tensor(list(first_of.values()), device=device)
         # Each row's parent window, then its step: a window ending at a token of the step reads both.
         window = torch.cat(
             [torch.stack([r.window_states for r in rows]), hidden.to(rows[0].window_states.dtype)], 1
@@ -230,13 +245,13 @@ class CriticStepper:
         # eos is not part of the response the critic was trained on: the score reads the token before it
         scored = fed - ended_by_eos.long()
         read = gather_windows(window, mask, torch.stack([scored, fed], 1) + self.window - 1, self.window, ids)
-        taken = torch.arange(steps, device=self.device)[None] < scored[:, None]
-        sums = torch.tensor([r.logprob_sum for r in rows], device=self.device) + torch.where(
+        taken = torch.arange(steps, device=device)[None] < scored[:, None]
+        sums = torch.tensor([r.logprob_sum for r in rows], device=device) + torch.where(
             taken, logprobs, 0.0
         ).sum(1)
-        seen = torch.tensor([r.logprob_count for r in rows], device=self.device) + scored
+        seen = torch.tensor([r.logprob_count for r in rows], device=device) + scored
         lows = torch.tensor(
-            [r.logprob_min if r.logprob_count else float("inf") for r in rows], device=self.device
+            [r.logprob_min if r.logprob_count else float("inf") for r in rows], device=device
         )
         lows = torch.minimum(lows, torch.where(taken, logprobs, float("inf")).min(1).values)
         lows = torch.where(seen > 0, lows, 0.0)
@@ -245,7 +260,7 @@ class CriticStepper:
         distinct_scores = self.model.score_at(
             read[0][scored_rows, 0],
             read[1][scored_rows, 0],
-            torch.full((len(scored_rows), 1), self.window - 1, device=self.device),
+            torch.full((len(scored_rows), 1), self.window - 1, device=device),
             None if confidence is None else confidence[scored_rows],
             tokens=read[2][scored_rows, 0],
         )[:, 0].tolist()
@@ -254,15 +269,18 @@ class CriticStepper:
         child_states, child_mask, child_ids = read[0][:, 1], read[1][:, 1], read[2][:, 1]
         child_states = torch.where(child_mask[..., None], child_states, 0.0)
         new_sums, new_counts, new_mins = sums.tolist(), seen.tolist(), lows.tolist()
+        fed_mask = torch.arange(steps, device=device)[None] < fed[:, None]
+        step_logprobs = torch.where(fed_mask, logprobs, 0.0).sum(1).tolist()
+        by_eos, was_cut = ended_by_eos.tolist(), cut.tolist()
         out: list[list[Expansion]] = [[] for _ in states]
         for r, parent in enumerate(rows):
-            n_fed = int(fed[r])
+            n_fed = fed_counts[r]
             text = texts[r]
             cut_at = text.find(settings.separator)
             step = text if cut_at < 0 else text[:cut_at]
-            if ended_by_eos[r]:
+            if by_eos[r]:
                 finish = "eos"
-            elif bool(cut[r]):
+            elif was_cut[r]:
                 finish = "length"
             elif step.lstrip().startswith(settings.final_prefix):
                 finish = "answer"
@@ -272,9 +290,10 @@ class CriticStepper:
             if finish == "step":
                 start = longest - len(parent.ids)
                 child = PathState(
-                    ids=parent.ids + tokens[r, :n_fed].tolist(),
-                    keys=[layer.keys[r : r + 1, :, start : longest + n_fed] for layer in cache.layers],
-                    values=[layer.values[r : r + 1, :, start : longest + n_fed] for layer in cache.layers],
+                    ids=parent.ids + step_ids[r],
+                    cache=cache,
+                    row=r,
+                    span=(start, longest + n_fed),
                     window_states=child_states[r],
                     window_mask=child_mask[r],
                     window_ids=child_ids[r],
@@ -289,12 +308,12 @@ class CriticStepper:
                 Expansion(
                     step=step,
                     score=scores[r],
-                    logprob=float(logprobs[r, :n_fed].sum()),
+                    logprob=step_logprobs[r],
                     tokens=n_fed,
                     final=finish != "step",
                     finish=finish,
                     state=child,
-                    token_ids=tokens[r, :n_fed].tolist(),
+                    token_ids=step_ids[r],
                 )
             )
         return out
