@@ -4,6 +4,7 @@ KV caches shared by the children of a state)."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import math
 
@@ -334,6 +335,9 @@ def test_the_runnable_searches_after_a_prompt_template():
     runnable = CriticTreeSearch(expander=trees, expand=3, beam=2)
     assert runnable.batch(["deep", "shallow"]) == [runnable.invoke("deep"), runnable.invoke("shallow")]
     assert trees.calls[0] == 2  # the batch expanded both roots in one call
+    trees.calls.clear()
+    assert asyncio.run(runnable.abatch(["deep", "shallow"])) == runnable.batch(["deep", "shallow"])
+    assert trees.calls[0] == 2  # abatch runs the same lockstep batch
 
 
 def test_the_runnable_refuses_bad_settings_and_inputs_clearly():

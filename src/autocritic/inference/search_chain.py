@@ -16,6 +16,7 @@ from typing import Any
 
 from langchain_core.prompt_values import PromptValue
 from langchain_core.runnables import RunnableConfig, RunnableSerializable
+from langchain_core.runnables.config import run_in_executor
 from pydantic import ConfigDict, Field, PrivateAttr
 
 from autocritic.errors import ConfigError
@@ -101,6 +102,20 @@ class CriticTreeSearch(RunnableSerializable[Any, Any]):
             return [self._output(result) for result in search_many(self.step_expander(), given, settings)]
 
         return self._batch_with_config(run, prompts, config, return_exceptions=return_exceptions)
+
+    async def abatch(
+        self,
+        inputs: list[Any],
+        config: RunnableConfig | list[RunnableConfig] | None = None,
+        *,
+        return_exceptions: bool = False,
+        **kwargs: Any,
+    ) -> list[Any]:
+        """`batch` in an executor: the searches in lockstep, not one thread per input waiting for the model."""
+        first = config[0] if isinstance(config, list) and config else config
+        return await run_in_executor(
+            first, self.batch, inputs, config, return_exceptions=return_exceptions, **kwargs
+        )
 
     def _run(self, prompt: str, **overrides) -> Any:
         return self._output(self.search(prompt, **overrides))
