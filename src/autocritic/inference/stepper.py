@@ -350,8 +350,9 @@ def _sample_streams(
     if len(streams) == 1:
         return _sample(logits, temperature, streams[0][2])
     tokens = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
+    alive_rows = alive.tolist()  # one read of the flags, not one per search
     for first, end, rng in streams:
-        if alive[first:end].any():
+        if any(alive_rows[first:end]):
             tokens[first:end] = _sample(logits[first:end], temperature, rng)
     return tokens
 
