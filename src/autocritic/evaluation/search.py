@@ -47,6 +47,7 @@ from autocritic.offline.labelling import answer_of, is_right
 from autocritic.offline.pretrain import BUILD_INFO
 from autocritic.offline.steps import chain_step_labels
 from autocritic.offline.tasks import Problem, prompt_of
+from autocritic.progress import track
 
 FAMILY = "chain"
 STOP = ("\n\n",)
@@ -293,7 +294,7 @@ def search_curves(
     longest = max(p.level for p in problems)
     out = Searched({}, [], [], [])
     runs = [(value, shape) for value in ("critic", "likelihood") for shape in s.shapes]
-    for value, shape in [*runs, ("dfs", f"{s.dfs_expand}")]:
+    for value, shape in track([*runs, ("dfs", f"{s.dfs_expand}")], desc="search: searches"):
         if value == "dfs":
             settings = replace(base, strategy="dfs", expand=s.dfs_expand, threshold=s.dfs_threshold)
         else:
