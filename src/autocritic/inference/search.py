@@ -299,9 +299,10 @@ def search_many(
     expander: StepExpander, prompts: Sequence[str], settings: SearchSettings | None = None, batch: int = 8
 ) -> list[SearchResult]:
     """`search` of each prompt. Beam searches of `batch` prompts go in lockstep: each depth expands the frontiers
-    of all of them in one call, so the expander's batches are fuller. Each search keeps its own random stream (an
-    expander's `root` seeds it), so a prompt's result does not depend on the others; DFS runs one prompt at a
-    time (its order of expansion depends on what it finds)."""
+    of all of them in one call, so the expander's batches are fuller. With `settings.seed` set, each search keeps its
+    own random stream (an expander's `root` seeds it), so a prompt's result does not depend on the others (with
+    `seed=None` they share one stream). DFS runs one prompt at a time (its order of expansion depends on what it
+    finds)."""
     settings = settings or SearchSettings()
     if batch < 1:
         raise ValueError(f"search_many batch must be at least 1, got {batch}")
