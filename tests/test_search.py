@@ -288,6 +288,19 @@ def test_searches_in_lockstep_sample_as_they_would_alone(tiny_backbone):
         assert [n.score for n in one.root.walk()] == pytest.approx([n.score for n in other.root.walk()], abs=1e-4)
 
 
+def test_a_search_whose_rows_have_ended_draws_nothing():
+    from autocritic.inference.stepper import _sample_streams
+
+    done, going = torch.Generator().manual_seed(1), torch.Generator().manual_seed(2)
+    before_done, before_going = done.get_state(), going.get_state()
+    logits = torch.zeros(4, 5)
+    alive = torch.tensor([False, False, True, False])
+    tokens = _sample_streams(logits, 1.0, [(0, 2, done), (2, 4, going)], alive)
+    assert tokens.shape == (4,)
+    assert torch.equal(done.get_state(), before_done)  # as if it ran alone: its loop would have stopped
+    assert not torch.equal(going.get_state(), before_going)
+
+
 def test_steps_end_at_the_separator_and_values_are_untempered_likelihoods(tiny_backbone):
     generator = tiny_generator(tiny_backbone)
     result = search(
