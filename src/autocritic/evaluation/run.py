@@ -234,12 +234,13 @@ def evaluate(cfg: DictConfig) -> float | None:
     log.info("evaluating %s (suites: %s)", export, ", ".join(suites))
     if "search" in suites:
         search.check_backbone(export)
-    if "search" in suites and not is_step_critic(export):
-        log.warning(
-            "suite search: %s was trained on whole answers, not steps; its step values are read where it never "
-            "learned to judge. A step critic: `python train.py experiment=steps phase=transfer`, then ckpt=<its export>.",
-            export,
-        )
+        if not is_step_critic(export):
+            log.warning(
+                "suite search: %s was trained on whole answers, not steps; its step values are read where it never "
+                "learned to judge. A step critic: `python train.py experiment=steps phase=transfer`, then "
+                "ckpt=<its export>.",
+                export,
+            )
     started = time.perf_counter()
     generator = load_generator(export, cfg)
     run_dir = Path(

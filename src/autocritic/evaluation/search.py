@@ -41,7 +41,7 @@ from autocritic.inference.rerank import majority_vote
 from autocritic.inference.search import SearchResult, SearchSettings, search_many
 from autocritic.inference.stepper import CriticStepper
 from autocritic.labelling.steps import split_steps
-from autocritic.model.export import CONFIG_NAME
+from autocritic.model.export import read_critic_config
 from autocritic.model.reference import resolve_backbone
 from autocritic.offline.labelling import answer_of, is_right
 from autocritic.offline.pretrain import BUILD_INFO
@@ -58,8 +58,7 @@ def check_backbone(export: Path) -> None:
     Its build_info.json says so before the model loads; a backbone without one (yours, a full fine-tune) is not
     known not to, and runs."""
     try:
-        reference = json.loads((Path(export) / CONFIG_NAME).read_text())["backbone"]
-        backbone = Path(resolve_backbone(Path(export), reference))
+        backbone = Path(resolve_backbone(Path(export), read_critic_config(export)["backbone"]))
         mix = json.loads((backbone / BUILD_INFO).read_text())["settings"]["mix"]
     except (OSError, ValueError, KeyError, TypeError, AutocriticError):
         return

@@ -48,11 +48,15 @@ class PathState:
     @cached_property
     def keys(self) -> list[torch.Tensor]:
         """Per layer (1, kv heads, len(ids), head dim): sliced when the state is expanded, not for every child."""
-        return [layer.keys[self.row : self.row + 1, :, self.span[0] : self.span[1]] for layer in self.cache.layers]
+        return self._own("keys")
 
     @cached_property
     def values(self) -> list[torch.Tensor]:
-        return [layer.values[self.row : self.row + 1, :, self.span[0] : self.span[1]] for layer in self.cache.layers]
+        return self._own("values")
+
+    def _own(self, which: str) -> list[torch.Tensor]:
+        first, end = self.span
+        return [getattr(layer, which)[self.row : self.row + 1, :, first:end] for layer in self.cache.layers]
 
 
 @dataclass
@@ -245,7 +249,8 @@ class CriticStepper:
         # eos is not part of the response the critic was trained on: the score reads the token before it
         scored = fed - ended_by_eos.long()
         read = gather_windows(window, mask, torch.stack([scored, fed], 1) + self.window - 1, self.window, ids)
-        taken = torch.arange(steps, device=device)[None] < scored[:, None]
+        positions = torch.arange(steps, device=device)[None]
+        taken = positions < scored[:, None]
         sums = torch.tensor([r.logprob_sum for r in rows], device=device) + torch.where(
             taken, logprobs, 0.0
         ).sum(1)
@@ -269,8 +274,7 @@ class CriticStepper:
         child_states, child_mask, child_ids = read[0][:, 1], read[1][:, 1], read[2][:, 1]
         child_states = torch.where(child_mask[..., None], child_states, 0.0)
         new_sums, new_counts, new_mins = sums.tolist(), seen.tolist(), lows.tolist()
-        fed_mask = torch.arange(steps, device=device)[None] < fed[:, None]
-        step_logprobs = torch.where(fed_mask, logprobs, 0.0).sum(1).tolist()
+        step_logprobs = torch.where(positions < fed[:, None], logprobs, 0.0).sum(1).tolist()
         by_eos, was_cut = ended_by_eos.tolist(), cut.tolist()
         out: list[list[Expansion]] = [[] for _ in states]
         for r, parent in enumerate(rows):
