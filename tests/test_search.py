@@ -142,6 +142,40 @@ def test_dfs_with_every_child_pruned_returns_the_best_path_seen():
     assert expander.expanded == [()]  # "a" was pruned, never expanded
 
 
+def test_dfs_that_prunes_every_path_before_its_answer_finishes_the_best_valued_one():
+    tree = {
+        (): [("a", 0.2, -1.0), ("b", 0.3, -1.0)],
+        ("b",): [("c", 0.1, -1.0), ("Answer: 4", 0.35, -1.0)],
+    }
+    expander = ScriptedTree(tree)
+    result = search(expander, "q", SearchSettings(strategy="dfs", expand=2))
+    assert result.steps == ["b", "Answer: 4"] and result.finished
+    assert result.best.value == pytest.approx(0.3)  # still valued as a path below the threshold
+    assert expander.expanded == [(), ("b",)]
+    assert [c.step for c in result.candidates] == ["Answer: 4"]
+
+
+def test_dfs_finishing_a_pruned_search_reuses_the_states_it_expanded():
+    tree = {
+        (): [("a", 0.6, -1.0), ("b", 0.4, -1.0)],
+        ("a",): [("x", 0.2, -1.0), ("y", 0.3, -1.0)],  # DFS visits "a", then prunes both of its children
+        ("a", "y"): [("Answer: 8", 0.9, -1.0)],
+    }
+    expander = ScriptedTree(tree)
+    result = search(expander, "q", SearchSettings(strategy="dfs", expand=2))
+    assert result.steps == ["a", "y", "Answer: 8"] and result.finished
+    assert expander.expanded == [(), ("a",), ("a", "y")]  # "a" is not expanded twice
+    assert result.sampled_tokens == 3 * (2 + 2 + 1)
+
+
+def test_dfs_without_budget_left_to_finish_returns_the_best_path_seen():
+    tree = {(): [("a", 0.2, -1.0), ("b", 0.3, -1.0)], ("b",): [("Answer: 4", 0.35, -1.0)]}
+    expander = ScriptedTree(tree)
+    result = search(expander, "q", SearchSettings(strategy="dfs", expand=2, token_budget=6))
+    assert expander.expanded == [()] and not result.finished
+    assert result.steps == ["b"]
+
+
 def test_the_token_budget_stops_the_search():
     expander = ScriptedTree(TREE, tokens_per_step=5)
     result = search(expander, "q", SearchSettings(expand=3, beam=1, token_budget=15))

@@ -16,10 +16,12 @@ script one), so they are the same for any model and testable on a known tree.
 
     beam  ToT's breadth-first search: each depth expands every kept state into `expand` children and keeps the
           `beam` best open ones; finished paths are candidates; it stops once `beam` paths have finished (a step
-          cut by the token limit is no finish), the frontier is empty, or the token budget is spent. The answer is the best-valued candidate.
+          cut by the token limit is no finish), the frontier is empty, or the token budget is spent. The answer is
+          the best-valued candidate.
     dfs   ToT's depth-first search: children in order of value, a child below `threshold` pruned, backtracking
           when every child of a state is pruned; the first finished path at or above the threshold is the answer
-          (else the best candidate seen).
+          (else the best finished path seen; if none finished, the path that takes the best-valued child at each
+          step from the root, finished with the steps already sampled and as few new ones as it needs).
 """
 
 from __future__ import annotations
@@ -259,7 +261,29 @@ class _Search:
         return self.result(max(finished, key=lambda n: n.value) if finished else None)
 
     def dfs(self) -> SearchResult:
-        return self.result(self._visit(self.root))
+        found = self._visit(self.root)
+        if found is None and not self._finished():
+            found = self._descend()
+        return self.result(found)
+
+    def _descend(self) -> Node | None:
+        """DFS ended without a finished path (every path was pruned before its answer): from the root, take the
+        best-valued child at each step, below the threshold or not, expanding only states not expanded yet, until
+        a path finishes or the budget is spent. So an answer comes back whenever the budget and depth allow."""
+        node = self.root
+        while True:
+            if not node.children:
+                if self.spent():
+                    return None
+                self.expand([node])
+            if not node.children:
+                return None
+            known = {id(c) for c in self.candidates}
+            self.candidates += [c for c in node.children if c.final and id(c) not in known]
+            node = max(node.children, key=lambda n: (n.value, bool(n.children)))
+            node.kept = True
+            if node.final:
+                return node if node.finish in ("answer", "eos") else None
 
     def _visit(self, node: Node) -> Node | None:
         if self.spent():
