@@ -269,7 +269,8 @@ class _Search:
     def _descend(self) -> Node | None:
         """DFS ended without a finished path (every path was pruned before its answer): from the root, take the
         best-valued child at each step, below the threshold or not, expanding only states not expanded yet, until
-        a path finishes or the budget is spent. So an answer comes back whenever the budget and depth allow."""
+        a path finishes, reaches `max_depth` or the budget is spent. So an answer comes back whenever the budget and
+        depth allow."""
         node = self.root
         while True:
             if not node.children:
