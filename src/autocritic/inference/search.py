@@ -134,6 +134,11 @@ class Node:
         """The sampled tokens of the whole path (the prompt's excluded)."""
         return [token for node in self.path() for token in node.token_ids]
 
+    @property
+    def answered(self) -> bool:
+        """The path ended with an answer or end of text (not cut by the token or depth limit)."""
+        return self.finish in ("answer", "eos")
+
     def walk(self) -> Iterator[Node]:
         yield self
         for child in self.children:
@@ -159,7 +164,7 @@ class SearchResult:
 
     @property
     def finished(self) -> bool:
-        return self.best.final and self.best.finish in ("answer", "eos")
+        return self.best.final and self.best.answered
 
 
 def node_value(node: Node, settings: SearchSettings) -> float:
@@ -228,7 +233,7 @@ class _Search:
         return SearchResult(self.prompt, chosen, self.root, self.candidates, self.sampled, self.expansions)
 
     def _finished(self) -> list[Node]:
-        return [c for c in self.candidates if c.finish in ("answer", "eos")]
+        return [c for c in self.candidates if c.answered]
 
     def beam(self) -> SearchResult:
         frontier = [self.root]
@@ -284,7 +289,7 @@ class _Search:
             node = max(node.children, key=lambda n: (n.value, bool(n.children)))
             node.kept = True
             if node.final:
-                return node if node.finish in ("answer", "eos") else None
+                return node if node.answered else None
 
     def _visit(self, node: Node) -> Node | None:
         if self.spent():
@@ -302,7 +307,7 @@ class _Search:
                 continue
             child.kept = True
             if child.final:
-                if child.finish in ("answer", "eos"):
+                if child.answered:
                     return child
                 continue
             found = self._visit(child)
