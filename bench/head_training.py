@@ -39,16 +39,15 @@ from autocritic.training import run as training
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
 PRESET = [
     "head.window=24", "head.feedforward=256", "head.attention_dropout=0.1", "data.batch_size=128", "phase.lr=1e-3",
-    "phase.max_epochs=48", "phase.warmup_steps=2000", "objective.calibrate=false", "head.causal=false",
+    "phase.max_epochs=48", "phase.warmup_steps=2000", "objective.calibrate=false",
 ]
 
 
 class PyTorchEncoder(nn.Module):
     """`nn.TransformerEncoder` (pre-norm) read at the last slot, with the interface of `WindowEncoder`: the preset's."""
 
-    def __init__(self, width, heads, feedforward, dropout, attention_dropout, layers, causal=False):
+    def __init__(self, width, heads, feedforward, dropout, attention_dropout, layers):
         super().__init__()
-        assert not causal, "the preset's layers are not causal"
         layer = nn.TransformerEncoderLayer(width, heads, feedforward, dropout, batch_first=True, norm_first=True)
         self.layers = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False).layers
 

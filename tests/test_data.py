@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import json
 import random
 from pathlib import Path
@@ -12,7 +11,7 @@ import pytest
 import torch
 from conftest import write_jsonl
 
-from autocritic.data.datamodule import CriticDataModule, DataSettings, EpochShuffle, prefix_keys
+from autocritic.data.datamodule import CriticDataModule, DataSettings, EpochShuffle
 from autocritic.errors import DataError
 from autocritic.model.backbone import load_tokenizer
 
@@ -260,53 +259,6 @@ def test_feature_batches_match_token_batches(tokenizer, tmp_path):
     batch = next(iter(dm.val_dataloader()))
     assert batch["features"].shape == (4, 4)  # (S*B, H): chosen rows of the batch, then rejected rows
     assert torch.equal(batch["features"], torch.cat([features["val"][:2, 0], features["val"][:2, 1]]))
-
-
-def test_feature_batches_of_a_causal_head_bring_rows_with_one_window_prefix_together(tokenizer, tmp_path):
-    prompts = [f"Q: {a}+{a}=? A:" for a in range(1, 7)]
-    answers = ("1", "2", "12", "3", "4", "5", "6", "7")
-    rows = [{"prompt": p, "response": r, "label": int(r == "2")} for p in prompts for r in answers]
-    train = write(tmp_path / "train.jsonl", rows)
-    dm = datamodule(tokenizer, train_files=[str(train)], val_files=[str(train)], batch_size=8, eval_batch_size=8)
-    features = {s: torch.randn(len(rows), 1, 4) for s in ("train", "val")}
-    dm.use_features(features, share_prefixes=True)
-    batches = list(dm.train_dataloader())
-    assert sum(len(b["target"]) for b in batches) == len(rows)
-    pieces, seen = 0, set()
-    for batch in batches:
-        keys = batch["prefix_key"].tolist()
-        pieces += len([key for key, _ in itertools.groupby(keys)])
-        seen.update(keys)
-        pairs = set(zip(keys, batch["group"].tolist(), batch["own_slots"].tolist(), strict=True))
-        assert len(pairs) == len(set(keys))  # a key is one prompt and one answer length
-    assert pieces > len(seen)  # a key's rows come in pieces (of PREFIX_CHUNK at most), so a batch mixes questions
-    keys = prefix_keys(dm.encoded["train"])
-    for index, (key, own) in enumerate(keys):
-        item = dm.encoded["train"][index]
-        assert own == len(item["ids"][0]) - item["prompt_len"][0]  # the tokens after the prompt
-        same = [i for i, (k, _) in enumerate(keys) if k == key]
-        assert {rows[i]["prompt"] for i in same} == {rows[index]["prompt"]}
-    one_token = [keys[i][0] for i, row in enumerate(rows) if row["prompt"] == prompts[0] and row["response"] != "12"]
-    assert len(set(one_token)) == 1 and len(one_token) == 7  # the one-digit answers share their prompt's window
-    assert "prefix_key" not in next(iter(dm.val_dataloader()))  # evaluation reads whole rows
-    dm.use_features(features)
-    assert "prefix_key" not in next(iter(dm.train_dataloader()))
-
-
-def test_groups_cut_in_chunks_are_a_new_seeded_permutation_each_epoch():
-    groups = [list(range(start, start + 10)) for start in range(0, 200, 10)]
-
-    def contiguous(order: list[int]) -> int:  # groups whose rows all sit next to each other
-        return sum(max(order.index(i) for i in g) - min(order.index(i) for i in g) == len(g) - 1 for g in groups)
-
-    whole = list(EpochShuffle(200, seed=3, groups=groups))
-    assert contiguous(whole) == len(groups)
-    sampler = EpochShuffle(200, seed=3, groups=groups, chunk=3)
-    first = list(sampler)
-    assert sorted(first) == list(range(200)) and list(sampler) == first
-    assert contiguous(first) <= 2  # cut into pieces that move apart
-    sampler.set_epoch(1)
-    assert list(sampler) != first
 
 
 def test_train_order_depends_on_seed_and_epoch_only():

@@ -22,7 +22,7 @@ from autocritic.model.export import (
     read_critic_config,
     save_critic,
 )
-from autocritic.model.head import CriticHead, HeadSettings, shared_prefixes
+from autocritic.model.head import CriticHead, HeadSettings
 
 TOL = 1e-5
 HEADS = {
@@ -234,83 +234,6 @@ def test_window_layers_are_pytorchs_encoder_layers_and_load_their_weights():
         x = head.project(states) + head.position + head.embed(ids)
         whole = reference(x, src_key_padding_mask=~mask)[:, -1]
         assert (head._read_window(states, mask, ids) - whole).abs().max() <= TOL
-
-
-def shared_windows(groups: int = 5, rows: int = 30, window: int = 8, hidden: int = 64, seed: int = 0):
-    """Rows drawn from `groups` prompts: each row's window is its prompt's slots, then 1-3 slots of its own."""
-    generator = torch.Generator().manual_seed(seed)
-    group = torch.randint(0, groups, (rows,), generator=generator)
-    own = torch.randint(1, 4, (rows,), generator=generator)
-    states = torch.randn(groups, window, hidden, generator=generator)[group]
-    ids = torch.randint(0, 50, (groups, window), generator=generator)[group]
-    for row in range(rows):  # a row's own slots: its answer's states and tokens
-        states[row, window - own[row] :] = torch.randn(int(own[row]), hidden, generator=generator)
-        ids[row, window - own[row] :] = torch.randint(0, 50, (int(own[row]),), generator=generator)
-    mask = torch.ones(rows, window, dtype=torch.bool)
-    mask[group == 1, :2] = False  # a short prompt, left-padded
-    return states, mask, ids, group * 10 + own, own  # the key: one prompt, one answer length
-
-
-def test_a_causal_head_computes_shared_prefixes_once_with_the_same_scores_and_gradients():
-    settings = dataclasses.replace(MEMBERS, window=8, causal=True, layers=3, dropout=0.0)
-    torch.manual_seed(0)
-    head = CriticHead(64, settings, vocab_size=50)
-    perturb(head, scale=0.05)
-    states, mask, ids, key, own = shared_windows()
-    confidence = torch.randn(len(key), 2)
-    prefixes = shared_prefixes(states, mask, ids, key, own)
-    assert prefixes is not None and prefixes.length == 8 - 3 and len(prefixes.first) < len(key)
-    scores = []
-    for shared in (None, prefixes):
-        head.zero_grad()
-        score = head.member_scores(states, confidence, mask, ids, shared)
-        (score * torch.linspace(-1, 1, score.numel()).reshape(score.shape)).sum().backward()
-        scores.append((score.detach(), [p.grad.clone() for p in head.parameters()]))
-    assert (scores[0][0] - scores[1][0]).abs().max() <= TOL
-    assert all((a - b).abs().max() <= 1e-4 for a, b in zip(scores[0][1], scores[1][1], strict=True))
-    assert scores[0][0].std() > 1e-2  # the rows are not scored alike: the comparison means something
-
-
-def test_a_causal_head_reads_only_earlier_slots_below_its_top_layer():
-    settings = dataclasses.replace(TOKENS, window=8, causal=True, dropout=0.0)
-    torch.manual_seed(0)
-    head = CriticHead(64, settings, vocab_size=50).eval()
-    x = torch.randn(1, 8, settings.hidden_dim)
-    moved = x.clone()
-    moved[0, 5] += 1.0
-    keep = torch.ones(1, 8, dtype=torch.bool)
-    below = head.layers.layers[0]
-    with torch.no_grad():
-        before, after = below(x, keep, causal=True), below(moved, keep, causal=True)
-        plain_before, plain_after = below(x, keep), below(moved, keep)
-    assert torch.equal(before[0, :5], after[0, :5]) and not torch.allclose(before[0, 5:], after[0, 5:])
-    assert not torch.allclose(plain_before[0, :5], plain_after[0, :5])  # without causal every slot sees slot 5
-    padded = keep.clone()
-    padded[0, :3] = False  # a padding slot sees itself alone: no NaN reaches the real slots
-    with torch.no_grad():
-        assert torch.isfinite(head.layers(x, padded)).all()
-
-
-def test_rows_that_differ_in_their_prefix_are_not_shared():
-    states, mask, ids, key, own = shared_windows()
-    assert shared_prefixes(states, mask, ids, key, own) is not None
-    broken = states.clone()
-    broken[int(torch.nonzero(key == key[0])[-1]), 0] += 1e-3  # one row of a group is not what its key says
-    assert shared_prefixes(broken, mask, ids, key, own) is None
-    assert shared_prefixes(states, mask, ids, torch.arange(len(key)), own) is None  # no two rows alike
-    long = own.clone()
-    long[0] = 8  # a row with no prefix to share is a group of its own; the others still share
-    prefixes = shared_prefixes(states, mask, ids, key, long)
-    assert prefixes is not None and (prefixes.group == prefixes.group[0]).sum() == 1
-
-
-def test_only_a_causal_attention_head_shares_prefixes():
-    with pytest.raises(ValueError, match="head.causal"):
-        CriticHead(64, dataclasses.replace(HEADS["mlp"], causal=True))
-    states, mask, ids, key, own = shared_windows()
-    head = CriticHead(64, dataclasses.replace(TOKENS, window=8), vocab_size=50)
-    with pytest.raises(ValueError, match="causal"):
-        head(states, torch.randn(len(key), 2), mask, ids, shared_prefixes(states, mask, ids, key, own))
 
 
 def test_window_dropout_keeps_the_expected_value_and_drops_at_its_rate():

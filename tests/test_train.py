@@ -14,18 +14,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import write_jsonl
 from helpers import CONF_DIR, TEXTS, compose_train, scores, snapshot, tiny_overrides
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 from autocritic.inference.generation import CriticGenerator
-from autocritic.model import critic as critic_module
 from autocritic.model.backbone import load_backbone, load_tokenizer, unwrap
 from autocritic.model.critic import CriticModel, feature_width
 from autocritic.model.export import HEAD_NAME, head_state, load_critic, read_critic_config
 from autocritic.model.head import CriticHead, HeadSettings
-from autocritic.model.head import shared_prefixes as feature_shared
 from autocritic.training import feature_cache, module, run
 from autocritic.training.calibration import last_linears
 from autocritic.training.config_check import PHASES, check_config
@@ -307,23 +304,6 @@ def test_transfer_without_the_feature_cache_trains_the_same_head(tiny_backbone, 
     if not head:
         for k in heads[0]:
             assert (heads[0][k] - heads[1][k]).abs().max() <= TOL, k
-
-
-def test_a_causal_window_head_trains_on_shared_prefixes_and_exports_what_it_trained(
-    tiny_backbone, tmp_path, capture, monkeypatch
-):
-    """The answers to one question share a batch and their question's slots run once per step; the export is the
-    head as trained, read with the plain causal forward."""
-    rows = [{"prompt": f"Q: {a}+{a}=? A:", "response": f" {a + a + d}", "label": int(d == 0)} for a in range(8) for d in (-1, 0, 1, 12)]
-    data = {split: write_jsonl(tmp_path / f"{split}.jsonl", rows) for split in ("train", "val")}
-    shared = []
-    monkeypatch.setattr(
-        critic_module, "shared_prefixes", lambda *a: shared.append(feature_shared(*a)) or shared[-1]
-    )
-    run_dir = train(tiny_backbone, data, tmp_path, "causal", "phase.max_epochs=1", *WINDOW, "head.causal=true")
-    assert shared and all(p is not None and len(p.first) < len(p.group) for p in shared)  # every training step shared
-    assert read_critic_config(run_dir / "export")["head"]["causal"] is True
-    assert_export_scores_like(capture["trained"], run_dir / "export")
 
 
 def test_each_head_member_fits_the_labels_on_its_own(tiny_backbone):

@@ -33,9 +33,6 @@ from autocritic.errors import ConfigError, DataError
 
 BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
 MIN_ROWS_PER_PROMPT = 1.5  # data.share_prompts: below this many sequences per distinct prompt, batches stay plain
-# A causal window head's training batches: the rows whose windows begin alike come in pieces of at most this many,
-# so that one batch still mixes many questions (whole groups of one question's answers and near misses trained worse)
-PREFIX_CHUNK = 4
 SPLITS = ("train", "val", "test")
 CHAT_TEMPLATES = ("auto", "none")
 PLAIN_TEMPLATE = "{prompt}{response}"
@@ -101,8 +98,7 @@ class EpochShuffle(Sampler[int]):
     the allocator keeps) comes at step one instead of growing through the epoch.
 
     With `groups` (lists of example indices), the permutation moves whole groups: the examples of a group stay
-    next to each other (rows that share a prompt, see `prompt_groups`). With `chunk` as well, each epoch cuts every
-    group, in an order of its own, into pieces of at most `chunk` examples, and the pieces move apart."""
+    next to each other (rows that share a prompt, see `prompt_groups`)."""
 
     def __init__(
         self,
@@ -112,12 +108,10 @@ class EpochShuffle(Sampler[int]):
         batch_size: int = 1,
         megabatch: int = 50,
         groups: list[list[int]] | None = None,
-        chunk: int | None = None,
     ):
         self.size, self.seed, self.epoch = size, seed, 0
         self.lengths, self.span = lengths, batch_size * megabatch
         self.groups = groups if groups is not None else [[i] for i in range(size)]
-        self.chunk = chunk
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -127,13 +121,7 @@ class EpochShuffle(Sampler[int]):
 
     def __iter__(self):
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        groups = self.groups
-        if self.chunk is not None:
-            groups = []
-            for group in self.groups:
-                order = [group[i] for i in torch.randperm(len(group), generator=generator).tolist()]
-                groups += [order[i : i + self.chunk] for i in range(0, len(order), self.chunk)]
-        units = [groups[i] for i in torch.randperm(len(groups), generator=generator).tolist()]
+        units = [self.groups[i] for i in torch.randperm(len(self.groups), generator=generator).tolist()]
         if self.lengths is not None:
             longest_of = [max(self.lengths[i] for i in unit) for unit in units]
             megabatches, current, rows = [], [], 0
@@ -164,19 +152,6 @@ def prompt_groups(items: list[dict]) -> list[list[int]]:
     for index, item in enumerate(items):
         groups.setdefault(prompt_prefix(item["ids"][0], item["prompt_len"][0]), []).append(index)
     return list(groups.values())
-
-
-def prefix_keys(items: list[dict]) -> list[tuple[int, int]]:
-    """(key, own) of each pointwise example: the same key for the examples with the same prompt tokens and the
-    same number of tokens after them (`own`), whose windows ending at the last token begin with the same slots."""
-    keys: dict[tuple[tuple[int, ...], int], int] = {}
-    out = []
-    for item in items:
-        ids, prompt_len = item["ids"][0], item["prompt_len"][0]
-        prefix = prompt_prefix(ids, prompt_len)
-        own = len(ids) - len(prefix)
-        out.append((keys.setdefault((prefix, own), len(keys)), own))
-    return out
 
 
 def padded(rows: list[list[int]] | list[tuple[int, ...]], pad_id: int, left: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -315,7 +290,6 @@ class CriticDataModule(L.LightningDataModule):
         check_schema(settings.schema)
         self.encoded: dict[str, list[dict]] = {}
         self.features: dict[str, torch.Tensor] = {}
-        self.share_feature_prefixes = False
         self.replay: list[tuple[list[int], list[int]]] = []
         self.stats: dict[str, float] = {}
 
@@ -458,22 +432,15 @@ class CriticDataModule(L.LightningDataModule):
     @staticmethod
     def collate_features(batch: list[dict]) -> dict[str, torch.Tensor]:
         features = torch.stack([item["features"] for item in batch])  # (B, S, F), S = 1 or 2
-        out = {
+        return {
             "features": features.transpose(0, 1).reshape(-1, features.shape[-1]),  # (S*B, F)
             "target": torch.tensor([item["target"] for item in batch], dtype=torch.float32),
             "group": group_ids(batch),
         }
-        if "prefix_key" in batch[0]:
-            out["prefix_key"] = torch.tensor([item["prefix_key"] for item in batch], dtype=torch.long)
-            out["own_slots"] = torch.tensor([item["own_slots"] for item in batch], dtype=torch.long)
-        return out
 
-    def use_features(self, features: dict[str, torch.Tensor], share_prefixes: bool = False) -> None:
-        """Serve precomputed features (split -> (N, S, H + 2): final state, confidence) instead of tokens. With
-        `share_prefixes` (a causal window head), training batches hold the answers to one prompt together and
-        name the rows whose windows begin alike (`prefix_keys`), so the head computes those slots once."""
+    def use_features(self, features: dict[str, torch.Tensor]) -> None:
+        """Serve precomputed features (split -> (N, S, H + 2): final state, confidence) instead of tokens."""
         self.features = features
-        self.share_feature_prefixes = share_prefixes and self.settings.share_prompts and not self.pairwise
 
     # ---- loaders ----
     def shared_prompt_groups(self, split: str) -> list[list[int]] | None:
@@ -495,18 +462,10 @@ class CriticDataModule(L.LightningDataModule):
         groups = self.shared_prompt_groups(split)
         share = groups is not None
         sampler = None
-        share_prefixes = not tokens and shuffle and self.share_feature_prefixes
-        chunk = None
-        if share_prefixes:
-            keys = prefix_keys(items)
-            by_key: dict[int, list[int]] = {}
-            for index, (key, _) in enumerate(keys):
-                by_key.setdefault(key, []).append(index)
-            groups, chunk = list(by_key.values()), PREFIX_CHUNK
         if shuffle:
             grouped = s.group_by_length and tokens  # cached features all cost the same
             lengths = [max(map(len, it["ids"])) for it in items] if grouped else None
-            sampler = EpochShuffle(len(items), s.seed, lengths, batch_size, groups=groups, chunk=chunk)
+            sampler = EpochShuffle(len(items), s.seed, lengths, batch_size, groups=groups)
         elif groups is not None:
             sampler = [i for group in groups for i in group]  # evaluation metrics do not depend on the order
         sampler = self.sharded(sampler if sampler is not None else range(len(items)), batch_size, even=shuffle)
@@ -515,9 +474,6 @@ class CriticDataModule(L.LightningDataModule):
                 {"features": f, "target": it["target"], "group": it.get("group", -1)}
                 for f, it in zip(self.features[split], self.encoded[split], strict=True)
             ]
-            if share_prefixes:
-                for item, (key, own) in zip(items, keys, strict=True):
-                    item["prefix_key"], item["own_slots"] = key, own
             return DataLoader(ListDataset(items), batch_size=batch_size, sampler=sampler, collate_fn=self.collate_features)
         return DataLoader(
             ListDataset(self.encoded[split]),

@@ -28,7 +28,7 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from autocritic.errors import ConfigError
-from autocritic.model.head import CONFIDENCE_FEATURES, CriticHead, HeadSettings, shared_prefixes
+from autocritic.model.head import CONFIDENCE_FEATURES, CriticHead, HeadSettings
 from autocritic.model.prompt_cache import SharedPromptCache, cache_through_checkpointing
 
 # What a window head reads before a tensor's first column (a shared prompt's end): states (B, C, H), mask (B, C)
@@ -139,8 +139,6 @@ class CriticModel(nn.Module):
         self.reads_confidence = self.head.settings.confidence  # kept here: peft may wrap the head
         self.window = self.head.settings.window  # final states the head reads, ending at the scored token
         self.reads_tokens = self.head.settings.tokens  # and the ids of the tokens they sit on
-        # rows whose windows begin alike (one prompt, one response length) compute those slots once in training
-        self.shares_prefixes = self.head.settings.kind == "attention" and self.head.settings.causal
 
     @property
     def config(self):  # peft and Lightning look for a `config` on the wrapped model
@@ -336,25 +334,14 @@ class CriticModel(nn.Module):
             hidden, before, answer_ids, answer_mask, response, return_values, logits_from, context, return_members
         )
 
-    def score_features(
-        self,
-        features: torch.Tensor,
-        members: bool = False,
-        prefix_key: torch.Tensor | None = None,
-        own_slots: torch.Tensor | None = None,
-    ) -> torch.Tensor:
+    def score_features(self, features: torch.Tensor, members: bool = False) -> torch.Tensor:
         """Score cached features (the frozen phase), laid out as `join_features` writes them: (N,), or with
-        `members` each head member's score (N, M). For a causal window head, `prefix_key` (N,) names the rows
-        whose windows begin alike (e.g. one prompt and one response length) and `own_slots` (N,) how many last
-        slots each row has of its own: their shared first slots are computed once (`shared_prefixes`)."""
+        `members` each head member's score (N, M)."""
         states, mask, ids, confidence = split_features(
             features, self.backbone.config.hidden_size, self.window, self.reads_tokens
         )
-        prefixes = None
-        if self.shares_prefixes and prefix_key is not None and own_slots is not None:
-            prefixes = shared_prefixes(states, mask, ids, prefix_key, own_slots)
         head = self.head.member_scores if members else self.head
-        return head(states, confidence if self.reads_confidence else None, mask, ids, prefixes)
+        return head(states, confidence if self.reads_confidence else None, mask, ids)
 
 
 def feature_width(hidden_size: int, window: int, tokens: bool = False) -> int:

@@ -40,45 +40,6 @@ class HeadSettings:
     members: int = 1  # independently trained heads of this kind; the score is the mean of their logits
     feedforward: int | None = None  # attention: the layers' feed-forward width (None: 4 x hidden_dim)
     attention_dropout: float | None = None  # attention: dropout on the attention weights (None: dropout)
-    causal: bool = False  # attention: the layers below the top see each slot's own past only (rows share prefixes)
-
-
-@dataclass
-class SharedPrefixes:
-    """Rows of a batch whose windows begin with the same `length` slots (states, mask and ids): row b belongs to
-    group `group[b]`, and row `first[g]` holds group g's prefix. A causal head computes each prefix once."""
-
-    group: torch.Tensor  # (B,)
-    first: torch.Tensor  # (G,)
-    length: int
-
-
-def shared_prefixes(
-    states: torch.Tensor, mask: torch.Tensor | None, tokens: torch.Tensor | None, key: torch.Tensor, own: torch.Tensor
-) -> SharedPrefixes | None:
-    """Groups of the rows (B, W, H) `states` with the same `key` (B,), e.g. one prompt and one response length,
-    whose windows share all but each row's last `own` (B,) slots. The prefix length is the one that computes the
-    fewest slots; a row whose own slots reach into it is a group of its own. None when nothing would be shared, or
-    when the rows of one group differ anywhere in their prefix (then every row is computed whole)."""
-    batch, window = states.shape[:2]
-    rows = torch.arange(batch, device=key.device)
-    best = None
-    for length in range(1, window):
-        fits = own <= window - length
-        groups = torch.unique(key[fits]).numel() + int((~fits).sum())
-        cost = groups * length + batch * (window - length)
-        if best is None or cost < best[0]:
-            best = (cost, length, fits)
-    cost, length, fits = best
-    if cost >= batch * window:
-        return None
-    _, group = torch.unique(torch.where(fits, key, key.max() + 1 + rows), return_inverse=True)
-    first = torch.full((int(group.max()) + 1,), batch, dtype=torch.long, device=key.device)
-    first = first.scatter_reduce(0, group, rows, reduce="amin")
-    compared = [t for t in (states, mask, tokens) if t is not None]
-    if any(not torch.equal(t[:, :length], t[first[group], :length]) for t in compared):
-        return None
-    return SharedPrefixes(group, first, length)
 
 
 def check_head_settings(settings: HeadSettings) -> None:
@@ -96,8 +57,6 @@ def check_head_settings(settings: HeadSettings) -> None:
         raise ValueError(f"head.feedforward must be ≥ 1 or null (4 x hidden_dim), got {settings.feedforward}")
     if settings.attention_dropout is not None and not 0 <= settings.attention_dropout < 1:
         raise ValueError(f"head.attention_dropout must be in [0, 1) or null (head.dropout), got {settings.attention_dropout}")
-    if settings.causal and settings.kind != "attention":
-        raise ValueError(f"head.causal=true needs head.kind=attention: a {settings.kind} head has no layers over a window")
     if settings.tokens and settings.kind != "attention":
         raise ValueError(f"head.tokens=true needs head.kind=attention: a {settings.kind} head reads one state")
     if settings.kind == "attention" and (
@@ -144,7 +103,6 @@ class CriticHead(nn.Module):
                 settings.dropout,
                 settings.dropout if settings.attention_dropout is None else settings.attention_dropout,
                 settings.layers,
-                settings.causal,
             )
             self.net = nn.Sequential(nn.LayerNorm(width + extra), nn.Linear(width + extra, 1))
             self.float()
@@ -173,17 +131,14 @@ class CriticHead(nn.Module):
         confidence: torch.Tensor | None = None,
         mask: torch.Tensor | None = None,
         tokens: torch.Tensor | None = None,
-        prefixes: SharedPrefixes | None = None,
     ) -> torch.Tensor:
-        """`prefixes` (a causal attention head only): the rows' shared first slots, each computed once (the same
-        scores; in training, dropout masks on a shared slot are shared by its group's rows)."""
         if self.members is not None:
-            return self.member_scores(hidden, confidence, mask, tokens, prefixes).mean(-1)
+            return self.member_scores(hidden, confidence, mask, tokens).mean(-1)
         # fp32 unless a strategy cast the whole model (DeepSpeed's bf16 does); scores always come out fp32
         dtype = next(self.net.parameters()).dtype
         x = self.dropout(hidden.to(dtype))
         if self.settings.kind == "attention":
-            x = self._read_window(x, mask, tokens, prefixes)
+            x = self._read_window(x, mask, tokens)
         if self.settings.confidence:
             if confidence is None:
                 raise ValueError("this head reads confidence features (head.confidence=true): none were given")
@@ -196,46 +151,23 @@ class CriticHead(nn.Module):
         confidence: torch.Tensor | None = None,
         mask: torch.Tensor | None = None,
         tokens: torch.Tensor | None = None,
-        prefixes: SharedPrefixes | None = None,
     ) -> torch.Tensor:
         """Each member's score (..., M); a head of one member gives (..., 1)."""
         if self.members is None:
-            return self(hidden, confidence, mask, tokens, prefixes)[..., None]
-        return torch.stack([member(hidden, confidence, mask, tokens, prefixes) for member in self.members], dim=-1)
+            return self(hidden, confidence, mask, tokens)[..., None]
+        return torch.stack([member(hidden, confidence, mask, tokens) for member in self.members], dim=-1)
 
     def _read_window(
-        self,
-        states: torch.Tensor,
-        mask: torch.Tensor | None,
-        tokens: torch.Tensor | None,
-        prefixes: SharedPrefixes | None = None,
+        self, states: torch.Tensor, mask: torch.Tensor | None, tokens: torch.Tensor | None
     ) -> torch.Tensor:
         """(..., W, H) states, (..., W) mask and token ids -> (..., width): the layers' output at the last slot."""
         if states.shape[-2] != self.window:
             raise ValueError(f"this head reads windows of {self.window} states, got {states.shape[-2]}")
-        if self.embed is not None and tokens is None:
-            raise ValueError("this head reads the window's token ids (head.tokens=true): none were given")
-        if prefixes is not None:
-            return self._read_shared_windows(states, mask, tokens, prefixes)
         lead = states.shape[:-2]
         x = self.project(states.reshape(-1, self.window, states.shape[-1])) + self.position
         if self.embed is not None:
+            if tokens is None:
+                raise ValueError("this head reads the window's token ids (head.tokens=true): none were given")
             x = x + self.embed(tokens.reshape(-1, self.window).long())
         keep = None if mask is None else mask.reshape(-1, self.window).bool()
         return self.layers(x, keep).reshape(*lead, -1)
-
-    def _read_shared_windows(
-        self, states: torch.Tensor, mask: torch.Tensor | None, tokens: torch.Tensor | None, prefixes: SharedPrefixes
-    ) -> torch.Tensor:
-        """`_read_window` of (B, W, H) windows, the groups' first `prefixes.length` slots computed once."""
-        length, first = prefixes.length, prefixes.first
-
-        def slots(rows: torch.Tensor | slice, part: slice) -> torch.Tensor:
-            x = self.project(states[rows, part]) + self.position[part]
-            return x if self.embed is None else x + self.embed(tokens[rows, part].long())
-
-        prefix, own = slots(first, slice(None, length)), slots(slice(None), slice(length, None))
-        keep = None if mask is None else mask.bool()
-        prefix_keep = None if keep is None else keep[first, :length]
-        own_keep = None if keep is None else keep[:, length:]
-        return self.layers.forward_shared(prefix, prefix_keep, own, own_keep, prefixes.group)

@@ -75,7 +75,6 @@ RULES: dict[str, tuple[tuple[type, ...], Callable | None, str]] = {
     "head.hidden_dim": ((int,), lambda x: x >= 0, "an integer ≥ 0"),
     "head.confidence": ((bool,), None, "true or false"),
     "head.tokens": ((bool,), None, "true or false"),
-    "head.causal": ((bool,), None, "true or false"),
     "head.members": ((int,), positive, "a positive integer (heads averaged into the score)"),
     "head.feedforward": ((int,), positive, "a positive integer, or null (4 x head.hidden_dim)"),
     "head.attention_dropout": ((float, int), fraction, "a number in [0, 1), or null (head.dropout)"),

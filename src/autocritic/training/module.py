@@ -60,9 +60,7 @@ class CriticModule(L.LightningModule):
     def forward_batch(self, batch: dict, want_logits: bool = False, want_values: bool = False):
         """(scores, members' scores, the forward's output or None for cached features) of a batch of any layout."""
         if "features" in batch:
-            members = unwrap(self.critic).score_features(
-                batch["features"], members=True, prefix_key=batch.get("prefix_key"), own_slots=batch.get("own_slots")
-            )
+            members = unwrap(self.critic).score_features(batch["features"], members=True)
             return members.mean(-1), members, None
         if "prefix_ids" in batch:  # rows that share prompts (data.share_prompts): each prompt runs once
             out = unwrap(self.critic).forward_shared(

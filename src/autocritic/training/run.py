@@ -164,7 +164,7 @@ class FeatureCache(L.Callback):
             self.critic.to(device), datamodule, self.cache_dir, self.key, device, ranks, self.max_bytes
         )
         log.info("feature cache %s (%s)", "hit" if hit else "computed", self.key)
-        datamodule.use_features(features, share_prefixes=self.critic.shares_prefixes)
+        datamodule.use_features(features)
 
 
 RANKING_MONITORS = ("val/auroc", "val/within_auroc")
