@@ -460,13 +460,18 @@ def test_the_search_suite_runs_on_a_tiny_export_and_draws_its_trees(tiny_export,
         assert (run_dir / png).stat().st_size > 1000 and f"]({png})" in report
 
 
-@pytest.mark.parametrize("chain_share", [0.0, None, 0.85])
-def test_a_backbone_pretrained_without_chains_is_refused_before_loading(tiny_backbone, tmp_path, chain_share):
+@pytest.mark.parametrize(
+    ("shares", "family"),
+    [({"chain": 0.0}, None), ({}, None), ({"chain": 0.85}, "chain"), ({"chain": 0.1, "countdown": 0.75}, "countdown")],
+)
+def test_the_step_family_comes_from_the_backbone_and_none_is_refused_before_loading(
+    tiny_backbone, tmp_path, shares, family
+):
     import json
     import shutil
 
     from autocritic.errors import ConfigError
-    from autocritic.evaluation.search import check_backbone
+    from autocritic.evaluation.search import step_family
     from autocritic.model.backbone import load_backbone, load_tokenizer
     from autocritic.model.critic import CriticModel
     from autocritic.model.export import save_critic
@@ -474,24 +479,23 @@ def test_a_backbone_pretrained_without_chains_is_refused_before_loading(tiny_bac
 
     backbone = tmp_path / "backbone"
     shutil.copytree(tiny_backbone, backbone)
-    mix = {"arithmetic": 1.0} | ({} if chain_share is None else {"chain": chain_share})
-    (backbone / "build_info.json").write_text(json.dumps({"settings": {"mix": mix}}))
+    (backbone / "build_info.json").write_text(json.dumps({"settings": {"mix": {"arithmetic": 1.0} | shares}}))
     model = CriticModel(load_backbone(str(backbone)), head_settings=HeadSettings())
     export = save_critic(
         model, load_tokenizer(str(backbone)), tmp_path / "export", str(backbone), HeadSettings(), "{prompt}{response}",
         "frozen",
     )
-    if chain_share:
-        check_backbone(export)  # a steps backbone runs
+    if family is not None:
+        assert step_family(export) == family
         return
-    with pytest.raises(ConfigError, match="pretrained without the chain family.*experiment=steps"):
-        check_backbone(export)
+    with pytest.raises(ConfigError, match="pretrained without a step family.*experiment=steps"):
+        step_family(export)
 
 
-def test_a_backbone_without_build_info_is_searched(tiny_export):
-    from autocritic.evaluation.search import check_backbone
+def test_a_backbone_without_build_info_is_searched_on_chains(tiny_export):
+    from autocritic.evaluation.search import step_family
 
-    check_backbone(tiny_export)  # your model: not known to lack the family, so the suite runs
+    assert step_family(tiny_export) == "chain"  # your model: not known to lack the family, so the suite runs
 
 
 def test_best_of_n_is_compared_at_the_search_tokens():

@@ -233,7 +233,8 @@ def evaluate(cfg: DictConfig) -> float | None:
     export = find_export(cfg, step_critic=suites == ["search"])
     log.info("evaluating %s (suites: %s)", export, ", ".join(suites))
     if "search" in suites:
-        search.check_backbone(export)
+        if settings["search"].family is None:
+            settings["search"] = dataclasses.replace(settings["search"], family=search.step_family(export))
         if not is_step_critic(export):
             log.warning(
                 "suite search: %s was trained on whole answers, not steps; its step values are read where it never "

@@ -1,6 +1,7 @@
 """Suite "search": does searching the steps with the step critic solve problems that sampling does not?
 
-    held-out problems that take steps (the offline "chain" family: "What is 58+27-19?" solved one operation per line)
+    held-out problems that take steps, of the family the backbone learned: "chain" ("What is 58+27-19?" solved one
+    operation per line) or "countdown" ("Use 3 5 8 1 to make 19.": most first steps lead nowhere)
         greedy              one greedy answer
         majority@N          the most frequent final answer of N samples (self-consistency)
         best-of-N           the N samples' best by the outcome critic (`outcome_ckpt`), or else by the step
@@ -45,34 +46,39 @@ from autocritic.model.export import read_critic_config
 from autocritic.model.reference import resolve_backbone
 from autocritic.offline.labelling import answer_of, is_right
 from autocritic.offline.pretrain import BUILD_INFO
-from autocritic.offline.steps import chain_step_labels
-from autocritic.offline.tasks import Problem, prompt_of
+from autocritic.offline.steps import step_labels as exact_step_labels
+from autocritic.offline.tasks import STEP_FAMILIES, Problem, prompt_of
 from autocritic.progress import track
 
-FAMILY = "chain"
+DEFAULT_FAMILY = "chain"  # for a backbone whose pretraining mix is not known (yours, a full fine-tune)
 STOP = ("\n\n",)
 
 
-def check_backbone(export: Path) -> None:
-    """An offline backbone pretrained without the chain family cannot write a step: every method would score 0.
-    Its build_info.json says so before the model loads; a backbone without one (yours, a full fine-tune) is not
-    known not to, and runs."""
+def step_family(export: Path) -> str:
+    """The step family the export's offline backbone was pretrained on most (its build_info.json mix), read before
+    the model loads. A backbone pretrained on none cannot write a step (every method would score 0): a clear error.
+    A backbone without build info is not known not to: the chain family."""
     try:
         backbone = Path(resolve_backbone(Path(export), read_critic_config(export)["backbone"]))
         mix = json.loads((backbone / BUILD_INFO).read_text())["settings"]["mix"]
-    except (OSError, ValueError, KeyError, TypeError, AutocriticError):
-        return
-    if not mix.get(FAMILY):
+        shares = {family: float(mix.get(family) or 0) for family in STEP_FAMILIES}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, AutocriticError):
+        return DEFAULT_FAMILY
+    family = max(shares, key=lambda f: shares[f])
+    if shares[family] <= 0:
         raise ConfigError(
-            f"suite search: the backbone of {export} ({backbone}) was pretrained without the {FAMILY} family "
-            f"(its {BUILD_INFO} mix: {FAMILY} share 0), so it cannot write the steps the suite asks for and every "
-            "method would score 0. Evaluate a critic of `python train.py experiment=steps phase=transfer` "
-            "(ckpt=<its export>, or suites=[search] alone finds the newest), or leave search out of suites."
+            f"suite search: the backbone of {export} ({backbone}) was pretrained without a step family (its "
+            f"{BUILD_INFO} mix has no share of {' or '.join(STEP_FAMILIES)}), so it cannot write the steps the suite "
+            "asks for and every method would score 0. Evaluate a critic of `python train.py experiment=steps "
+            "phase=transfer` or `experiment=countdown` (ckpt=<its export>, or suites=[search] alone finds the "
+            "newest), or leave search out of suites."
         )
+    return family
 
 
 @dataclass
 class Settings:
+    family: str | None = None  # chain | countdown; None: the step family the export's backbone learned
     n_problems: int = 300  # TEST problems of every length, reported together and by number of operations
     n_samples: int = 16  # the largest N of the sampling methods
     ns: tuple[int, ...] = (1, 2, 4, 8, 16)
@@ -103,6 +109,8 @@ class Settings:
             raise ValueError(f"temperature={self.temperature} must be above 0 (the methods sample)")
         if not 0 <= self.dfs_threshold <= 1:
             raise ValueError(f"dfs_threshold={self.dfs_threshold} must be a probability in [0, 1]")
+        if self.family is not None and self.family not in STEP_FAMILIES:
+            raise ValueError(f"family={self.family!r} is not a step family: use one of {list(STEP_FAMILIES)}")
 
 
 def parse_shape(shape: str) -> tuple[int, int]:
@@ -306,7 +314,7 @@ def search_curves(
             point.tokens.append(float(result.sampled_tokens))
             if value == "critic" and shape == s.headline_shape:
                 nodes = [node for node in result.root.walk() if node.parent is not None]
-                labels = [chain_step_labels(problem, node.steps)[-1] for node in nodes]
+                labels = [exact_step_labels(problem, node.steps)[-1] for node in nodes]
                 out.step_scores += [node.score for node in nodes]
                 out.step_labels += labels
                 # the trees worth a look: the longest problems, where the search met a wrong step
@@ -321,7 +329,7 @@ def run(ctx: EvalContext, s: Settings) -> SuiteResult:
         raise ValueError(
             "the search suite needs a CriticGenerator (an export): it reads the model's own states"
         )
-    problems = ctx.test_problems(FAMILY, s.n_problems)
+    problems = ctx.test_problems(s.family or DEFAULT_FAMILY, s.n_problems)
     prompts = [prompt_of(p) for p in problems]
     levels = sorted({p.level for p in problems})
     by_level = {level: [i for i, p in enumerate(problems) if p.level == level] for level in levels}
@@ -359,7 +367,7 @@ def run(ctx: EvalContext, s: Settings) -> SuiteResult:
         plot_files.append(plots.search_curves_plot(ctx.plot_path("search.png"), summary, list(groups)))
         for i, (problem, result) in enumerate(drawn):
             labels = {
-                id(n): chain_step_labels(problem, n.steps)[-1]
+                id(n): exact_step_labels(problem, n.steps)[-1]
                 for n in result.root.walk()
                 if n.parent is not None
             }
@@ -428,7 +436,7 @@ def tables_of(summary: dict, comparisons: dict, figures: dict, s: Settings, grou
             "Success rate (95% CI) and mean sampled tokens per problem",
             ["method", "budget", *groups],
             rows,
-            note=f"{figures['n_problems']} TEST problems of the {FAMILY} family; samples at T={s.temperature}; "
+            note=f"{figures['n_problems']} TEST problems of the {s.family or DEFAULT_FAMILY} family; samples at T={s.temperature}; "
             "search shapes are expand x beam; DFS expands "
             f"{s.dfs_expand} and prunes below {s.dfs_threshold}.",
         )
@@ -497,7 +505,7 @@ def trees_text(drawn: Sequence[tuple[Problem, SearchResult]]) -> list[str]:
         for node in result.root.walk():
             if node.parent is None:
                 continue
-            right = chain_step_labels(problem, node.steps)[-1]
+            right = exact_step_labels(problem, node.steps)[-1]
             mark = ">>" if id(node) in chosen else ("* " if node.kept else ("x " if node.pruned else "  "))
             lines.append(
                 f"{'  ' * (node.depth - 1)}{mark} {node.step!r} value {node.value:.2f} {'right' if right else 'wrong'}"

@@ -31,15 +31,14 @@ from autocritic.model.complete import complete
 from autocritic.offline.labelling import LabelFn, label_offline
 from autocritic.offline.perturbed import perturbed_rows
 from autocritic.offline.pretrain import BUILD_INFO, recorded_fingerprint
-from autocritic.offline.steps import chain_step_labels, split_steps
-from autocritic.offline.tasks import SPLITS, Problem, few_shot_prompts, make_splits
+from autocritic.offline.steps import split_steps, step_labels
+from autocritic.offline.tasks import SPLITS, STEP_FAMILIES, Problem, few_shot_prompts, make_splits
 from autocritic.progress import track
 from autocritic.settings import at_least
 from autocritic.staging import staged
 
 CARD = "card.json"
 PERTURBED = "perturbed_train.jsonl"
-STEP_FAMILIES = ("chain",)  # families whose sampled answers get exact per-step labels
 
 
 @dataclass(frozen=True)
@@ -168,7 +167,7 @@ def step_rows(
     problems: Sequence[Problem], prompts: Sequence[str], responses: Sequence[Sequence[str]]
 ) -> tuple[list[dict], dict]:
     """Stepwise rows for the step-checkable problems: each distinct non-empty answer (as in `label_split`) cut into
-    its steps, each step labelled by `chain_step_labels`; and the counts card.json records."""
+    its steps, each step labelled by `step_labels`; and the counts card.json records."""
     rows = []
     for problem, prompt, samples in zip(problems, prompts, responses, strict=True):
         if problem.family not in STEP_FAMILIES:
@@ -179,7 +178,7 @@ def step_rows(
                 continue
             seen.add(response)
             steps = split_steps(response)
-            rows.append({"prompt": prompt, "completions": steps, "labels": chain_step_labels(problem, steps)})
+            rows.append({"prompt": prompt, "completions": steps, "labels": step_labels(problem, steps)})
     labels = [label for row in rows for label in row["labels"]]
     counts = {
         "rows": len(rows),

@@ -12,6 +12,7 @@ import math
 import re
 from collections.abc import Callable
 
+from autocritic.offline.steps import solves, split_steps
 from autocritic.offline.tasks import Problem
 
 LabelFn = Callable[[Problem, str], "bool | None"]
@@ -68,7 +69,10 @@ def answer_of(problem: Problem, text: str) -> str | None:
 
 
 def is_right(problem: Problem, text: str) -> bool:
-    """Is this response right for the offline world's problem? Numbers compare by value."""
+    """Is this response right for the offline world's problem? Numbers compare by value; a countdown's answer (its
+    target, given in the question) counts only after right steps."""
+    if problem.family == "countdown":
+        return solves(problem, split_steps(text))
     return is_correct(answer_of(problem, text), problem.answer)
 
 

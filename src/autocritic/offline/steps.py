@@ -1,20 +1,33 @@
-"""Exact step labels for worked chains: which steps of a sampled solution are still on the way to the right answer.
+"""Exact step labels for worked solutions: which steps of a sampled solution are still on the way to the right answer.
 
 A chain "58+27-19" is solved "58+27=85\\n85-19=66\\nAnswer: 66": one operation per step, then the answer step.
+A countdown "Use 3 5 8 1 to make 19." is solved "8*3=24 (left 5 1 24; goal 19)\\n...\\nAnswer: 19": a step is right
+when its operation is allowed on numbers still left, its result and the state it writes are right, and the target
+can still be made from what is left (a dead end is a wrong step, however right its arithmetic).
 Step i is good iff steps 0..i are all right (the process-reward convention): once a step is wrong the solution can
 no longer reach the right answer honestly, so every later step is wrong too, even a right final number.
 """
 
 from __future__ import annotations
 
+import functools
 import re
+from collections import Counter
+from collections.abc import Sequence
 
 from autocritic.formats import ANSWER_PREFIX, STEP_SEPARATOR
-from autocritic.offline.tasks import Problem
+from autocritic.offline.tasks import (
+    COUNTDOWN_OPS,
+    Problem,
+    countdown_left,
+    countdown_numbers,
+    countdown_result,
+)
 
 _OPERATION = re.compile(r"\s*(\d+)\s*([+-])\s*(\d+)\s*=\s*(-?\d+)\s*")
 _ANSWER = re.compile(rf"\s*{re.escape(ANSWER_PREFIX)}\s*(-?\d+)\s*")
 _TERM = re.compile(r"([+-]?)(\d+)")
+_COUNTDOWN_STEP = re.compile(r"\s*(\d+)\s*([-+*])\s*(\d+)\s*=\s*(\d+)\s*\(left ((?:\d+ )*\d+); goal (\d+)\)\s*")
 
 
 def split_steps(text: str) -> list[str]:
@@ -56,3 +69,65 @@ def chain_step_labels(problem: Problem, steps: list[str]) -> list[bool]:
             good = False
         labels.append(good)
     return labels
+
+
+@functools.lru_cache(maxsize=65536)
+def _reachable(numbers: tuple[int, ...], target: int) -> bool:
+    if len(numbers) == 1:
+        return numbers[0] == target
+    for i in range(len(numbers)):
+        for j in range(len(numbers)):
+            if i == j:
+                continue
+            for op in COUNTDOWN_OPS:
+                result = countdown_result(numbers[i], op, numbers[j])
+                if result is not None:
+                    left = countdown_left(numbers, numbers[i], numbers[j], result)
+                    if _reachable(tuple(sorted(left)), target):
+                        return True
+    return False
+
+
+def countdown_reachable(numbers: Sequence[int], target: int) -> bool:
+    """Can `target` be made using every number once, with +, * and differences above 0?"""
+    return _reachable(tuple(sorted(numbers)), target)
+
+
+def countdown_step_labels(problem: Problem, steps: list[str]) -> list[bool]:
+    """One label per step: True while every step so far takes two numbers still left, computes its result right,
+    writes the state it leaves (the numbers left in any order, the goal) and leaves the target reachable; then the
+    answer line with the target. False from the first wrong, dead-end, missing-format or extra step on."""
+    pool, target = countdown_numbers(problem)
+    labels, good, answered = [], True, False
+    for step in steps:
+        if good and len(pool) > 1:
+            match = _COUNTDOWN_STEP.fullmatch(step)
+            good = False
+            if match is not None:
+                a, op, b, written, stated, goal = match.groups()
+                a, b, written = int(a), int(b), int(written)
+                result = countdown_result(a, op, b)
+                if result == written and int(goal) == target and not Counter([a, b]) - Counter(pool):
+                    pool = countdown_left(pool, a, b, result)
+                    good = Counter(map(int, stated.split())) == Counter(pool) and countdown_reachable(pool, target)
+        elif good and not answered:
+            match = _ANSWER.fullmatch(step)
+            good = answered = match is not None and int(match[1]) == target == pool[0]
+        else:
+            good = False
+        labels.append(good)
+    return labels
+
+
+def step_labels(problem: Problem, steps: list[str]) -> list[bool]:
+    """The exact step labels of a problem of a step family (chain or countdown)."""
+    if problem.family == "countdown":
+        return countdown_step_labels(problem, steps)
+    return chain_step_labels(problem, steps)
+
+
+def solves(problem: Problem, steps: list[str]) -> bool:
+    """Every step right and the last one the answer: what a countdown's right answer is (its target is given in
+    the question, so the answer line alone proves nothing)."""
+    labels = step_labels(problem, steps)
+    return bool(labels) and all(labels) and _ANSWER.fullmatch(steps[-1]) is not None

@@ -1,5 +1,5 @@
-"""Seeded generators for the offline world: arithmetic, ReAct calculator traces, recall dialogues and chains of sums
-worked one step per line.
+"""Seeded generators for the offline world: arithmetic, ReAct calculator traces, recall dialogues, chains of sums
+worked one step per line, and countdowns (reach a target from given numbers, one operation per line).
 
 Every problem has a `key` (its identity: the expression, or the whole conversation) and the split is a
 pure function of that key, so arithmetic and ReAct never share a problem across splits, any generator can
@@ -31,9 +31,11 @@ from autocritic.formats import (  # the text formats every layer shares; re-expo
     format_number,
 )
 
-FAMILIES = ("arithmetic", "react", "dialogue", "chain")
+FAMILIES = ("arithmetic", "react", "dialogue", "chain", "countdown")
 # Families written in the few-shot layout "Question: ...\n<solution>" (runs of solved problems in pretraining).
-QA_FAMILIES = ("arithmetic", "chain")
+QA_FAMILIES = ("arithmetic", "chain", "countdown")
+# Families whose solutions are steps on the lines after the question, each checkable on its own.
+STEP_FAMILIES = ("chain", "countdown")
 SPLITS = ("train", "val", "test")
 # Fraction of non-tiny problems held out, per mille; the salt is fixed so that the seed never moves a
 # problem from one split to another (a backbone and its critic data built with different seeds stay clean).
@@ -194,6 +196,80 @@ def chain_problem(rng: random.Random) -> Problem:
         kind=f"chain_{operands}",
         expression=expression,
         solution=STEP_SEPARATOR.join([*steps, f"{ANSWER_PREFIX} {value}"]),
+    )
+
+
+# --- countdowns: reach a target from given numbers, one operation per line -------------------------------
+
+COUNTDOWN_NUMBERS = (3, 4)  # numbers given; a solution takes one operation fewer, then the answer line
+COUNTDOWN_DIGIT = (1, 9)
+COUNTDOWN_MAX = 99  # the generated solutions keep every result at most this (a sampled step may go higher)
+COUNTDOWN_OPS = ("+", "-", "*")
+_COUNTDOWN_QUESTION = re.compile(r"Use ((?:\d+ )*\d+) to make (\d+)\.")
+
+
+def countdown_result(a: int, op: str, b: int) -> int | None:
+    """a op b under the game's rules, or None where the rules forbid it: a difference must stay above 0."""
+    if op == "+":
+        return a + b
+    if op == "*":
+        return a * b
+    if op == "-":
+        return a - b if a > b else None
+    raise ValueError(f"unknown countdown operation {op!r}: use one of {COUNTDOWN_OPS}")
+
+
+def countdown_left(numbers: Sequence[int], a: int, b: int, result: int) -> list[int]:
+    """The numbers after an operation: a and b taken out (one of each), the result appended."""
+    left = list(numbers)
+    left.remove(a)
+    left.remove(b)
+    return [*left, result]
+
+
+def countdown_step(a: int, op: str, b: int, left: Sequence[int], target: int) -> str:
+    """ "8*3=24 (left 5 1 24; goal 19)": the operation, then the state it leaves, so each step reads on its own."""
+    result = countdown_result(a, op, b)
+    return f"{a}{op}{b}={result} (left {' '.join(map(str, left))}; goal {target})"
+
+
+def countdown_numbers(problem: Problem) -> tuple[list[int], int]:
+    """The given numbers and the target of a countdown problem."""
+    match = _COUNTDOWN_QUESTION.fullmatch(problem.question) if problem.family == "countdown" else None
+    if match is None:
+        raise ValueError(f"{problem.key!r} is not a countdown problem (family {problem.family!r})")
+    return [int(n) for n in match[1].split()], int(match[2])
+
+
+def countdown_problem(rng: random.Random) -> Problem:
+    """ "Use 3 5 8 1 to make 19." solved "8*3=24 (left 5 1 24; goal 19)\n24-5=19 (left 1 19; goal 19)\n..." : every
+    number used once, an operation a line, then "Answer: 19". The target is where a random path of operations ends,
+    so every problem has a solution; most have several and many first steps lead nowhere."""
+    count = rng.choice(COUNTDOWN_NUMBERS)
+    numbers = [rng.randint(*COUNTDOWN_DIGIT) for _ in range(count)]
+    while True:
+        pool, path = list(numbers), []
+        while len(pool) > 1:
+            i, j = rng.sample(range(len(pool)), 2)
+            a, b, op = pool[i], pool[j], rng.choice(COUNTDOWN_OPS)
+            result = countdown_result(a, op, b)
+            if result is None or result > COUNTDOWN_MAX:
+                break
+            path.append((a, op, b))
+            pool = countdown_left(pool, a, b, result)
+        if len(pool) == 1:
+            break
+    target, pool, steps = pool[0], list(numbers), []
+    for a, op, b in path:
+        pool = countdown_left(pool, a, b, countdown_result(a, op, b))  # type: ignore[arg-type]
+        steps.append(countdown_step(a, op, b, pool, target))
+    return Problem(
+        family="countdown",
+        question=f"Use {' '.join(map(str, numbers))} to make {target}.",
+        answer=str(target),
+        level=count - 1,
+        kind=f"countdown_{count}",
+        solution=STEP_SEPARATOR.join([*steps, f"{ANSWER_PREFIX} {target}"]),
     )
 
 
@@ -374,14 +450,15 @@ _SAMPLERS: dict[str, Callable[[random.Random], Problem]] = {
     "react": react_problem,
     "dialogue": dialogue_problem,
     "chain": chain_problem,
+    "countdown": countdown_problem,
 }
 _HELD_OUT_KINDS = [kind for kind in ARITHMETIC_KINDS if kind[3]]
 
 
 def prompt_of(problem: Problem) -> str:
     """The zero-shot prompt; the model's continuation is `completion_of(problem)`. Families other than the
-    generated ones (a user's file) get the arithmetic layout. A chain's steps start on the line after the question."""
-    if problem.family == "chain":
+    generated ones (a user's file) get the arithmetic layout. Steps start on the line after the question."""
+    if problem.family in STEP_FAMILIES:
         return f"{QUESTION_PREFIX}{problem.question}\n"
     if problem.family == "react":
         return react_prompt(problem.question)
@@ -391,7 +468,7 @@ def prompt_of(problem: Problem) -> str:
 
 
 def completion_of(problem: Problem) -> str:
-    if problem.family == "chain":
+    if problem.family in STEP_FAMILIES:
         assert problem.solution is not None
         return problem.solution
     if problem.family == "react":
