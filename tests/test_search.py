@@ -513,6 +513,8 @@ def test_bad_search_suite_settings_are_refused_before_loading():
         Settings(shapes=("4by2",), headline_shape="4by2")
     with pytest.raises(ValueError, match="headline_shape"):
         Settings(shapes=("2x1",))
+    with pytest.raises(ValueError, match="'arithmetic' is not a step family.*countdown"):
+        Settings(family="arithmetic")
 
 
 def test_greedy_first_makes_one_candidate_per_state_the_greedy_step(tiny_backbone):

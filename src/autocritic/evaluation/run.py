@@ -233,8 +233,9 @@ def evaluate(cfg: DictConfig) -> float | None:
     export = find_export(cfg, step_critic=suites == ["search"])
     log.info("evaluating %s (suites: %s)", export, ", ".join(suites))
     if "search" in suites:
+        learned = search.step_family(export)  # refuses a backbone that never learned a step family
         if settings["search"].family is None:
-            settings["search"] = dataclasses.replace(settings["search"], family=search.step_family(export))
+            settings["search"] = dataclasses.replace(settings["search"], family=learned)
         if not is_step_critic(export):
             log.warning(
                 "suite search: %s was trained on whole answers, not steps; its step values are read where it never "
