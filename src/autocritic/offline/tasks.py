@@ -242,7 +242,7 @@ def countdown_numbers(problem: Problem) -> tuple[list[int], int]:
 
 
 def countdown_problem(rng: random.Random) -> Problem:
-    """ "Use 3 5 8 1 to make 19." solved "8*3=24 (left 5 1 24; goal 19)\n24-5=19 (left 1 19; goal 19)\n..." : every
+    """ "Use 3 5 8 1 to make 19." solved "8*3=24 (left 5 1 24; goal 19)\\n24-5=19 (left 1 19; goal 19)\\n...": every
     number used once, an operation a line, then "Answer: 19". The target is where a random path of operations ends,
     so every problem has a solution; most have several and many first steps lead nowhere."""
     count = rng.choice(COUNTDOWN_NUMBERS)
@@ -255,14 +255,12 @@ def countdown_problem(rng: random.Random) -> Problem:
             result = countdown_result(a, op, b)
             if result is None or result > COUNTDOWN_MAX:
                 break
-            path.append((a, op, b))
             pool = countdown_left(pool, a, b, result)
+            path.append((a, op, b, pool))
         if len(pool) == 1:
             break
-    target, pool, steps = pool[0], list(numbers), []
-    for a, op, b in path:
-        pool = countdown_left(pool, a, b, countdown_result(a, op, b))  # type: ignore[arg-type]
-        steps.append(countdown_step(a, op, b, pool, target))
+    target = pool[0]
+    steps = [countdown_step(a, op, b, left, target) for a, op, b, left in path]
     return Problem(
         family="countdown",
         question=f"Use {' '.join(map(str, numbers))} to make {target}.",
