@@ -3,18 +3,37 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
+import json
 import random
 import re
 
 import pytest
-from helpers import compose_train
+from helpers import compose_train, tiny_pretrain_settings
 
+from autocritic.data.stepwise import expand_steps
 from autocritic.offline.documents import document_text, iter_documents
-from autocritic.offline.generate import step_rows
-from autocritic.offline.labelling import is_right
-from autocritic.offline.pretrain import PretrainSettings
-from autocritic.offline.steps import countdown_reachable, countdown_step_labels, split_steps, step_labels
+from autocritic.offline.generate import (
+    ALTERNATIVES,
+    CARD,
+    GenerateSettings,
+    _fingerprint,
+    alternative_step_rows,
+    build_critic_data,
+    output_files,
+    step_rows,
+)
+from autocritic.offline.labelling import is_right, label_offline
+from autocritic.offline.pretrain import PretrainSettings, build_backbone
+from autocritic.offline.steps import (
+    countdown_alternatives,
+    countdown_next_steps,
+    countdown_reachable,
+    countdown_step_labels,
+    split_steps,
+    step_labels,
+)
 from autocritic.offline.tasks import (
     COUNTDOWN_MAX,
     Problem,
@@ -36,7 +55,7 @@ def countdown(numbers: str, target: int) -> Problem:
 def test_countdown_solutions_use_every_number_once_and_reach_the_target():
     rng = random.Random(1)
     problems = [countdown_problem(rng) for _ in range(500)]
-    assert {p.kind for p in problems} == {"countdown_3", "countdown_4"}
+    assert {p.kind for p in problems} == {"countdown_3", "countdown_4", "countdown_5"}
     for problem in problems:
         numbers, target = countdown_numbers(problem)
         assert problem.answer == str(target) and problem.level == len(numbers) - 1
@@ -126,6 +145,73 @@ def test_step_rows_label_countdowns_with_dead_ends():
     assert counts["rows_all_steps_right"] == 1 and counts["steps"] == 6
 
 
+def test_next_steps_are_every_allowed_step_labelled_as_the_step_labeller_would():
+    problem = countdown("3 5 8", 29)
+    options = countdown_next_steps([3, 5, 8], 29, random.Random(0))
+    assert len(options) == len(set(options))
+    for step, good in options:
+        assert countdown_step_labels(problem, [step]) == [good]
+    pairs = {frozenset(map(int, STEP.fullmatch(step).group(1, 3))) for step, _ in options}
+    assert pairs == {frozenset({3, 5}), frozenset({3, 8}), frozenset({5, 8})}
+    assert {"8*3=24 (left 5 24; goal 29)", "3*8=24 (left 5 24; goal 29)"} & {step for step, _ in options}
+    assert not any("-" in step.split("=")[0] and int(STEP.fullmatch(step)[4]) <= 0 for step, _ in options)
+
+
+def test_alternatives_come_from_states_reached_through_right_steps_and_leave_the_sampled_step_out():
+    problem = countdown("3 5 8 1", 19)
+    right = ["8*3=24 (left 5 1 24; goal 19)", "24-5=19 (left 1 19; goal 19)", "19*1=19 (left 19; goal 19)", "Answer: 19"]
+    seen: set = set()
+    alternatives = countdown_alternatives(problem, right, [True] * 4, 2, random.Random(0), seen)
+    assert [len(before) for before, _, _ in alternatives] == [0, 0, 1, 1, 2, 2]  # 3 states with 2+ numbers left
+    for before, step, good in alternatives:
+        assert step != right[len(before)]
+        assert countdown_step_labels(problem, [*before, step]) == [True] * len(before) + [good]
+    # the same states again (another sample of the same problem): nothing new
+    assert countdown_alternatives(problem, right, [True] * 4, 2, random.Random(0), seen) == []
+    dead_end = ["3+5=8 (left 8 1 8; goal 19)", "8+8=16 (left 1 16; goal 19)"]
+    from_dead_end = countdown_alternatives(problem, dead_end, [False, False], 50, random.Random(0), set())
+    assert {len(before) for before, _, _ in from_dead_end} == {0}  # nothing from the states after a wrong step
+    assert len(from_dead_end) == len(countdown_next_steps([3, 5, 8, 1], 19, random.Random(0))) - 1
+
+
+def test_alternative_rows_read_as_one_step_each_after_the_steps_before():
+    problem = countdown("3 5 8", 29)
+    prompt = prompt_of(problem)
+    rows, _ = step_rows([problem], [prompt], [["8*3=24 (left 5 24; goal 29)\n24+5=29 (left 29; goal 29)\nAnswer: 29"]])
+    alternatives = alternative_step_rows([problem], [prompt], rows, 3, seed=0)
+    assert alternatives == alternative_step_rows([problem], [prompt], rows, 3, seed=0)  # seeded
+    assert len(alternatives) == 6 and all(len(row["completions"]) == 1 for row in alternatives)
+    expanded = expand_steps(alternatives, "\n")
+    assert len(expanded) == len(alternatives)
+    for row in expanded:
+        steps = split_steps((row["prompt"] + row["response"])[len(prompt):])
+        assert countdown_step_labels(problem, steps)[-1] == bool(row["label"])
+    assert {row["prompt"] for row in alternatives} == {prompt, prompt + "8*3=24 (left 5 24; goal 29)\n"}
+
+
+def test_generate_writes_the_alternatives_only_when_asked(tmp_path):
+    # without them, the fingerprint is the one builds had before the setting existed: they stay valid
+    assert _fingerprint(GenerateSettings(), "backbone", label_offline, None) == "d2a1ad75c3edeb75"
+    with_them = dataclasses.replace(GenerateSettings(), step_alternatives=2)
+    assert _fingerprint(with_them, "backbone", label_offline, None) != "d2a1ad75c3edeb75"
+    settings = tiny_pretrain_settings(max_steps=10, mix={"countdown": 0.9, "arithmetic": 0.1})
+    backbone = build_backbone(settings, tmp_path / "backbone", progress=False)
+    generate = GenerateSettings(
+        families=("countdown",), train_problems=6, val_problems=2, test_problems=2, samples=3, temperature=1.0,
+        shots=0, max_new_tokens=48, stop=("\n\n",), batch_size=16, step_alternatives=2,
+    )
+    out = build_critic_data(backbone, generate, tmp_path / "critic", progress=False)
+    assert all(path.is_file() for path in output_files(out, stepwise=True, alternatives=True))
+    rows = [json.loads(line) for line in (out / ALTERNATIVES).read_text().splitlines()]
+    counts = json.loads((out / CARD).read_text())["splits"]["train"]["steps"]
+    assert counts["alternatives"] == len(rows) >= 6 * 2  # at least the root of each train problem
+    assert counts["alternatives_right"] == sum(row["labels"][0] for row in rows)
+    assert all(row["prompt"].startswith("Question: Use ") and len(row["completions"]) == 1 for row in rows)
+    assert build_critic_data(backbone, generate, out, progress=False) == out  # built: skipped
+    (out / ALTERNATIVES).unlink()
+    assert build_critic_data(backbone, generate, out, progress=False) == out and (out / ALTERNATIVES).is_file()
+
+
 def test_the_countdown_preset_composes():
     cfg = compose_train(["experiment=countdown"])
     assert cfg.paths.offline == "data/offline-countdown"
@@ -133,5 +219,12 @@ def test_the_countdown_preset_composes():
     mix = {kind: weight for kind, weight in cfg.offline.pretrain.mix.items() if weight}
     assert max(mix, key=mix.get) == "countdown" and set(mix) <= {"countdown", "arithmetic"}
     assert list(cfg.offline.generate.families) == ["countdown"] and cfg.data.schema == "stepwise"
-    assert list(cfg.data.train_files) == ["data/offline-countdown/critic/steps_train.jsonl"]
+    assert list(cfg.data.train_files) == [
+        "data/offline-countdown/critic/steps_train.jsonl",
+        "data/offline-countdown/critic/steps_alternatives_train.jsonl",
+    ]
+    assert cfg.offline.generate.step_alternatives == 3
+    outcome = compose_train(["experiment=countdown", "data=offline-steps-outcome"])
+    assert list(outcome.data.train_files) == ["data/offline-countdown/critic/train.jsonl"]
+    assert outcome.data.schema == "pointwise"
     PretrainSettings(**{**cfg.offline.pretrain, "mix": dict(cfg.offline.pretrain.mix)})

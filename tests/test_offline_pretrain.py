@@ -148,6 +148,15 @@ def test_a_kind_of_weight_zero_changes_neither_the_documents_nor_the_fingerprint
     assert list(itertools.islice(iter_documents(1, without), 500)) == list(itertools.islice(iter_documents(1, listed), 500))
 
 
+def test_a_family_whose_problems_change_changes_the_fingerprint_of_the_worlds_that_draw_it(monkeypatch):
+    """A countdown world built from other problems must be rebuilt, and a world without countdowns must not."""
+    countdown = PretrainSettings(mix={"countdown": 0.85, "arithmetic": 0.15})
+    before = countdown.fingerprint(), PretrainSettings().fingerprint()
+    monkeypatch.setitem(pretrain.FAMILY_DEFINITIONS, "countdown", {"numbers": [2]})
+    assert countdown.fingerprint() != before[0]
+    assert PretrainSettings().fingerprint() == before[1]
+
+
 @pytest.mark.parametrize(
     ("mix", "message"),
     [

@@ -10,6 +10,8 @@ problems and backbone.
 
 Problems whose steps can be checked (chains) also get steps_{train,val,test}.jsonl in TRL's stepwise-supervision
 format, {"prompt", "completions": [steps], "labels": [bools]}, one row per distinct sampled answer (`steps.py`).
+With `step_alternatives`, countdowns also get steps_alternatives_train.jsonl: other allowed next steps from the states
+the train solutions reach through right steps, one row each, the steps before it in its prompt.
 """
 
 from __future__ import annotations
@@ -26,12 +28,12 @@ from pathlib import Path
 
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from autocritic.formats import ARITHMETIC_STOP
+from autocritic.formats import ARITHMETIC_STOP, STEP_SEPARATOR
 from autocritic.model.complete import complete
 from autocritic.offline.labelling import LabelFn, label_offline
 from autocritic.offline.perturbed import perturbed_rows
 from autocritic.offline.pretrain import BUILD_INFO, recorded_fingerprint
-from autocritic.offline.steps import split_steps, step_labels
+from autocritic.offline.steps import countdown_alternatives, split_steps, step_labels
 from autocritic.offline.tasks import SPLITS, STEP_FAMILIES, Problem, few_shot_prompts, make_splits
 from autocritic.progress import track
 from autocritic.settings import at_least
@@ -39,6 +41,7 @@ from autocritic.staging import staged
 
 CARD = "card.json"
 PERTURBED = "perturbed_train.jsonl"
+ALTERNATIVES = "steps_alternatives_train.jsonl"
 
 
 @dataclass(frozen=True)
@@ -56,18 +59,23 @@ class GenerateSettings:
     stop: tuple[str, ...] = ARITHMETIC_STOP
     batch_size: int = 64
     max_pairs_per_problem: int = 4
+    # Countdowns: other allowed next steps per state a train solution reaches through right steps (ALTERNATIVES),
+    # the siblings a search ranks; 0 writes none.
+    step_alternatives: int = 0
 
     def __post_init__(self) -> None:
         at_least(self, 1, "train_problems", "val_problems", "test_problems", "samples", "max_new_tokens", "batch_size")
-        at_least(self, 0, "temperature", "shots", "max_pairs_per_problem")
+        at_least(self, 0, "temperature", "shots", "max_pairs_per_problem", "step_alternatives")
         if not self.families:
             raise ValueError("families is empty: name at least one task family, e.g. [arithmetic]")
 
 
-def output_files(out_dir: Path, stepwise: bool = False) -> list[Path]:
+def output_files(out_dir: Path, stepwise: bool = False, alternatives: bool = False) -> list[Path]:
     names = [f"{split}.jsonl" for split in SPLITS] + [f"pairs_{split}.jsonl" for split in SPLITS] + [PERTURBED, CARD]
     if stepwise:
         names += [f"steps_{split}.jsonl" for split in SPLITS]
+    if stepwise and alternatives:
+        names.append(ALTERNATIVES)
     return [Path(out_dir) / name for name in names]
 
 
@@ -87,8 +95,11 @@ def backbone_fingerprint(backbone_dir: Path) -> str:
 def _fingerprint(
     settings: GenerateSettings, backbone: str, label_fn: LabelFn, problems: Mapping | None
 ) -> str:
+    recorded = dataclasses.asdict(settings)
+    if not settings.step_alternatives:
+        del recorded["step_alternatives"]  # as before the setting existed: those builds stay valid
     content = {
-        "settings": dataclasses.asdict(settings),
+        "settings": recorded,
         "backbone": backbone,
         "label_fn": f"{getattr(label_fn, '__module__', '')}.{getattr(label_fn, '__qualname__', repr(label_fn))}",
         "problems": None
@@ -98,8 +109,8 @@ def _fingerprint(
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def is_built(out_dir: Path, fingerprint: str, stepwise: bool = False) -> bool:
-    files = output_files(out_dir, stepwise)
+def is_built(out_dir: Path, fingerprint: str, stepwise: bool = False, alternatives: bool = False) -> bool:
+    files = output_files(out_dir, stepwise, alternatives)
     return all(path.is_file() for path in files) and recorded_fingerprint(Path(out_dir) / CARD) == fingerprint
 
 
@@ -191,6 +202,27 @@ def step_rows(
     return rows, counts
 
 
+def alternative_step_rows(
+    problems: Sequence[Problem], prompts: Sequence[str], rows: Sequence[dict], per_state: int, seed: int
+) -> list[dict]:
+    """Stepwise rows of one step each: `per_state` other allowed next steps from every state the countdown rows
+    reach through right steps (`countdown_alternatives`), the steps before it in the prompt, so a row is read as
+    that one step. They show the step critic what a search ranks: the steps from one state."""
+    problem_of = dict(zip(prompts, problems, strict=True))
+    rng, seen, out = random.Random(seed), set(), []
+    for row in rows:
+        problem = problem_of[row["prompt"]]
+        if problem.family != "countdown":
+            continue
+        for before, step, good in countdown_alternatives(
+            problem, row["completions"], row["labels"], per_state, rng, seen
+        ):
+            before_text = "".join(s + STEP_SEPARATOR for s in before)
+            out.append({"prompt": row["prompt"] + before_text, "completions": [step], "labels": [good]})
+    rng.shuffle(out)
+    return out
+
+
 def read_problems(
     path: Path,
     extract: Callable[[str], str | None],
@@ -231,7 +263,7 @@ def build_critic_data(
         if problems is None
         else any(p.family in STEP_FAMILIES for split in problems.values() for p in split)
     )
-    if not force and is_built(out_dir, fingerprint, stepwise):
+    if not force and is_built(out_dir, fingerprint, stepwise, settings.step_alternatives > 0):
         return out_dir
     with staged(out_dir) as staging:  # the previous data stays in place until this build is complete
         _build_into(staging, backbone_dir, settings, fingerprint, label_fn, problems, stepwise, progress)
@@ -300,6 +332,13 @@ def _build_into(
         if stepwise:
             steps, counts["steps"] = step_rows(split_problems, prompts, responses)
             _write_jsonl(staging / f"steps_{split}.jsonl", steps)
+            if split == "train" and settings.step_alternatives:
+                alternatives = alternative_step_rows(
+                    split_problems, prompts, steps, settings.step_alternatives, settings.seed
+                )
+                counts["steps"]["alternatives"] = len(alternatives)
+                counts["steps"]["alternatives_right"] = sum(row["labels"][0] for row in alternatives)
+                _write_jsonl(staging / ALTERNATIVES, alternatives)
         counts["seconds"] = round(time.perf_counter() - split_start, 1)
         card["splits"][split] = counts
         _write_jsonl(staging / f"{split}.jsonl", rows)

@@ -29,6 +29,7 @@ from transformers import FalconConfig, FalconForCausalLM, PreTrainedTokenizerFas
 
 from autocritic.errors import ConfigError
 from autocritic.offline.documents import check_mix, document_text, iter_documents
+from autocritic.offline.tasks import FAMILY_DEFINITIONS
 from autocritic.offline.tokenizer import save_tokenizer, train_tokenizer
 from autocritic.progress import track
 from autocritic.settings import at_least, positive
@@ -99,7 +100,8 @@ class PretrainSettings:
 
 def settings_fingerprint(settings) -> str:
     """What a build step's skip decision compares: a hash of every field of its settings dataclass. A mix's entries
-    of weight 0 are left out: they are never drawn and change no other draw. A field that cannot change the build
+    of weight 0 are left out: they are never drawn and change no other draw; the families it draws add their
+    definitions (tasks.FAMILY_DEFINITIONS). A field that cannot change the build
     (metadata `fingerprint_as`) is hashed as that constant, so earlier builds stay valid."""
     values = dataclasses.asdict(settings)
     for f in dataclasses.fields(settings):
@@ -107,6 +109,9 @@ def settings_fingerprint(settings) -> str:
             values[f.name] = f.metadata["fingerprint_as"]
         elif f.metadata.get("mix"):
             values[f.name] = {kind: weight for kind, weight in values[f.name].items() if weight}
+            definitions = {kind: FAMILY_DEFINITIONS[kind] for kind in values[f.name] if kind in FAMILY_DEFINITIONS}
+            if definitions:
+                values[f"{f.name}_definitions"] = definitions
     return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
 
 

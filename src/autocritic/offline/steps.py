@@ -11,6 +11,7 @@ no longer reach the right answer honestly, so every later step is wrong too, eve
 from __future__ import annotations
 
 import functools
+import random
 import re
 from collections import Counter
 from collections.abc import Sequence
@@ -22,6 +23,7 @@ from autocritic.offline.tasks import (
     countdown_left,
     countdown_numbers,
     countdown_result,
+    countdown_step,
 )
 
 _OPERATION = re.compile(r"\s*(\d+)\s*([+-])\s*(\d+)\s*=\s*(-?\d+)\s*")
@@ -117,6 +119,53 @@ def countdown_step_labels(problem: Problem, steps: list[str]) -> list[bool]:
             good = False
         labels.append(good)
     return labels
+
+
+def countdown_state_after(step: str) -> list[int] | None:
+    """The numbers a countdown step says are left, in its order; None for a line that is not a step."""
+    match = _COUNTDOWN_STEP.fullmatch(step)
+    return None if match is None else [int(n) for n in match[5].split()]
+
+
+def countdown_next_steps(pool: Sequence[int], target: int, rng: random.Random) -> list[tuple[str, bool]]:
+    """Every allowed next step from the numbers `pool` (a sum or product mostly in one order of its two numbers, the
+    other order kept at random), each with its exact label: right iff the target stays reachable from what is left."""
+    options = []
+    for i, a in enumerate(pool):
+        for j, b in enumerate(pool):
+            if i == j:
+                continue
+            for op in COUNTDOWN_OPS:
+                if op in "+*" and i > j and rng.random() < 0.5:
+                    continue
+                result = countdown_result(a, op, b)
+                if result is None:
+                    continue
+                left = countdown_left(pool, a, b, result)
+                options.append((countdown_step(a, op, b, left, target), countdown_reachable(left, target)))
+    return list(dict.fromkeys(options))
+
+
+def countdown_alternatives(
+    problem: Problem, steps: Sequence[str], labels: Sequence[bool], per_state: int, rng: random.Random, seen: set
+) -> list[tuple[list[str], str, bool]]:
+    """Other next steps than the sampled ones, for the states a sampled solution reaches through right steps: up to
+    `per_state` of each state's allowed steps (the sampled one left out), as (steps before, step, label). A state in
+    `seen` (the same problem and steps before) is skipped, and added to it."""
+    pool, target = countdown_numbers(problem)
+    out = []
+    for index in range(len(steps) + 1):
+        if (index and not labels[index - 1]) or pool is None or len(pool) < 2:
+            break
+        key = (problem.question, tuple(steps[:index]))
+        if key not in seen:
+            seen.add(key)
+            sampled = steps[index] if index < len(steps) else None
+            options = [(step, good) for step, good in countdown_next_steps(pool, target, rng) if step != sampled]
+            out += [(list(steps[:index]), step, good) for step, good in rng.sample(options, min(per_state, len(options)))]
+        if index < len(steps):
+            pool = countdown_state_after(steps[index])
+    return out
 
 
 def step_labels(problem: Problem, steps: list[str]) -> list[bool]:

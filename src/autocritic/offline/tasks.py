@@ -201,10 +201,14 @@ def chain_problem(rng: random.Random) -> Problem:
 
 # --- countdowns: reach a target from given numbers, one operation per line -------------------------------
 
-COUNTDOWN_NUMBERS = (3, 4)  # numbers given; a solution takes one operation fewer, then the answer line
+COUNTDOWN_NUMBERS = (3, 4, 5)  # numbers given; a solution takes one operation fewer, then the answer line
 COUNTDOWN_DIGIT = (1, 9)
 COUNTDOWN_MAX = 99  # the generated solutions keep every result at most this (a sampled step may go higher)
 COUNTDOWN_OPS = ("+", "-", "*")
+# What defines a family's problems beyond its code, hashed into the build fingerprint of every world that draws the
+# family: a world built from other problems is rebuilt, not reused. A family absent here hashes as nothing, so the
+# builds made before it entered stay valid.
+FAMILY_DEFINITIONS: dict[str, dict] = {"countdown": {"numbers": list(COUNTDOWN_NUMBERS)}}
 _COUNTDOWN_QUESTION = re.compile(r"Use ((?:\d+ )*\d+) to make (\d+)\.")
 
 
