@@ -228,3 +228,14 @@ def test_the_countdown_preset_composes():
     assert list(outcome.data.train_files) == ["data/offline-countdown/critic/train.jsonl"]
     assert outcome.data.schema == "pointwise"
     PretrainSettings(**{**cfg.offline.pretrain, "mix": dict(cfg.offline.pretrain.mix)})
+
+
+def test_the_countdown_step_critic_trains_with_the_step_recipe():
+    def recipe(cfg):
+        return cfg.data.batch_size, cfg.phase.lr, cfg.phase.max_epochs, cfg.phase.schedule
+
+    countdown = compose_train(["experiment=countdown", "phase=transfer"])
+    steps = compose_train(["experiment=steps", "phase=transfer"])
+    assert recipe(countdown) == recipe(steps) == (512, 6e-3, 24, "cosine")
+    outcome = compose_train(["experiment=countdown", "phase=transfer", "data=offline-steps-outcome"])
+    assert recipe(outcome) == recipe(steps)
