@@ -216,6 +216,25 @@ def test_a_mix_override_changes_only_the_kinds_it_names():
         settings_from(PretrainSettings, compose_train(["offline.pretrain.mix={copy: -1}"]).offline.pretrain, "offline.pretrain")
 
 
+def test_the_offline_default_trains_the_checker_on_its_own_answers_to_many_problems():
+    """The YAML and the dataclass agree on the problems; transfer reads the sampled answers alone; finetune takes a
+    tenth of them per epoch and keeps the checker's monitor; the step world keeps its own count."""
+    from autocritic.offline.generate import GenerateSettings
+    from autocritic.settings import settings_from
+
+    transfer = compose_train(["phase=transfer"])
+    assert settings_from(GenerateSettings, transfer.offline.generate, "g") == GenerateSettings()
+    assert transfer.offline.generate.train_problems == 24000
+    assert list(transfer.data.train_files) == ["data/offline/critic/train.jsonl"]
+    assert (transfer.phase.max_epochs, transfer.phase.lr, transfer.data.batch_size) == (9, 6e-3, 512)
+    assert transfer.trainer.limit_train_batches is None
+    finetune = compose_train(["phase=finetune"])
+    assert finetune.trainer.limit_train_batches == 0.1 and finetune.phase.max_epochs == 3
+    assert (finetune.objective.monitor, finetune.phase.lr) == ("val/within_auroc", 3e-4)
+    assert compose_train(["phase=finetune", "data=example"]).trainer.limit_train_batches is None  # the user's data: all
+    assert compose_train(["experiment=steps"]).offline.generate.train_problems == 3000
+
+
 def test_a_bad_offline_setting_fails_before_any_build(tmp_path):
     """offline.generate is checked before the backbone is built, and nothing is written."""
     from autocritic.offline.pipeline import run_offline_phase

@@ -191,8 +191,9 @@ def test_alternative_rows_read_as_one_step_each_after_the_steps_before():
 
 def test_generate_writes_the_alternatives_only_when_asked(tmp_path):
     # without them, the fingerprint is the one builds had before the setting existed: they stay valid
-    assert _fingerprint(GenerateSettings(), "backbone", label_offline, None) == "d2a1ad75c3edeb75"
-    with_them = dataclasses.replace(GenerateSettings(), step_alternatives=2)
+    before = GenerateSettings(train_problems=3000)  # the default of those builds
+    assert _fingerprint(before, "backbone", label_offline, None) == "d2a1ad75c3edeb75"
+    with_them = dataclasses.replace(before, step_alternatives=2)
     assert _fingerprint(with_them, "backbone", label_offline, None) != "d2a1ad75c3edeb75"
     settings = tiny_pretrain_settings(max_steps=10, mix={"countdown": 0.9, "arithmetic": 0.1})
     backbone = build_backbone(settings, tmp_path / "backbone", progress=False)

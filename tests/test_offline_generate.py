@@ -19,10 +19,9 @@ from autocritic.offline.generate import (
     output_files,
     read_problems,
 )
-from autocritic.offline.labelling import label_final_number, label_offline
-from autocritic.offline.perturbed import near_misses
+from autocritic.offline.labelling import label_final_number
 from autocritic.offline.pretrain import build_backbone
-from autocritic.offline.tasks import Problem, make_splits, render, split_of
+from autocritic.offline.tasks import Problem, few_shot_prompts, make_splits, render, split_of
 
 SETTINGS = GenerateSettings(
     train_problems=6, val_problems=3, test_problems=3, samples=4, temperature=1.0, batch_size=16
@@ -59,28 +58,6 @@ def test_pointwise_rows_are_exact_prompts_and_continuations(data):
         if split == "test":
             asked = {r["prompt"].rsplit("Question: ", 1)[1].split("\n")[0] for r in rows}
             assert asked <= test_questions
-
-
-def test_perturbed_rows_are_the_right_answer_and_its_near_misses(data):
-    rows = read(data / "perturbed_train.jsonl")
-    problems = make_splits(0, train=6, val=3, test=3, families=["arithmetic"])["train"]
-    prompts = {r["prompt"] for r in read(data / "train.jsonl")}
-    assert {r["prompt"] for r in rows} >= prompts  # every train problem, also one with no sampled row
-    assert json.loads((data / CARD).read_text())["perturbed_train_rows"] == len(rows)
-    by_question = {p.question: p for p in problems}
-    for row in rows:
-        problem = by_question[row["prompt"].rsplit("Question: ", 1)[1].split("\n")[0]]
-        assert row["response"].startswith(" ") and "\n" not in row["response"]
-        assert bool(row["label"]) == label_offline(problem, row["response"])  # labelled as a sample would be
-    rights = [r for r in rows if r["label"]]
-    assert len(rights) == len(problems) and len(rows) > 9 * len(problems)
-
-
-def test_near_misses():
-    assert near_misses("54") == ["44", "50", "51", "52", "53", "55", "56", "57", "58", "59", "64"]
-    assert near_misses("-3.25")[:2] == ["-3.15", "-3.20"] and "-3.35" in near_misses("-3.25")
-    assert near_misses("7") == ["0", "1", "2", "3", "4", "5", "6", "8", "9"]
-    assert near_misses("none") == []
 
 
 def test_card_counts_add_up(data):
@@ -211,10 +188,15 @@ def test_a_rebuild_that_fails_leaves_the_previous_data_in_place(backbone, tmp_pa
     out = build_critic_data(backbone, SETTINGS, tmp_path / "critic", progress=False)
     before = {path.name: path.read_bytes() for path in output_files(out)}
 
-    def killed(*args, **kwargs):  # called once the train split's rows and pairs are written
-        raise RuntimeError("killed mid-build")
+    calls = []
 
-    monkeypatch.setattr(generate, "perturbed_rows", killed)
+    def killed(*args, **kwargs):  # the val split's prompts: the train split's files are written
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("killed mid-build")
+        return few_shot_prompts(*args, **kwargs)
+
+    monkeypatch.setattr(generate, "few_shot_prompts", killed)
     with pytest.raises(RuntimeError, match="killed mid-build"):
         build_critic_data(backbone, dataclasses.replace(SETTINGS, samples=2), out, progress=False)
     assert {path.name: path.read_bytes() for path in output_files(out)} == before

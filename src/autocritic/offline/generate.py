@@ -3,10 +3,8 @@
     problems --few-shot prompt--> backbone samples K continuations --label_fn--> pointwise rows + pairs
 
 Output in `out_dir`: {train,val,test}.jsonl with {"prompt", "response", "label"} where `prompt + response` is
-exactly the sampled sequence; pairs_{train,val,test}.jsonl with {"prompt", "chosen", "rejected"};
-perturbed_train.jsonl, the right answer and near misses of each train problem (`perturbed.py`; read by
-conf/recipe/offline_transfer.yaml); card.json with counts per split. Skipped when card.json records the same settings,
-problems and backbone.
+exactly the sampled sequence; pairs_{train,val,test}.jsonl with {"prompt", "chosen", "rejected"}; card.json with
+counts per split. Skipped when card.json records the same settings, problems and backbone.
 
 Problems whose steps can be checked (chains) also get steps_{train,val,test}.jsonl in TRL's stepwise-supervision
 format, {"prompt", "completions": [steps], "labels": [bools]}, one row per distinct sampled answer (`steps.py`).
@@ -31,7 +29,6 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from autocritic.formats import ARITHMETIC_STOP, STEP_SEPARATOR
 from autocritic.model.complete import complete
 from autocritic.offline.labelling import LabelFn, label_offline
-from autocritic.offline.perturbed import perturbed_rows
 from autocritic.offline.pretrain import BUILD_INFO, recorded_fingerprint
 from autocritic.offline.steps import countdown_alternatives, split_steps, step_labels
 from autocritic.offline.tasks import SPLITS, STEP_FAMILIES, Problem, few_shot_prompts, make_splits
@@ -40,7 +37,6 @@ from autocritic.settings import at_least
 from autocritic.staging import staged
 
 CARD = "card.json"
-PERTURBED = "perturbed_train.jsonl"
 ALTERNATIVES = "steps_alternatives_train.jsonl"
 
 
@@ -48,8 +44,9 @@ ALTERNATIVES = "steps_alternatives_train.jsonl"
 class GenerateSettings:
     seed: int = 0
     families: tuple[str, ...] = ("arithmetic",)  # each gets the problem counts below
-    # Deduplication leaves at most one right answer per problem, so positives grow with problems, not with K.
-    train_problems: int = 3000
+    # Deduplication leaves at most one right answer per problem, so positives grow with problems, not with K. The
+    # checker needs the model's own mistakes on many problems (docs/results.md §2.7): 24,000, not 3,000.
+    train_problems: int = 24000
     val_problems: int = 300
     test_problems: int = 500
     samples: int = 8
@@ -71,7 +68,7 @@ class GenerateSettings:
 
 
 def output_files(out_dir: Path, stepwise: bool = False, alternatives: bool = False) -> list[Path]:
-    names = [f"{split}.jsonl" for split in SPLITS] + [f"pairs_{split}.jsonl" for split in SPLITS] + [PERTURBED, CARD]
+    names = [f"{split}.jsonl" for split in SPLITS] + [f"pairs_{split}.jsonl" for split in SPLITS] + [CARD]
     if stepwise:
         names += [f"steps_{split}.jsonl" for split in SPLITS]
     if stepwise and alternatives:
@@ -343,9 +340,5 @@ def _build_into(
         card["splits"][split] = counts
         _write_jsonl(staging / f"{split}.jsonl", rows)
         _write_jsonl(staging / f"pairs_{split}.jsonl", pairs)
-        if split == "train":
-            perturbed = perturbed_rows(split_problems, prompts)
-            card["perturbed_train_rows"] = len(perturbed)
-            _write_jsonl(staging / PERTURBED, perturbed)
     card["seconds"] = round(time.perf_counter() - started, 1)
     (staging / CARD).write_text(json.dumps(card, indent=2) + "\n")

@@ -3,7 +3,7 @@ the validation split (Platt scaling) and folded into the head's last linear laye
 probability of "right" wherever a score is read, with no new code path. Rankings are unchanged (the scale is
 positive), so best-of-N and AUROC are too.
 
-Why: a positive weight above 1 (`objective.positive_weight`, the checker's near misses) or hard negatives that the
+Why: a positive weight above 1 (`objective.positive_weight`, the offline checker's) or hard negatives that the
 scored answers rarely contain shift the scores' base rate, and the probabilities then overstate "right".
 """
 

@@ -23,7 +23,7 @@ class ObjectiveSettings:
     lm_weight: float = 0.0  # λ of the joint LM loss on good / chosen responses (Cobbe et al.)
     replay_weight: float = 0.0  # weight of the LM loss on replay documents (data.replay_files), finetune only
     value_weight: float = 0.0  # token-level values (Cobbe et al.): BCE of every response token's value, bce only
-    positive_weight: float = 1.0  # bce: weight of the right answers' term (>1 when near misses outnumber them)
+    positive_weight: float = 1.0  # bce: weight of the right answers' term (>1 when wrong answers far outnumber them)
     calibrate: bool = True  # bce: fit the scores' scale and offset on the validation split (training/calibration.py)
 
     def __post_init__(self):
