@@ -103,6 +103,7 @@ def tiny_pretrain_settings(**changes):
         lr=1e-2,
         warmup_steps=2,
         max_steps=20,
+        draws=1,
     )
     return dataclasses.replace(tiny, **changes)
 

@@ -116,7 +116,59 @@ def test_a_cap_the_run_would_exceed_stops_it_with_a_clear_error(monkeypatch, cap
 def test_the_cap_does_not_change_the_fingerprint():
     """The weights never depend on it, so builds made when the default cap was 20 minutes stay valid."""
     assert dataclasses.replace(PretrainSettings(), max_minutes=5.0).fingerprint() == PretrainSettings().fingerprint()
-    assert PretrainSettings().fingerprint() == "1116c0e0ce420120"  # the default backbone's build_info
+    assert PretrainSettings().fingerprint() == "159193231c23dff9"  # the default backbone's build_info
+
+
+def test_one_draw_is_a_build_as_it_was_before_draws_existed():
+    """Presets that train their seed alone keep their builds; the default's draws make another fingerprint."""
+    alone = dataclasses.replace(PretrainSettings(), draws=1)
+    assert alone.fingerprint() == "1116c0e0ce420120"  # the default backbone's build_info before draws
+    assert dataclasses.replace(alone, min_arithmetic=0.5).fingerprint() == alone.fingerprint()
+    assert dataclasses.replace(PretrainSettings(), min_arithmetic=0.5).fingerprint() != PretrainSettings().fingerprint()
+    assert PretrainSettings(seed=3).draw(1) == dataclasses.replace(alone, seed=4)
+
+
+def skills_by_draw(monkeypatch, skills: list[float]) -> list[int]:
+    """Each draw's arithmetic, in order, without evaluating the toy model; returns the seeds it was asked about."""
+    asked = []
+
+    def measured(model, tokenizer):
+        asked.append(len(asked))
+        return skills[len(asked) - 1]
+
+    monkeypatch.setattr(pretrain, "few_shot_arithmetic", measured)
+    return asked
+
+
+def test_a_draw_that_learnt_no_arithmetic_is_set_aside_for_the_next_seed(tmp_path, monkeypatch, caplog):
+    asked = skills_by_draw(monkeypatch, [0.05, 0.3, 0.9])
+    settings = dataclasses.replace(TINY, seed=5, max_steps=3, draws=3, min_arithmetic=0.2)
+    caplog.set_level("WARNING", logger="autocritic")
+    out = build_backbone(settings, tmp_path / "gated", progress=False)
+
+    assert len(asked) == 2  # the second draw reached the bar: no third
+    info = json.loads((out / BUILD_INFO).read_text())
+    assert info["fingerprint"] == settings.fingerprint() and info["seed"] == 6
+    assert [(d["seed"], d["few_shot_arithmetic"]) for d in info["draws"]] == [(5, 0.05), (6, 0.3)]
+    assert "seed 5 learnt little arithmetic (few-shot greedy accuracy 5.0%" in caplog.text
+    assert "Pretraining seed 6 instead (draw 2 of 3" in caplog.text
+    alone = build_backbone(settings.draw(1), tmp_path / "alone", progress=False)
+    assert (out / "model.safetensors").read_bytes() == (alone / "model.safetensors").read_bytes()
+    assert (out / "tokenizer.json").read_bytes() == (alone / "tokenizer.json").read_bytes()
+
+
+def test_when_no_draw_reaches_the_bar_the_best_is_kept_and_the_user_told(tmp_path, monkeypatch, caplog):
+    skills_by_draw(monkeypatch, [0.05, 0.15, 0.1])
+    settings = dataclasses.replace(TINY, seed=5, max_steps=3, draws=3, min_arithmetic=0.2)
+    caplog.set_level("WARNING", logger="autocritic")
+    out = build_backbone(settings, tmp_path / "gated", progress=False)
+
+    info = json.loads((out / BUILD_INFO).read_text())
+    assert info["seed"] == 6 and len(info["draws"]) == 3
+    assert "None of the 3 draws reached the bar; keeping the best, seed 6 (15.0%)" in caplog.text
+    assert "offline.pretrain.draws=5" in caplog.text
+    alone = build_backbone(settings.draw(1), tmp_path / "alone", progress=False)
+    assert (out / "model.safetensors").read_bytes() == (alone / "model.safetensors").read_bytes()
 
 
 def test_build_is_skipped_with_same_settings_and_redone_when_they_change(tmp_path):
@@ -180,6 +232,9 @@ def test_a_bad_mix_is_refused(mix, message):
         ({"lr": -1.0}, r"lr=-1.0 must be > 0"),
         ({"max_steps": 0}, r"max_steps=0 must be ≥ 1"),
         ({"max_minutes": 0.0}, r"max_minutes=0.0 must be > 0"),
+        ({"draws": 0}, r"draws=0 must be ≥ 1"),
+        ({"min_arithmetic": 1.5}, r"min_arithmetic=1.5: an accuracy, between 0 and 1"),
+        ({"mix": {"countdown": 1.0}}, r"draws=3 judges each draw by its arithmetic, .* set draws=1"),
     ],
 )
 def test_settings_out_of_range_are_refused(change, message):

@@ -166,6 +166,33 @@ def test_backbone_report_covers_every_family(tiny_backbone):
         assert 0.0 <= report[key] <= 1.0, key
 
 
+def test_the_draws_judge_the_figure_of_the_backbone_report(tiny_backbone, monkeypatch):
+    """few_shot_arithmetic, which judges a pretraining draw, is the report's few-shot figure, on the same problems."""
+    from transformers import AutoTokenizer, FalconForCausalLM
+
+    from autocritic.offline import evaluate
+
+    question = re.compile(r"What is (.+)\?\nAnswer:$")
+
+    def half_right(model, prompts, **kwargs):
+        """The right answer to arithmetic questions whose answer is even, a wrong one to the rest."""
+        replies = []
+        for prompt in prompts:
+            match = question.search(prompt)
+            answer = format_number(evaluate_expression(match[1])) if match else ""
+            replies.append([f" {answer}" if answer and int(float(answer)) % 2 == 0 else " x"])
+        return replies
+
+    monkeypatch.setattr(evaluate, "complete", half_right)
+    report = evaluate.evaluate_backbone(tiny_backbone, n_per_family=20, samples=2, shots=1, batch_size=8)
+    model, tokenizer = FalconForCausalLM.from_pretrained(tiny_backbone), AutoTokenizer.from_pretrained(tiny_backbone)
+    measured = evaluate.few_shot_arithmetic(model, tokenizer, n_problems=20, shots=1)
+    _, test = evaluate.held_out_problems(20, 1, 0)
+    even = [int(float(p.answer)) % 2 == 0 for p in test["arithmetic"]]
+    assert measured == report["arithmetic/few_shot_greedy_accuracy"] == round(sum(even) / len(even), 4)
+    assert 0 < measured < 1
+
+
 def test_backbone_report_command_line_explains_a_wrong_argument(tmp_path, capsys):
     from autocritic.offline.evaluate import main
 

@@ -13,7 +13,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import torch
-from transformers import AutoTokenizer, FalconForCausalLM
+from transformers import AutoTokenizer, FalconForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 
 from autocritic.formats import ARITHMETIC_STOP, CALCULATOR_NAME, DIALOGUE_STOP, REACT_STOP, format_number
 from autocritic.model.complete import complete
@@ -47,6 +47,41 @@ def _rate(flags: list[bool]) -> float:
     return round(sum(flags) / max(1, len(flags)), 4)
 
 
+def held_out_problems(n_per_family: int, shots: int, seed: int) -> tuple[list[Problem], dict[str, list[Problem]]]:
+    """The few-shot pool and the held-out test problems of each family that the backbone report measures."""
+    splits = make_splits(seed, train=max(shots * 4, 50), val=0, test=n_per_family)
+    test = defaultdict(list)
+    for problem in splits["test"]:
+        test[problem.family].append(problem)
+    return [p for p in splits["train"] if p.family in QA_FAMILIES], test
+
+
+def _right(problems: list[Problem], outputs: list[list[str]]) -> list[bool]:
+    return [is_correct(extract_answer(out[0]), p.answer) for p, out in zip(problems, outputs, strict=True)]
+
+
+def few_shot_arithmetic(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    n_problems: int = 200,
+    shots: int = 2,
+    seed: int = 0,
+    batch_size: int = 64,
+) -> float:
+    """The report's `arithmetic/few_shot_greedy_accuracy` of a model in memory: what a backbone draw is judged by."""
+    pool, test = held_out_problems(n_problems, shots, seed)
+    arithmetic = test["arithmetic"]
+    outputs = complete(
+        model,
+        tokenizer=tokenizer,
+        prompts=few_shot_prompts(arithmetic, pool, shots, seed),
+        max_new_tokens=12,
+        stop=ARITHMETIC_STOP,
+        batch_size=batch_size,
+    )
+    return _rate(_right(arithmetic, outputs))
+
+
 def evaluate_backbone(
     model_dir: Path,
     n_per_family: int = 200,
@@ -64,11 +99,7 @@ def evaluate_backbone(
     if tokenizer.pad_token is None:  # generation masks padding by the attention mask
         tokenizer.pad_token = tokenizer.eos_token
     model = FalconForCausalLM.from_pretrained(model_dir).eval()
-    splits = make_splits(seed, train=max(shots * 4, 50), val=0, test=n_per_family)
-    pool = [p for p in splits["train"] if p.family in QA_FAMILIES]
-    test = defaultdict(list)
-    for problem in splits["test"]:
-        test[problem.family].append(problem)
+    pool, test = held_out_problems(n_per_family, shots, seed)
     arithmetic = test["arithmetic"]
     run = dict(tokenizer=tokenizer, batch_size=batch_size, progress=progress)
 
@@ -81,9 +112,8 @@ def evaluate_backbone(
 
     zero = answers([prompt_of(p) for p in arithmetic], "arithmetic")
     few_prompts = few_shot_prompts(arithmetic, pool, shots, seed)
-    few = answers(few_prompts, "few-shot")
     right = [is_correct(extract_answer(out[0]), p.answer) for p, out in zip(arithmetic, zero, strict=True)]
-    right_few = [is_correct(extract_answer(out[0]), p.answer) for p, out in zip(arithmetic, few, strict=True)]
+    right_few = _right(arithmetic, answers(few_prompts, "few-shot"))
     by_level = defaultdict(list)
     for problem, ok in zip(arithmetic, right, strict=True):
         by_level[f"level_{problem.level}"].append(ok)
