@@ -387,7 +387,7 @@ def judged(draws: list[dict], settings: PretrainSettings) -> str:
     said = (
         f"offline backbone: the draw of seed {last['seed']} learnt little arithmetic (few-shot greedy accuracy "
         f"{last['few_shot_arithmetic']:.1%} on 200 held-out problems, below offline.pretrain.min_arithmetic="
-        f"{settings.min_arithmetic:.0%}); pretraining is seed-sensitive, and this CPU's rounding drew a weak model. "
+        f"{settings.min_arithmetic:.0%}); pretraining is seed-sensitive, and another CPU's rounding is another draw. "
     )
     if len(draws) < settings.draws:
         return said + (
