@@ -129,7 +129,7 @@ def test_one_draw_is_a_build_as_it_was_before_draws_existed():
 
 
 def skills_by_draw(monkeypatch, skills: list[float]) -> list[int]:
-    """Each draw's arithmetic, in order, without evaluating the toy model; returns the seeds it was asked about."""
+    """Each draw's arithmetic, in order, without evaluating the toy model; returns one entry per draw judged."""
     asked = []
 
     def measured(model, tokenizer):

@@ -112,7 +112,7 @@ def evaluate_backbone(
 
     zero = answers([prompt_of(p) for p in arithmetic], "arithmetic")
     few_prompts = few_shot_prompts(arithmetic, pool, shots, seed)
-    right = [is_correct(extract_answer(out[0]), p.answer) for p, out in zip(arithmetic, zero, strict=True)]
+    right = _right(arithmetic, zero)
     right_few = _right(arithmetic, answers(few_prompts, "few-shot"))
     by_level = defaultdict(list)
     for problem, ok in zip(arithmetic, right, strict=True):

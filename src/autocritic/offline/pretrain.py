@@ -412,7 +412,7 @@ def build_backbone(
         return out_dir
     started = time.perf_counter()
     draws: list[dict] = []
-    kept = None
+    kept, kept_skill, kept_seed = None, -1.0, settings.seed
     for index in range(settings.draws):
         drawn = settings.draw(index)
         tokenizer, model, stats = pretrain_draw(drawn, progress)
@@ -421,8 +421,8 @@ def build_backbone(
             break
         skill = few_shot_arithmetic(model, tokenizer)
         draws.append({"seed": drawn.seed, "few_shot_arithmetic": skill, "train_seconds": stats["train_seconds"]})
-        if kept is None or skill > max(d["few_shot_arithmetic"] for d in draws[:-1]):
-            kept = (tokenizer, model, stats)
+        if skill > kept_skill:
+            kept, kept_skill, kept_seed = (tokenizer, model, stats), skill, drawn.seed
         if skill >= settings.min_arithmetic:
             break
         log.warning(judged(draws, settings))
@@ -435,7 +435,7 @@ def build_backbone(
         "total_seconds": round(time.perf_counter() - started, 1),
     }
     if draws:
-        info["seed"] = max(draws, key=lambda d: d["few_shot_arithmetic"])["seed"]
+        info["seed"] = kept_seed
         info["draws"] = draws
     with staged(out_dir) as staging:  # the previous build stays in place until this one is complete
         model.save_pretrained(staging)
