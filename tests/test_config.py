@@ -316,3 +316,36 @@ def test_offline_phases_pass_the_checks_without_a_trainer_section_of_their_own(m
     monkeypatch.setattr(pipeline, "run_offline_phase", lambda cfg: built.append(cfg.phase.name))
     run.train(compose_train([f"phase={phase}", "logger=none"]))
     assert built == [phase]
+
+
+def test_a_run_dir_that_exists_is_not_shared(tmp_path):
+    from autocritic.run_dirs import claim_new_dir
+
+    taken = tmp_path / "transfer" / "2026-12-06_16-46-08"
+    taken.mkdir(parents=True)
+    (taken / "keep").write_text("the first run's")
+    claimed = claim_new_dir(str(taken))
+    assert claimed == str(taken.with_name("2026-12-06_16-46-08_2"))
+    assert Path(claimed).is_dir() and (taken / "keep").read_text() == "the first run's"
+    assert claim_new_dir(str(taken)) == claimed  # Hydra resolving again in the same process: the same dir
+    assert claim_new_dir(str(tmp_path / "new")) == str(tmp_path / "new")
+
+
+def test_runs_started_in_the_same_second_get_their_own_run_dirs(tmp_path):
+    """Both processes ask Hydra for the same run dir, as two runs of one second do; each gets its own."""
+    same = f"hydra.run.dir=${{new_dir:{tmp_path / 'outputs' / 'same'}}}"
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"} | {"WANDB_MODE": "offline"}
+    command = [sys.executable, str(REPO / "train.py"), f"paths.outputs={tmp_path / 'outputs'}", "phase.lr=abc", same]
+    runs = [subprocess.Popen(command, cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    for run_ in runs:
+        assert run_.wait(timeout=120) == 2, run_.stderr.read()
+    dirs = sorted(p.name for p in (tmp_path / "outputs").iterdir())
+    assert dirs == ["same", "same_2"]
+    for name in dirs:
+        assert (tmp_path / "outputs" / name / ".hydra" / "config.yaml").is_file()
+
+
+def test_the_entry_points_claim_their_run_dirs():
+    for name in ("train.yaml", "evaluate.yaml"):
+        run_dir = OmegaConf.load(REPO / "conf" / name).hydra.run._get_node("dir")._value()
+        assert run_dir.startswith("${new_dir:"), (name, run_dir)

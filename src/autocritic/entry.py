@@ -12,8 +12,10 @@ from omegaconf import DictConfig, open_dict
 
 from autocritic.errors import AlreadyDone, AutocriticError, ConfigError
 from autocritic.progress import is_quiet, set_quiet
+from autocritic.run_dirs import register_resolver
 
 log = logging.getLogger("autocritic")
+register_resolver()  # before @hydra.main resolves hydra.run.dir
 
 
 def quiet_libraries() -> None:
