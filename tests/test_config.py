@@ -217,7 +217,7 @@ def test_a_mix_override_changes_only_the_kinds_it_names():
 
 
 def test_the_offline_default_trains_the_checker_on_its_own_answers_to_many_problems():
-    """The YAML and the dataclass agree on the problems; transfer reads the sampled answers alone; finetune takes a
+    """The YAML and the dataclass agree on the problems; transfer reads pairs of the sampled answers; finetune takes a
     tenth of them per epoch and keeps the checker's monitor; the step world keeps its own count."""
     from autocritic.offline.generate import GenerateSettings
     from autocritic.settings import settings_from
@@ -225,8 +225,8 @@ def test_the_offline_default_trains_the_checker_on_its_own_answers_to_many_probl
     transfer = compose_train(["phase=transfer"])
     assert settings_from(GenerateSettings, transfer.offline.generate, "g") == GenerateSettings()
     assert transfer.offline.generate.train_problems == 24000
-    assert list(transfer.data.train_files) == ["data/offline/critic/train.jsonl"]
-    assert (transfer.phase.max_epochs, transfer.phase.lr, transfer.data.batch_size) == (9, 6e-3, 512)
+    assert list(transfer.data.train_files) == ["data/offline/critic/pairs_train.jsonl"]
+    assert (transfer.phase.max_epochs, transfer.phase.lr, transfer.data.batch_size) == (18, 6e-3, 256)
     assert transfer.trainer.limit_train_batches is None
     finetune = compose_train(["phase=finetune"])
     assert finetune.trainer.limit_train_batches == 0.1 and finetune.phase.max_epochs == 3

@@ -41,6 +41,9 @@ PLAIN_TEMPLATE = "{prompt}{response}"
 @dataclass
 class DataSettings:
     schema: str = "pointwise"
+    # The training split's schema when it differs: "pairwise" trains a ranking objective on (chosen, rejected) pairs
+    # while the validation and test splits stay pointwise (labels to rank the epochs by and to calibrate on).
+    train_schema: str | None = None
     train_files: list[str] = field(default_factory=list)
     val_files: list[str] = field(default_factory=list)
     test_files: list[str] = field(default_factory=list)
@@ -66,6 +69,12 @@ class DataSettings:
     seed: int = 0
 
     def __post_init__(self):
+        if self.train_schema not in (None, self.schema) and (self.train_schema, self.schema) != ("pairwise", "pointwise"):
+            raise ConfigError(
+                f"data.train_schema={self.train_schema!r} with data.schema={self.schema!r} is not supported: "
+                "pairwise training rows go with pointwise validation and test rows (data.schema=pointwise); "
+                "otherwise leave data.train_schema unset (null)."
+            )
         if not self.step_separator:
             raise ConfigError("data.step_separator is empty: steps need a separator, e.g. a newline (the default).")
         if self.chat_template not in CHAT_TEMPLATES:
@@ -73,6 +82,10 @@ class DataSettings:
                 f"data.chat_template={self.chat_template!r} is not valid: expected one of {list(CHAT_TEMPLATES)} "
                 "(auto: the tokenizer's chat template; none: the Human:/AI: dialogue layout)."
             )
+
+
+    def schema_of(self, split: str) -> str:
+        return self.train_schema or self.schema if split == "train" else self.schema
 
 
 class ListDataset(Dataset):
@@ -222,7 +235,16 @@ def read_split(settings: DataSettings, split: str) -> list[dict]:
     if files:
         rows = []
         for file in files:
-            checked = check_rows(read_local_file(file), settings.schema, settings.columns, file, settings.step_separator)
+            schema = settings.schema_of(split)
+            try:
+                checked = check_rows(read_local_file(file), schema, settings.columns, file, settings.step_separator)
+            except DataError as error:
+                if schema == settings.schema:
+                    raise
+                raise DataError(
+                    f"{error} (data.train_schema={schema}: the training rows are {schema}; for {settings.schema} "
+                    f"rows set data.train_schema=null and an objective of that schema, e.g. objective.kind=bce)"
+                ) from None
             rows += check_template_fits(checked, settings)
         return rows
     if settings.hub_id and split in settings.hub_splits:
@@ -230,7 +252,8 @@ def read_split(settings: DataSettings, split: str) -> list[dict]:
         where = f"{settings.hub_id}[{settings.hub_splits[split]}]"
         if raw is None:
             return []
-        return check_template_fits(check_rows(raw, settings.schema, settings.columns, where, settings.step_separator), settings)
+        checked = check_rows(raw, settings.schema_of(split), settings.columns, where, settings.step_separator)
+        return check_template_fits(checked, settings)
     return []
 
 
@@ -267,6 +290,11 @@ def read_rows(settings: DataSettings) -> dict[str, list[dict]]:
     rows = {split: read_split(settings, split) for split in SPLITS}
     if not rows["train"]:
         raise DataError("no training rows: set data.train_files (json/jsonl/csv/parquet) or data.hub_id.")
+    if not rows["val"] and settings.schema_of("train") != settings.schema:
+        raise DataError(
+            f"data.train_schema={settings.train_schema} needs validation rows of the {settings.schema} schema to rank "
+            "the epochs and calibrate on: set data.val_files."
+        )
     if not rows["val"]:
         shuffled = rows["train"][:]
         random.Random(settings.seed).shuffle(shuffled)
@@ -292,10 +320,6 @@ class CriticDataModule(L.LightningDataModule):
         self.features: dict[str, torch.Tensor] = {}
         self.replay: list[tuple[list[int], list[int]]] = []
         self.stats: dict[str, float] = {}
-
-    @property
-    def pairwise(self) -> bool:
-        return self.settings.schema == "pairwise"
 
     # ---- reading and validation: everything is checked before any compute ----
     def prepare_rows(self) -> dict[str, list[dict]]:
@@ -354,7 +378,7 @@ class CriticDataModule(L.LightningDataModule):
         items, lengths = [], []
         groups: dict[str, int] = {}
         limit = self.settings.max_length
-        if self.pairwise:
+        if self.settings.schema_of(split) == "pairwise":
             encoded = self.encode_texts([(r["prompt"], r[k]) for r in rows for k in ("chosen", "rejected")])
             for (chosen, chosen_len, full_c), (rejected, rejected_len, full_r) in zip(
                 encoded[0::2], encoded[1::2], strict=True

@@ -39,6 +39,8 @@ def transfer_overrides(
         f"paths.run_dir={run_dir}",
         f"paths.cache={run_dir / 'cache'}",
         f"data.train_files=[{train_file}]",
+        "data.train_schema=null",  # the labelled answers are pointwise rows, whatever the recipe trains on
+        "objective.kind=bce",
         f"data.val_files=[{val_file}]",
         f"data.test_files=[{val_file}]",
         "data.replay_files=[]",

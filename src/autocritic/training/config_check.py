@@ -225,7 +225,14 @@ def check_config(cfg: DictConfig) -> None:
             f"objective={kind} needs pairs (chosen, rejected), but data.schema=stepwise gives one labelled row per "
             f"step: use objective=bce (or objective=mse, the 0/1 labels as targets)."
         )
-    if schema != "stepwise" and SCHEMA_OF[kind] != schema:
+    train_schema = cfg.data.get("train_schema") or schema
+    if train_schema != schema:
+        if train_schema == "pairwise" and kind != "pairwise":
+            raise ConfigError(
+                f"data.train_schema={train_schema} holds (chosen, rejected) pairs, which objective={kind} cannot "
+                "train on: use objective.kind=pairwise, or leave data.train_schema unset (null)."
+            )
+    elif schema != "stepwise" and SCHEMA_OF[kind] != schema:
         raise ConfigError(
             f"objective={kind} needs {SCHEMA_OF[kind]} data but data.schema={schema}: use objective="
             f"{[k for k, s in SCHEMA_OF.items() if s == schema][0]} or data of the {SCHEMA_OF[kind]} schema."

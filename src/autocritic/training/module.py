@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import lightning as L
 import torch
@@ -36,15 +36,23 @@ class OptimSettings:
 
 
 class CriticModule(L.LightningModule):
-    def __init__(self, critic: nn.Module, objective: ObjectiveSettings, optim: OptimSettings, backbone_frozen: bool):
+    def __init__(
+        self,
+        critic: nn.Module,
+        objective: ObjectiveSettings,
+        optim: OptimSettings,
+        backbone_frozen: bool,
+        eval_kind: str | None = None,
+    ):
+        """`eval_kind`: the loss and metrics of the validation and test splits when their rows are of another kind
+        than the training rows (pairwise training, pointwise evaluation: "bce"); None, the objective's."""
         super().__init__()
         self.critic = critic  # a CriticModel, or a PeftModel around one
         self.objective = objective
         self.optim = optim
         self.backbone_frozen = backbone_frozen
-        self.metrics = nn.ModuleDict(
-            {f"{split}_": make_metrics(objective.kind, split) for split in ("train", "val", "test")}
-        )
+        self.kinds = {"train": objective.kind, "val": eval_kind or objective.kind, "test": eval_kind or objective.kind}
+        self.metrics = nn.ModuleDict({f"{split}_": make_metrics(kind, split) for split, kind in self.kinds.items()})
         # Checkpoints hold trainable weights only (see on_save_checkpoint), so loading is not strict.
         self.strict_loading = False
 
@@ -104,7 +112,9 @@ class CriticModule(L.LightningModule):
                 lm_term = next_token_loss(logits, labels)
             if want_values:
                 value_term = token_value_loss(out.values, response, target)
-        loss = critic_loss(self.objective, members, target)
+        kind = self.kinds[split]
+        objective = self.objective if kind == self.objective.kind else replace(self.objective, kind=kind)
+        loss = critic_loss(objective, members, target)
         batch_size = target.shape[0]
         if lm_term is not None:
             self.log(f"{split}/lm_loss", lm_term, batch_size=batch_size)
@@ -118,7 +128,7 @@ class CriticModule(L.LightningModule):
                 "learning rate (phase.lr), enable gradient clipping (trainer.gradient_clip_val), or use precision=32;"
             )
         metrics = self.metrics[f"{split}_"]
-        update_metrics(metrics, self.objective.kind, scores, target, batch.get("group"))
+        update_metrics(metrics, kind, scores, target, batch.get("group"))
         self.log(f"{split}/loss", loss, prog_bar=split != "test", batch_size=batch_size, sync_dist=split != "train")
         if split != "train":
             self.log(f"{split}/score_mean", scores.detach().mean(), batch_size=batch_size, sync_dist=True)

@@ -144,7 +144,7 @@ class FeatureCache(L.Callback):
             cfg.data.template,
             cfg.data.max_length,
             {"dtype": cfg.model.dtype, "schema": cfg.data.schema, "hub": cfg.data.hub_id, "columns": dict(cfg.data.columns),
-             **chat_template_key(cfg), **step_separator_key(cfg),
+             **chat_template_key(cfg), **step_separator_key(cfg), **train_schema_key(cfg),
              "quantization": OmegaConf.to_container(cfg.quantization), "seed": cfg.seed, "features": layout},
         )
         self.cache_dir, self.critic = cfg.paths.cache, critic
@@ -168,6 +168,13 @@ class FeatureCache(L.Callback):
 
 
 RANKING_MONITORS = ("val/auroc", "val/within_auroc")
+
+
+def train_schema_key(cfg: DictConfig) -> dict:
+    """Pairwise training rows read from the same source as pointwise ones (a hub split) are other features; the
+    key of a run without data.train_schema stays what it was."""
+    train_schema = cfg.data.get("train_schema")
+    return {"train_schema": train_schema} if train_schema not in (None, cfg.data.schema) else {}
 
 
 def checkpoint_monitor(cfg: DictConfig, rows: dict[str, list[dict]] | None) -> tuple[str, str]:
@@ -396,11 +403,14 @@ def train(cfg: DictConfig) -> float | None:
     cached = cfg.phase.freeze_backbone and cfg.phase.cache_features
     critic, head_settings = build_critic(cfg, checked.start)
 
-    module = CriticModule(critic, objective, optim_settings(cfg), backbone_frozen=cfg.phase.freeze_backbone)
+    eval_kind = "bce" if cfg.data.get("train_schema") not in (None, cfg.data.schema) else None  # pointwise val/test
+    module = CriticModule(
+        critic, objective, optim_settings(cfg), backbone_frozen=cfg.phase.freeze_backbone, eval_kind=eval_kind
+    )
     last_checkpoint = run_dir / "checkpoints" / "last.ckpt"
     on_signal, watch = SaveOnSignal(last_checkpoint), LossWatch()
     callbacks = [on_signal, watch, *([FeatureCache(cfg, critic)] if cached else [])]
-    if objective.kind == "bce" and objective.calibrate:
+    if module.kinds["val"] == "bce" and objective.calibrate:
         callbacks.append(Calibration())
     monitor, mode = checkpoint_monitor(cfg, checked.rows)
     trainer, checkpoint = build_trainer(cfg, run_dir, callbacks, (monitor, mode))
