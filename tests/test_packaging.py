@@ -100,6 +100,6 @@ def test_installed_scripts_compose_their_configs_outside_the_repo(wheel, tmp_pat
 
     evaluate = run_installed(unpacked, elsewhere, "evaluate", "--cfg", "hydra")
     assert evaluate.returncode == 0, evaluate.stderr
-    assert "dir: ${paths.outputs}/evaluate/" in evaluate.stdout  # relative: lands in the user's directory
+    assert "dir: ${new_dir:${paths.outputs}/evaluate/" in evaluate.stdout  # relative: lands in the user's directory
     assert "path: autocritic.conf\n      schema: pkg\n      provider: main" in evaluate.stdout
     assert "name: evaluate" in evaluate.stdout
