@@ -5,10 +5,12 @@ one-epoch run that computes its feature cache), then the rerank suite on the sam
 - "preset": the checker as `experiment=offline-checker` trained it until 2026-12-04: PyTorch's `nn.TransformerEncoder`
   layers (read at the last slot), a window of 24 states, feed-forward 256, attention dropout 0.1, batch 128,
   learning rate 1e-3 over 48 epochs with 2000 warmup steps;
-- "default": `head: checker` with `recipe/offline_transfer.yaml` (window 16, feed-forward 128, no attention dropout,
-  batch 512, learning rate 6e-3 over 9 epochs) on `autocritic.model.window` layers.
-Both sides read the offline default's critic data: since it holds the answers to 24,000 problems (143k rows, 2.8
-times the 50k the preset was tuned on), the preset's 48 epochs take about an hour and a half on 2 CPU cores.
+- "default": `head: checker` with `recipe/offline_transfer.yaml` (window 16, feed-forward 128, no attention dropout;
+  Bradley–Terry on the critic data's answer pairs, batch 256 pairs, learning rate 6e-3 over 18 epochs) on
+  `autocritic.model.window` layers.
+Both sides read the offline default's critic data, the preset every answer under the log loss: since it holds the
+answers to 24,000 problems (114k–143k rows by the backbone, 2.3–2.8 times the 50k the preset was tuned on), the
+preset's 48 epochs take about an hour and a half on 2 CPU cores.
 Prints each side's training seconds (fit and test), their ratio, the test within-problem AUROC and the share of the
 greedy -> pass@8 gap that best-of-8 closes.
 
@@ -42,6 +44,7 @@ CONF = str(Path(__file__).resolve().parents[1] / "conf")
 PRESET = [
     "head.window=24", "head.feedforward=256", "head.attention_dropout=0.1", "data.batch_size=128", "phase.lr=1e-3",
     "phase.max_epochs=48", "phase.warmup_steps=2000", "objective.calibrate=false",
+    "data.train_files=[${paths.offline}/critic/train.jsonl]", "data.train_schema=null", "objective.kind=bce",
 ]
 
 
