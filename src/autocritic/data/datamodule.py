@@ -83,9 +83,8 @@ class DataSettings:
                 "(auto: the tokenizer's chat template; none: the Human:/AI: dialogue layout)."
             )
 
-
     def schema_of(self, split: str) -> str:
-        return self.train_schema or self.schema if split == "train" else self.schema
+        return (self.train_schema or self.schema) if split == "train" else self.schema
 
 
 class ListDataset(Dataset):
