@@ -403,7 +403,7 @@ def train(cfg: DictConfig) -> float | None:
     cached = cfg.phase.freeze_backbone and cfg.phase.cache_features
     critic, head_settings = build_critic(cfg, checked.start)
 
-    eval_kind = "bce" if cfg.data.get("train_schema") not in (None, cfg.data.schema) else None  # pointwise val/test
+    eval_kind = "bce" if data.schema_of("train") != data.schema else None  # pairs train, pointwise val/test
     module = CriticModule(
         critic, objective, optim_settings(cfg), backbone_frozen=cfg.phase.freeze_backbone, eval_kind=eval_kind
     )
