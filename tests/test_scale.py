@@ -348,3 +348,29 @@ def test_fsdp_export_is_the_gathered_state_in_a_fresh_critic(tiny_backbone, tiny
     assert all(torch.equal(v, gathered[f"critic.{k}"]) for k, v in exported.state_dict().items())
     trainer.is_global_zero = False
     assert gathered_critic(cfg, trainer, SimpleNamespace(critic=live), None) is None  # rank 0 alone exports
+
+
+def test_head_training_bench_times_each_side_through_the_training_entry_point(tiny_backbone, tiny_data, tmp_path):
+    """The head-training bench hooks `training.build_trainer` and swaps the window encoder: a change of either
+    signature must fail here, not an hour into the bench."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        import head_training
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    head = ["head=attention", "head.hidden_dim=8", "head.attention_heads=2", "head.window=4", "head.feedforward=16"]
+    paths = ("paths.outputs", "paths.run_dir")  # the bench sets its own
+    overrides = [o for o in tiny_overrides(tiny_backbone, tiny_data, tmp_path) if not o.startswith(paths)]
+    built: list[type] = []
+
+    class Spy(head_training.PyTorchEncoder):
+        def __init__(self, *args):
+            super().__init__(*args)
+            built.append(type(self))
+
+    clock, metrics, export = head_training.train_side(
+        [*overrides, *head, "phase=transfer", "phase.max_epochs=2"], Spy, tmp_path / "side"
+    )
+    assert len(clock.epochs) == 2 and clock.ended > clock.started
+    assert built == [Spy] and (export / "critic_config.json").exists()
+    assert "test/within_auroc" in metrics
