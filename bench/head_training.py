@@ -10,7 +10,7 @@ one-epoch run that computes its feature cache), then the rerank suite on the sam
   `autocritic.model.window` layers.
 Both sides read the offline default's critic data, the preset every answer under the log loss: since it holds the
 answers to 24,000 problems (114k–143k rows by the backbone, 2.3–2.8 times the 50k the preset was tuned on), the
-preset's 48 epochs take about an hour and a half on 2 CPU cores.
+preset's 48 epochs take about 100 minutes on 2 CPU cores.
 Prints each side's training seconds (fit and test), their ratio, the test within-problem AUROC and the share of the
 greedy -> pass@8 gap that best-of-8 closes.
 
