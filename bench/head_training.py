@@ -92,8 +92,8 @@ def train_side(overrides: list[str], encoder: type, out: Path) -> tuple[Clock, d
     clock = Clock()
     original_build, original_encoder = training.build_trainer, head_module.WindowEncoder
 
-    def build_trainer(cfg, run_dir, callbacks=None, monitor=None):
-        return original_build(cfg, run_dir, [*(callbacks or []), clock], monitor)
+    def build_trainer(cfg, run_dir, callbacks=None, *rest, **named):
+        return original_build(cfg, run_dir, [*(callbacks or []), clock], *rest, **named)
 
     head_module.WindowEncoder, training.build_trainer = encoder, build_trainer
     try:
