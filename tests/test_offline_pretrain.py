@@ -14,12 +14,14 @@ from transformers import AutoTokenizer, FalconForCausalLM
 
 from autocritic.offline import pretrain
 from autocritic.offline.documents import document_text, iter_documents
+from autocritic.offline.pinned import NUMERICS
 from autocritic.offline.pretrain import (
     BUILD_INFO,
     PackedDocuments,
     PretrainModule,
     PretrainSettings,
     build_backbone,
+    build_fingerprint,
     train_model,
 )
 from autocritic.offline.replay import ReplaySettings
@@ -116,13 +118,19 @@ def test_a_cap_the_run_would_exceed_stops_it_with_a_clear_error(monkeypatch, cap
 def test_the_cap_does_not_change_the_fingerprint():
     """The weights never depend on it, so builds made when the default cap was 20 minutes stay valid."""
     assert dataclasses.replace(PretrainSettings(), max_minutes=5.0).fingerprint() == PretrainSettings().fingerprint()
-    assert PretrainSettings().fingerprint() == "159193231c23dff9"  # the default backbone's build_info
+    assert PretrainSettings().fingerprint() == "cc88a5d44ea28662"  # the default's settings
+
+
+def test_the_pinned_numerics_are_part_of_the_build_fingerprint():
+    """A backbone built with a machine's own numerics is built again under the pinned ones (and its critic data)."""
+    assert build_fingerprint(PretrainSettings()) == PretrainSettings().fingerprint()
+    assert build_fingerprint(PretrainSettings(), NUMERICS) == "bfc21bf1e960415a"  # the default backbone's build_info
 
 
 def test_one_draw_is_a_build_as_it_was_before_draws_existed():
     """Presets that train their seed alone keep their builds; the default's draws make another fingerprint."""
-    alone = dataclasses.replace(PretrainSettings(), draws=1)
-    assert alone.fingerprint() == "1116c0e0ce420120"  # the default backbone's build_info before draws
+    alone = dataclasses.replace(PretrainSettings(), seed=3, draws=1)
+    assert alone.fingerprint() == "1116c0e0ce420120"  # the seed-3 default's build_info before draws
     assert dataclasses.replace(alone, min_arithmetic=0.5).fingerprint() == alone.fingerprint()
     assert dataclasses.replace(PretrainSettings(), min_arithmetic=0.5).fingerprint() != PretrainSettings().fingerprint()
     assert PretrainSettings(seed=3).draw(1) == dataclasses.replace(alone, seed=4)

@@ -24,6 +24,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from autocritic.formats import ARITHMETIC_STOP, STEP_SEPARATOR
@@ -255,16 +256,24 @@ def build_critic_data(
     out_dir = Path(out_dir)
     label_fn = label_fn or label_offline
     fingerprint = _fingerprint(settings, backbone_fingerprint(backbone_dir), label_fn, problems)
-    stepwise = (
-        any(family in STEP_FAMILIES for family in settings.families)
-        if problems is None
-        else any(p.family in STEP_FAMILIES for split in problems.values() for p in split)
-    )
+    stepwise = _stepwise(settings, problems)
     if not force and is_built(out_dir, fingerprint, stepwise, settings.step_alternatives > 0):
         return out_dir
     with staged(out_dir) as staging:  # the previous data stays in place until this build is complete
         _build_into(staging, backbone_dir, settings, fingerprint, label_fn, problems, stepwise, progress)
     return out_dir
+
+
+def critic_data_built(backbone_dir: Path, settings: GenerateSettings, out_dir: Path) -> bool:
+    """Whether `build_critic_data` of the offline arithmetic would skip: `out_dir` holds this build."""
+    fingerprint = _fingerprint(settings, backbone_fingerprint(backbone_dir), label_offline, None)
+    return is_built(Path(out_dir), fingerprint, _stepwise(settings, None), settings.step_alternatives > 0)
+
+
+def _stepwise(settings: GenerateSettings, problems: Mapping[str, Sequence[Problem]] | None) -> bool:
+    if problems is None:
+        return any(family in STEP_FAMILIES for family in settings.families)
+    return any(p.family in STEP_FAMILIES for split in problems.values() for p in split)
 
 
 def _build_into(
@@ -341,4 +350,5 @@ def _build_into(
         _write_jsonl(staging / f"{split}.jsonl", rows)
         _write_jsonl(staging / f"pairs_{split}.jsonl", pairs)
     card["seconds"] = round(time.perf_counter() - started, 1)
+    card["torch_threads"] = torch.get_num_threads()  # sampling rounds by it: another count can flip a sampled token
     (staging / CARD).write_text(json.dumps(card, indent=2) + "\n")
