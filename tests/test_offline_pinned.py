@@ -25,8 +25,10 @@ from autocritic.offline.pretrain import BUILD_INFO, build_backbone
 
 pytestmark = pytest.mark.skipif(unpinnable() is not None, reason=str(unpinnable()))
 
-# What another machine would change: fewer threads, and PyTorch's kernels without AVX2.
-ANOTHER_MACHINE = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "ATEN_CPU_CAPABILITY": "default"}
+# What another machine would change: fewer threads, PyTorch's kernels without AVX2, MKL's code path.
+ANOTHER_MACHINE = {
+    "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "ATEN_CPU_CAPABILITY": "default", "MKL_CBWR": "COMPATIBLE"
+}
 TESTS = Path(__file__).parent
 
 

@@ -134,8 +134,10 @@ def build(step: str, arguments: dict) -> None:
 
 
 def main(request_file: Path) -> int:
+    from autocritic.entry import quiet_libraries
     from autocritic.signals import stop_with
 
+    quiet_libraries()  # as the calling entry point is
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
     request = json.loads(request_file.read_text())
     result = Path(request["result"])
