@@ -74,8 +74,8 @@ def run_pinned(step: str, **arguments) -> None:
         status = wait_passing_signals(child)
         answer = json.loads(result.read_text()) if result.is_file() else None
     if answer is None and status < 0:  # killed before its own handlers were in place
-        name = signal.Signals(-status).name
-        raise Interrupted(f"stopped by {name}: {arguments['out_dir']} is as it was; run the same command again.", 128 - status)
+        said = f"stopped by {signal.Signals(-status).name}: {arguments['out_dir']} is as it was"
+        raise Interrupted(f"{said}; run the same command again.", 128 - status)
     if answer is None:
         raise RuntimeError(f"the offline build's child process ({step}) ended with status {status} and no answer")
     if "error" not in answer:
