@@ -20,6 +20,7 @@ from helpers import compose_train, tiny_pretrain_settings
 
 from autocritic.errors import ConfigError
 from autocritic.offline import pinned, pipeline
+from autocritic.offline.generate import CARD, GenerateSettings, build_critic_data, critic_data_built
 from autocritic.offline.pinned import NUMERICS, run_pinned, unpinnable
 from autocritic.offline.pretrain import BUILD_INFO, build_backbone
 
@@ -67,6 +68,22 @@ def test_the_build_is_the_same_whatever_threads_and_kernels_the_caller_runs_with
     # Without the pinning, the other machine's settings train other weights: what the child protects against.
     build_natively(tmp_path / "native", {"max_steps": 30}, ANOTHER_MACHINE)
     assert weights_md5(tmp_path / "native") != pinned_md5["this"]
+
+
+def test_the_critic_data_are_sampled_in_the_child_as_in_this_process(tmp_path):
+    backbone = build_backbone(tiny_pretrain_settings(max_steps=10), tmp_path / "backbone", progress=False)
+    settings = GenerateSettings(train_problems=6, val_problems=3, test_problems=3, samples=4, batch_size=16)
+    run_pinned(
+        "critic", backbone_dir=str(backbone), settings=dataclasses.asdict(settings), out_dir=str(tmp_path / "child"),
+        force=False, progress=False,
+    )
+    assert critic_data_built(backbone, settings, tmp_path / "child")  # the pipeline's skip check agrees
+    card = json.loads((tmp_path / "child" / CARD).read_text())
+    assert card["torch_threads"] == 2
+    here = json.loads((build_critic_data(backbone, settings, tmp_path / "here", progress=False) / CARD).read_text())
+    for split in ("train", "val", "test"):  # the same problems, each sampled as often (the samples follow the numerics)
+        for count in ("problems", "generated"):
+            assert card["splits"][split][count] == here["splits"][split][count]
 
 
 def test_an_error_in_the_child_comes_back_as_the_same_error_and_the_previous_build_stays(tmp_path):
