@@ -107,11 +107,13 @@ def wait_passing_signals(child: subprocess.Popen) -> int:
 
 def build(step: str, arguments: dict) -> None:
     """One build step in this process, as `run_pinned` asks for it."""
+    from autocritic.settings import settings_from
+
     if step == "backbone":
         from autocritic.offline.pretrain import PretrainSettings, build_backbone
 
         build_backbone(
-            PretrainSettings(**arguments["settings"]),
+            settings_from(PretrainSettings, arguments["settings"], "offline.pretrain"),
             Path(arguments["out_dir"]),
             force=arguments["force"],
             progress=arguments["progress"],
@@ -120,11 +122,9 @@ def build(step: str, arguments: dict) -> None:
     elif step == "critic":
         from autocritic.offline.generate import GenerateSettings, build_critic_data
 
-        settings = arguments["settings"]
-        settings = GenerateSettings(**{**settings, "families": tuple(settings["families"]), "stop": tuple(settings["stop"])})
         build_critic_data(
             Path(arguments["backbone_dir"]),
-            settings,
+            settings_from(GenerateSettings, arguments["settings"], "offline.generate"),
             Path(arguments["out_dir"]),
             force=arguments["force"],
             progress=arguments["progress"],
