@@ -217,8 +217,8 @@ def test_a_mix_override_changes_only_the_kinds_it_names():
 
 
 def test_the_offline_default_trains_the_checker_on_its_own_answers_to_many_problems():
-    """The YAML and the dataclass agree on the problems; transfer reads pairs of the sampled answers; finetune takes a
-    tenth of them per epoch and keeps the checker's monitor; the step world keeps its own count."""
+    """The YAML and the dataclass agree on the problems; transfer reads pairs of the sampled answers; finetune reads
+    the same pairs, a sixth of them per epoch, and keeps the checker's monitor; the step world keeps its own count."""
     from autocritic.offline.generate import GenerateSettings
     from autocritic.settings import settings_from
 
@@ -229,7 +229,7 @@ def test_the_offline_default_trains_the_checker_on_its_own_answers_to_many_probl
     assert (transfer.phase.max_epochs, transfer.phase.lr, transfer.data.batch_size) == (18, 6e-3, 256)
     assert transfer.trainer.limit_train_batches is None
     finetune = compose_train(["phase=finetune"])
-    assert finetune.trainer.limit_train_batches == 0.1 and finetune.phase.max_epochs == 3
+    assert finetune.trainer.limit_train_batches == 0.17 and finetune.phase.max_epochs == 3
     assert (finetune.objective.monitor, finetune.phase.lr) == ("val/within_auroc", 3e-4)
     assert compose_train(["phase=finetune", "data=example"]).trainer.limit_train_batches is None  # the user's data: all
     assert compose_train(["experiment=steps"]).offline.generate.train_problems == 3000

@@ -90,15 +90,16 @@ def test_pairs_need_a_pairwise_objective(tiny_backbone, pairs_data, tmp_path):
         check_config(cfg)
 
 
-def test_the_offline_transfer_recipe_ranks_pairs_and_the_finetune_recipe_reads_answers():
+def test_the_offline_recipes_rank_pairs_and_keep_the_epoch_on_the_pointwise_answers():
     transfer = compose_train(["phase=transfer"])
     assert list(transfer.data.train_files) == ["data/offline/critic/pairs_train.jsonl"]
     assert list(transfer.data.val_files) == ["data/offline/critic/val.jsonl"]
     assert (transfer.data.train_schema, transfer.data.schema, transfer.objective.kind) == ("pairwise", "pointwise", "pairwise")
     assert transfer.objective.monitor == "val/within_auroc" and transfer.objective.calibrate
     finetune = compose_train(["phase=finetune"])
-    assert (finetune.data.train_schema, finetune.objective.kind) == (None, "bce")
-    assert list(finetune.data.train_files) == ["data/offline/critic/train.jsonl"]
+    assert (finetune.data.train_schema, finetune.data.schema, finetune.objective.kind) == ("pairwise", "pointwise", "pairwise")
+    assert list(finetune.data.train_files) == list(transfer.data.train_files)
+    assert finetune.objective.monitor == "val/within_auroc" and finetune.objective.calibrate
 
 
 def test_the_improve_refresh_trains_on_its_pointwise_answers(tmp_path):
