@@ -22,7 +22,8 @@ def logit(p: float) -> float:
 
 class ScriptedTree:
     """Steps from a dict {path tuple: [(step, critic probability, log-prob), ...]}: the k-th expansion of a state
-    returns its first k children (a state with fewer children returns them all). "Answer:" steps are final."""
+    returns its first k children (a state with fewer children returns them all). The first child is the greedy
+    step: without `greedy_first` the expansion starts at the second. "Answer:" steps are final."""
 
     def __init__(self, tree: dict[tuple[str, ...], list[tuple[str, float, float]]], tokens_per_step: int = 3):
         self.tree = tree
@@ -37,7 +38,7 @@ class ScriptedTree:
         for path in states:
             self.expanded.append(path)
             children = []
-            for step, p, lp in self.tree.get(path, [])[:k]:
+            for step, p, lp in self.tree.get(path, [])[(0 if settings.greedy_first else 1) :][:k]:
                 final = step.startswith(settings.final_prefix)
                 children.append(
                     Expansion(
@@ -176,6 +177,63 @@ def test_dfs_without_budget_left_to_finish_returns_the_best_path_seen():
     assert result.steps == ["b"]
 
 
+# The greedy path from the first step the critic likes ends low; its second child ends high.
+ROLLOUT_TREE = {
+    (): [("a1", 0.9, -0.1), ("a2", 0.5, -1.0)],
+    ("a1",): [("b1", 0.6, -0.1), ("b2", 0.95, -2.0)],
+    ("a1", "b1"): [("Answer: 1", 0.2, -0.1)],
+    ("a1", "b2"): [("Answer: 7", 0.9, -0.1)],
+    ("a2",): [("c1", 0.5, -0.1)],
+    ("a2", "c1"): [("Answer: 3", 0.4, -0.1)],
+}
+
+
+def test_rollouts_value_a_state_by_the_answer_its_greedy_path_reaches():
+    expander = ScriptedTree(ROLLOUT_TREE)
+    result = search(expander, "q", SearchSettings(expand=2, beam=1, rollouts=True))
+    assert result.steps == ["a2", "c1", "Answer: 3"]
+    assert sorted(c.steps[-1] for c in result.candidates) == ["Answer: 1", "Answer: 3"]
+    assert [c.outlook for c in result.root.children] == pytest.approx([0.2, 0.4])
+    assert result.sampled_tokens == 3 * 6  # two first steps, each finished in two greedy steps
+    assert expander.expanded == [(), ("a1",), ("a2",), ("a1", "b1"), ("a2", "c1")]
+
+
+def test_rollouts_branch_the_kept_states_again_without_sampling_their_greedy_step_twice():
+    expander = ScriptedTree(ROLLOUT_TREE)
+    result = search(expander, "q", SearchSettings(expand=2, beam=2, rollouts=True, branch_depth=2))
+    assert result.steps == ["a1", "b2", "Answer: 7"]
+    a1 = result.root.children[0]
+    assert [c.step for c in a1.children] == ["b1", "b2"]  # b1 from a1's rollout, b2 the one new sibling
+    assert result.sampled_tokens == 3 * (6 + 1 + 1)  # depth 1 as above; then b2 and its answer (a2 has no sibling)
+
+
+def test_a_state_sampled_twice_is_rolled_out_once():
+    tree = {(): [ROLLOUT_TREE[()][0], *ROLLOUT_TREE[()]]} | {k: v for k, v in ROLLOUT_TREE.items() if k}
+    expander = ScriptedTree(tree)
+    result = search(expander, "q", SearchSettings(expand=3, beam=1, rollouts=True))
+    assert expander.expanded == [(), ("a1",), ("a2",), ("a1", "b1"), ("a2", "c1")]
+    assert [c.outlook for c in result.root.children] == pytest.approx([0.2, 0.2, 0.4])
+    assert result.sampled_tokens == 3 * 7
+
+
+def test_rollouts_stop_at_the_token_budget():
+    settings = SearchSettings(expand=2, beam=1, rollouts=True, token_budget=12)
+    cut = search(ScriptedTree(ROLLOUT_TREE), "q", settings)
+    assert cut.sampled_tokens == 12  # the first steps, then one greedy step of both rollouts: spent
+    assert cut.candidates == [] and not cut.finished
+    result = search(ScriptedTree(ROLLOUT_TREE), "q", dataclasses.replace(settings, token_budget=13))
+    assert result.sampled_tokens == 18 and result.steps == ["a2", "c1", "Answer: 3"]  # the last call overshoots
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_rollouts_in_lockstep_give_each_prompt_its_own_search(batch):
+    settings = SearchSettings(expand=2, beam=2, rollouts=True, branch_depth=2)
+    alone = search(ScriptedTree(ROLLOUT_TREE), "q", settings)
+    together = search_many(ScriptedTree(ROLLOUT_TREE), ["q", "q", "q"], settings, batch=batch)
+    assert [r.steps for r in together] == [alone.steps] * 3
+    assert [r.sampled_tokens for r in together] == [alone.sampled_tokens] * 3
+
+
 def test_the_token_budget_stops_the_search():
     expander = ScriptedTree(TREE, tokens_per_step=5)
     result = search(expander, "q", SearchSettings(expand=3, beam=1, token_budget=15))
@@ -252,6 +310,8 @@ def test_dfs_and_a_bad_batch_in_search_many():
         {"expand": 0},
         {"token_budget": 0},
         {"separator": ""},
+        {"branch_depth": 0},
+        {"rollouts": True, "strategy": "dfs"},
     ],
 )
 def test_bad_settings_are_refused(bad):
@@ -426,7 +486,8 @@ def test_the_search_suite_runs_on_a_tiny_export_and_draws_its_trees(tiny_export,
         "search.subsets=2",
         "search.max_new_tokens=10",
         "search.shapes=[2x1,2x2]",
-        "search.headline_shape=2x2",
+        "search.rollout_shapes=[2x1x1,2x2x2]",
+        "search.headline_shape=2x2x2",
         "search.dfs_expand=2",
         "search.max_depth=2",
         "search.max_step_tokens=5",
@@ -446,10 +507,18 @@ def test_the_search_suite_runs_on_a_tiny_export_and_draws_its_trees(tiny_export,
         "pass_at_n",
         "search_critic",
         "search_likelihood",
+        "search_rollout",
         "dfs",
     }
     assert set(methods["search_critic"]) == {"2x1", "2x2"} and set(methods["best_of_n"]) == {"N=1", "N=2"}
-    everything = methods["search_critic"]["2x2"]["all"]
+    assert set(methods["search_rollout"]) == {"2x1x1", "2x2x2"} and set(figures["comparisons"]) == {
+        "2x1",
+        "2x2",
+        "2x1x1",
+        "2x2x2",
+    }
+    assert figures["comparisons"]["2x2x2"]["all"]["points_over_likelihood_search"] is None
+    everything = methods["search_rollout"]["2x2x2"]["all"]
     assert everything["problems"] == 6 and everything["tokens"] > 0
     assert sum(figures["problems_by_operations"].values()) == 6
     assert figures["step_critic"]["steps"] > 0
@@ -513,6 +582,10 @@ def test_bad_search_suite_settings_are_refused_before_loading():
         Settings(shapes=("4by2",), headline_shape="4by2")
     with pytest.raises(ValueError, match="headline_shape"):
         Settings(shapes=("2x1",))
+    with pytest.raises(ValueError, match="expand>x<beam>x<branch depths"):
+        Settings(rollout_shapes=("8x1",))
+    with pytest.raises(ValueError, match="at least 1"):
+        Settings(rollout_shapes=("8x0x1",))
     with pytest.raises(ValueError, match="'arithmetic' is not a step family.*countdown"):
         Settings(family="arithmetic")
 

@@ -141,6 +141,7 @@ _SEARCH_STYLES = {  # method: (label, colour, marker)
     "pass_at_n": ("pass@N (ceiling)", "tab:green", "."),
     "search_critic": ("beam search, step critic", "tab:red", "D"),
     "search_likelihood": ("beam search, likelihood", "tab:purple", "D"),
+    "search_rollout": ("beam search, greedy rollouts", "tab:olive", "P"),
     "dfs": ("DFS, step critic", "tab:brown", "*"),
 }
 

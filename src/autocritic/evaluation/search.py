@@ -86,6 +86,8 @@ class Settings:
     temperature: float = 0.8
     max_new_tokens: int = 96
     shapes: tuple[str, ...] = ("2x1", "4x1", "4x2", "8x2")  # beam searches: expand x beam
+    # beam searches whose states are valued by their greedy rollouts: expand x beam x branch depths
+    rollout_shapes: tuple[str, ...] = ()
     dfs_expand: int = 4
     dfs_threshold: float = 0.5
     max_depth: int = 8
@@ -101,9 +103,12 @@ class Settings:
     def __post_init__(self) -> None:
         for shape in self.shapes:
             parse_shape(shape)
-        if self.headline_shape not in self.shapes:
+        for shape in self.rollout_shapes:
+            parse_rollout_shape(shape)
+        if self.headline_shape not in (*self.shapes, *self.rollout_shapes):
             raise ValueError(
-                f"headline_shape={self.headline_shape!r} is not among shapes={list(self.shapes)}"
+                f"headline_shape={self.headline_shape!r} is not among shapes={list(self.shapes)} or "
+                f"rollout_shapes={list(self.rollout_shapes)}"
             )
         if self.temperature <= 0:
             raise ValueError(f"temperature={self.temperature} must be above 0 (the methods sample)")
@@ -122,6 +127,19 @@ def parse_shape(shape: str) -> tuple[int, int]:
     if expand < 1 or beam < 1:
         raise ValueError(f"search shape {shape!r}: expand and beam must be at least 1")
     return expand, beam
+
+
+def parse_rollout_shape(shape: str) -> tuple[int, int, int]:
+    """ "8x2x2" -> expand 8, beam 2, branch depth 2."""
+    try:
+        expand, beam, depth = (int(part) for part in str(shape).lower().split("x"))
+    except ValueError:
+        raise ValueError(
+            f"rollout shape {shape!r} is not <expand>x<beam>x<branch depths>, e.g. 8x1x1"
+        ) from None
+    if min(expand, beam, depth) < 1:
+        raise ValueError(f"rollout shape {shape!r}: expand, beam and branch depths must be at least 1")
+    return expand, beam, depth
 
 
 def solved(problem: Problem, text: str) -> bool:
@@ -289,7 +307,8 @@ class Searched:
 def search_curves(
     ctx: EvalContext, s: Settings, problems: Sequence[Problem], prompts: Sequence[str]
 ) -> Searched:
-    """Beam search valued by the step critic and by the likelihood for each shape, and DFS with the step critic."""
+    """Beam search valued by the step critic and by the likelihood for each shape, the step critic's beam with
+    rollouts for each rollout shape, and DFS with the step critic."""
     stepper = CriticStepper(ctx.generator)
     base = SearchSettings(
         max_depth=s.max_depth,
@@ -301,9 +320,13 @@ def search_curves(
     longest = max(p.level for p in problems)
     out = Searched({}, [], [], [])
     runs = [(value, shape) for value in ("critic", "likelihood") for shape in s.shapes]
+    runs += [("rollout", shape) for shape in s.rollout_shapes]
     for value, shape in track([*runs, ("dfs", f"{s.dfs_expand}")], desc="search: searches"):
         if value == "dfs":
             settings = replace(base, strategy="dfs", expand=s.dfs_expand, threshold=s.dfs_threshold)
+        elif value == "rollout":
+            expand, beam, depth = parse_rollout_shape(shape)
+            settings = replace(base, expand=expand, beam=beam, rollouts=True, branch_depth=depth)
         else:
             expand, beam = parse_shape(shape)
             settings = replace(base, value=value, expand=expand, beam=beam)
@@ -312,7 +335,7 @@ def search_curves(
         for problem, result in zip(problems, results, strict=True):
             point.success.append(float(result.finished and solved(problem, result.response())))
             point.tokens.append(float(result.sampled_tokens))
-            if value == "critic" and shape == s.headline_shape:
+            if value in ("critic", "rollout") and shape == s.headline_shape:
                 nodes = [node for node in result.root.walk() if node.parent is not None]
                 labels = [exact_step_labels(problem, node.steps)[-1] for node in nodes]
                 out.step_scores += [node.score for node in nodes]
@@ -388,15 +411,17 @@ def run(ctx: EvalContext, s: Settings) -> SuiteResult:
 def compare(summary: dict, s: Settings, groups: dict) -> dict:
     """Each critic search against greedy and against best-of-N at the search's own tokens, per group."""
     out = {}
-    for shape in s.shapes:
+    searches = [("search_critic", shape) for shape in s.shapes]
+    searches += [("search_rollout", shape) for shape in s.rollout_shapes]
+    for method, shape in searches:
         for group in groups:
-            found = summary["search_critic"][shape][group]
+            found = summary[method][shape][group]
             if found["success"] is None:
                 continue
             greedy = summary["greedy"]["1"][group]["success"]
             curve = [(p[group]["tokens"], p[group]["success"]) for p in summary["best_of_n"].values()]
             best_of_n, outside = at_tokens(curve, found["tokens"])
-            likelihood = summary["search_likelihood"][shape][group]["success"]
+            likelihood = summary["search_likelihood"].get(shape, {}).get(group, {}).get("success")
             out.setdefault(shape, {})[group] = {
                 "search": found["success"],
                 "tokens": found["tokens"],
@@ -422,6 +447,7 @@ def tables_of(summary: dict, comparisons: dict, figures: dict, s: Settings, grou
         "pass_at_n": "pass@N (ceiling)",
         "search_critic": "beam search, step critic",
         "search_likelihood": "beam search, likelihood",
+        "search_rollout": "beam search valued by greedy rollouts, step critic",
         "dfs": "DFS, step critic",
     }
     rows = []
@@ -437,7 +463,7 @@ def tables_of(summary: dict, comparisons: dict, figures: dict, s: Settings, grou
             ["method", "budget", *groups],
             rows,
             note=f"{figures['n_problems']} TEST problems of the {s.family or DEFAULT_FAMILY} family; samples at T={s.temperature}; "
-            "search shapes are expand x beam; DFS expands "
+            "search shapes are expand x beam (rollouts: x branch depths); DFS expands "
             f"{s.dfs_expand} and prunes below {s.dfs_threshold}.",
         )
     ]
@@ -458,7 +484,7 @@ def tables_of(summary: dict, comparisons: dict, figures: dict, s: Settings, grou
     ]
     tables.append(
         Table(
-            "Beam search with the step critic against greedy and best-of-N at the same sampled tokens",
+            "Beam search with the step critic (rollouts: KxBxD) against greedy and best-of-N at the same sampled tokens",
             [
                 "shape",
                 "problems",

@@ -18,6 +18,11 @@ script one), so they are the same for any model and testable on a known tree.
           `beam` best open ones; finished paths are candidates; it stops once `beam` paths have finished (a step
           cut by the token limit is no finish), the frontier is empty, or the token budget is spent. The answer is
           the best-valued candidate.
+          With `rollouts`, every new open state is finished greedily (one step at a time from its own cache) and
+          valued by its finished path: a state is as good as the answer it leads to, judged by the critic where
+          Math-Shepherd asks the checker. Each finished rollout is a candidate; the beam keeps the `beam` states
+          with the best rollouts and branches them again, `branch_depth` depths in all. A kept state's greedy
+          child is the first step of its rollout, so branching it samples `expand - 1` new siblings only.
     dfs   ToT's depth-first search: children in order of value, a child below `threshold` pruned, backtracking
           when every child of a state is pruned; the first finished path at or above the threshold is the answer
           (else the best finished path seen; if none finished, the path that takes the best-valued child at each
@@ -28,7 +33,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 STRATEGIES = ("beam", "dfs")
@@ -54,6 +59,8 @@ class SearchSettings:
     separator: str = "\n"
     final_prefix: str = "Answer:"
     seed: int | None = 0
+    rollouts: bool = False  # beam: each new open state finished greedily and valued by its finished path
+    branch_depth: int = 1  # rollouts: the depths at which kept states branch (their rollouts finish the rest)
 
     def __post_init__(self):
         if self.strategy not in STRATEGIES:
@@ -64,7 +71,9 @@ class SearchSettings:
             raise ValueError(
                 f"search aggregate must be one of {', '.join(AGGREGATES)}; got {self.aggregate!r}"
             )
-        for name in ("expand", "beam", "max_depth", "max_step_tokens"):
+        if self.rollouts and self.strategy != "beam":
+            raise ValueError(f"search rollouts need strategy='beam', got {self.strategy!r}")
+        for name in ("expand", "beam", "max_depth", "max_step_tokens", "branch_depth"):
             if getattr(self, name) < 1:
                 raise ValueError(f"search {name} must be at least 1, got {getattr(self, name)}")
         if self.token_budget is not None and self.token_budget < 1:
@@ -114,6 +123,7 @@ class Node:
     token_ids: list[int] = field(default_factory=list, repr=False)
     kept: bool = False  # beam: kept at its depth; dfs: visited
     pruned: bool = False  # dfs: below the threshold
+    outlook: float | None = None  # rollouts: the value of the path its greedy rollout finished
     state: Any = field(default=None, repr=False)
 
     def path(self) -> list[Node]:
@@ -220,7 +230,7 @@ class _Search:
                 child.value = node_value(child, self.settings)
                 self.sampled += e.tokens
                 children.append(child)
-            parent.children = children
+            parent.children = parent.children + children  # after a rollout's first step, if it has one
             out.append(children)
         return out
 
@@ -235,21 +245,24 @@ class _Search:
     def _finished(self) -> list[Node]:
         return [c for c in self.candidates if c.answered]
 
-    def beam(self) -> SearchResult:
-        frontier = [self.root]
-        while self.goes_on(frontier):
-            frontier = self.keep_best(self.expand(frontier))
-        return self.beam_result()
-
     def goes_on(self, frontier: Sequence[Node]) -> bool:
-        return bool(frontier) and len(self._finished()) < self.settings.beam and not self.spent()
+        if not frontier or self.spent():
+            return False
+        if self.settings.rollouts:
+            return frontier[0].depth < self.settings.branch_depth
+        return len(self._finished()) < self.settings.beam
+
+    def add_candidates(self, nodes: Sequence[Node]) -> None:
+        known = {id(c) for c in self.candidates}
+        self.candidates += [n for n in nodes if n.final and id(n) not in known]
 
     def keep_best(self, groups: Sequence[Sequence[Node]]) -> list[Node]:
-        """One depth of the beam: finished children become candidates, the best `beam` distinct open ones the
-        next frontier."""
+        """One depth of the beam: finished children become candidates, the best `beam` distinct open ones (by
+        their rollouts' values, with rollouts) the next frontier."""
         children = [c for group in groups for c in group]
-        self.candidates += [c for c in children if c.final]
-        open_children = sorted((c for c in children if not c.final), key=lambda n: -n.value)
+        self.add_candidates(children)
+        rank = (lambda n: -n.outlook) if self.settings.rollouts else (lambda n: -n.value)
+        open_children = sorted((c for c in children if not c.final), key=rank)
         frontier, seen = [], set()
         for node in open_children:  # distinct states: a step sampled twice is one state
             path = tuple(node.steps)
@@ -322,7 +335,7 @@ def search(expander: StepExpander, prompt: str, settings: SearchSettings | None 
     """Search the steps that answer `prompt` (see the module's docstring)."""
     settings = settings or SearchSettings()
     run = _Search(expander, prompt, settings)
-    return run.beam() if settings.strategy == "beam" else run.dfs()
+    return _beams(expander, [run], settings)[0] if settings.strategy == "beam" else run.dfs()
 
 
 def search_many(
@@ -341,14 +354,66 @@ def search_many(
     results: list[SearchResult] = []
     for start in range(0, len(prompts), batch):
         runs = [_Search(expander, prompt, settings) for prompt in prompts[start : start + batch]]
-        frontiers: list[list[Node]] = [[run.root] for run in runs]
-        while going := [i for i, run in enumerate(runs) if run.goes_on(frontiers[i])]:
-            parents = [node for i in going for node in frontiers[i]]
-            per_parent = expander.expand([p.state for p in parents], settings.expand, settings)
-            at = 0
-            for i in going:
-                count = len(frontiers[i])
-                groups = runs[i].grow(frontiers[i], per_parent[at : at + count])
-                frontiers[i], at = runs[i].keep_best(groups), at + count
-        results += [run.beam_result() for run in runs]
+        results += _beams(expander, runs, settings)
     return results
+
+
+def _beams(expander: StepExpander, runs: Sequence[_Search], settings: SearchSettings) -> list[SearchResult]:
+    """Beam searches in lockstep: each depth expands the frontiers of every run still going in one call (and, with
+    rollouts, finishes all their new states together, one step a call)."""
+    frontiers: list[list[Node]] = [[run.root] for run in runs]
+    while going := [i for i, run in enumerate(runs) if run.goes_on(frontiers[i])]:
+        parents = [(runs[i], node) for i in going for node in frontiers[i]]
+        fresh = [(run, p) for run, p in parents if not p.children]
+        rolled = [(run, p) for run, p in parents if p.children]  # rollouts: the first child is the greedy step
+        _grow(expander, fresh, settings.expand, settings)
+        if settings.expand > 1:
+            _grow(expander, rolled, settings.expand - 1, replace(settings, greedy_first=False))
+        if settings.rollouts:
+            _roll_out(expander, [(run, c) for run, p in parents for c in p.children], settings)
+        for i in going:
+            frontiers[i] = runs[i].keep_best([p.children for p in frontiers[i]])
+    return [run.beam_result() for run in runs]
+
+
+def _grow(expander: StepExpander, parents: Sequence[tuple[_Search, Node]], k: int, settings: SearchSettings) -> None:
+    if not parents:
+        return
+    per_parent = expander.expand([p.state for _, p in parents], k, settings)
+    for (run, parent), expansions in zip(parents, per_parent, strict=True):
+        run.grow([parent], [expansions])
+
+
+def _roll_out(expander: StepExpander, nodes: Sequence[tuple[_Search, Node]], settings: SearchSettings) -> None:
+    """Finish each node without an `outlook` greedily, all together one step a call, until its path finishes, its
+    run's budget is spent or the expander has no step. Every node of a rollout gets as `outlook` the value of the
+    path it reached (greedy steps from any of them lead there), and a finished rollout is a candidate. A node whose
+    path another node already holds takes that node's outlook instead of a rollout of its own."""
+    greedy = replace(settings, greedy_first=True)
+    leaders: dict[tuple[int, tuple[str, ...]], Node] = {}  # a state sampled twice is rolled out once
+    fresh, copies = [], []
+    for run, node in nodes:
+        key = (id(run), tuple(node.steps))
+        if key in leaders:
+            copies.append((node, leaders[key]))
+            continue
+        leaders[key] = node
+        if node.outlook is None:
+            fresh.append((run, node))
+    going = list(fresh)
+    while going := [(run, tip) for run, tip in going if not tip.final and not run.spent()]:
+        per_tip = expander.expand([tip.state for _, tip in going], 1, greedy)
+        going = [
+            (run, child)
+            for (run, tip), expansions in zip(going, per_tip, strict=True)
+            for child in run.grow([tip], [expansions[:1]])[0]
+        ]
+    for run, node in fresh:
+        chain = [node]
+        while chain[-1].children:
+            chain.append(chain[-1].children[0])
+        for step in chain:
+            step.outlook = chain[-1].value
+        run.add_candidates(chain[-1:])
+    for copy, leader in copies:
+        copy.outlook = leader.outlook

@@ -51,6 +51,8 @@ class CriticTreeSearch(RunnableSerializable[Any, Any]):
     separator: str = "\n"
     final_prefix: str = "Answer:"
     seed: int | None = 0
+    rollouts: bool = False
+    branch_depth: int = 1
 
     _expander: Any = PrivateAttr(default=None)
 
