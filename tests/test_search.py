@@ -438,6 +438,8 @@ def test_the_runnable_searches_after_a_prompt_template():
     ).invoke("q")
     assert full.steps == ["a1", "Answer: 1"] and full.sampled_tokens == 3 * 4
     assert CriticTreeSearch(expander=expander, expand=3).batch(["q", "q"]) == ["a2\nb1\nAnswer: 2"] * 2
+    rollouts = CriticTreeSearch(expander=ScriptedTree(ROLLOUT_TREE), rollouts=True, expand=2, beam=1)
+    assert rollouts.invoke("q") == "a2\nc1\nAnswer: 3"
     trees = PromptTrees(TREES)
     runnable = CriticTreeSearch(expander=trees, expand=3, beam=2)
     assert runnable.batch(["deep", "shallow"]) == [runnable.invoke("deep"), runnable.invoke("shallow")]
