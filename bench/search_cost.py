@@ -1,6 +1,10 @@
 """Critic-guided beam search vs plain sampling: what the search costs per sampled token.
 
     python bench/search_cost.py --ckpt EXPORT [--problems 32] [--shape 4x2] [--repeats 3] [--threads 1] [--batch 8]
+        [--family chain|countdown]
+
+`--shape KxBxD` times the beam valued by greedy rollouts (expand x beam x branch depths): its rollouts are steps
+the same stepper samples (one greedy step per call for every open rollout), so they count as its own sampling.
 
 Search side: `search` with the step critic (`CriticStepper`): each expansion samples `expand` next steps per kept
 state in one batch, scores every step from the state its last token produced (no second pass), and each child
@@ -8,7 +12,7 @@ keeps its KV cache, so a shared prefix is never run again. It runs one prompt at
 lockstep (`search_many`, as `evaluate.py suites=[search]` runs them): the same trees, fuller batches.
 Sampling side: what a user without autocritic runs, `backbone.generate(num_return_sequences=expand x beam)` with
 transformers' stop string "\\n\\n" (the end of an answer), no critic.
-Both sample at the same temperature from the same held-out prompts (the chain family). Each side's cost is its wall
+Both sample at the same temperature from the same held-out prompts (`--family`, the chain family by default). Each side's cost is its wall
 time over the tokens it sampled (a row that finished early is not counted, on either side); the ratio of the two
 is the search's overhead per sampled token (target ≤ 1.1x). Medians over `repeats` runs.
 """
@@ -31,10 +35,8 @@ from autocritic.offline.tasks import make_splits, prompt_of
 STOP = "\n\n"
 
 
-def chain_prompts(problems: int, seed: int = 0) -> list[str]:
-    return [
-        prompt_of(p) for p in make_splits(seed, train=0, val=0, test=problems, families=["chain"])["test"]
-    ]
+def test_prompts(problems: int, family: str = "chain", seed: int = 0) -> list[str]:
+    return [prompt_of(p) for p in make_splits(seed, train=0, val=0, test=problems, families=[family])["test"]]
 
 
 def run_search(
@@ -105,18 +107,21 @@ def main() -> None:
     )
     parser.add_argument("--ckpt", required=True, help="an export of a step critic (experiment=steps)")
     parser.add_argument("--problems", type=int, default=32)
-    parser.add_argument("--shape", default="4x2", help="expand x beam")
+    parser.add_argument("--shape", default="4x2", help="expand x beam, or expand x beam x branch depths: rollouts")
+    parser.add_argument("--family", default="chain", help="the step family of the export's world: chain | countdown")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--batch", type=int, default=8, help="prompts searched in lockstep in the second mode")
     args = parser.parse_args()
     quiet_libraries()
     torch.set_num_threads(args.threads)
-    expand, beam = (int(x) for x in args.shape.split("x"))
-    settings = SearchSettings(expand=expand, beam=beam, max_step_tokens=24)
+    expand, beam, *depth = (int(x) for x in args.shape.split("x"))
+    settings = SearchSettings(
+        expand=expand, beam=beam, max_step_tokens=24, rollouts=bool(depth), branch_depth=depth[0] if depth else 1
+    )
     generator = CriticGenerator.from_export(args.ckpt)
     stepper = CriticStepper(generator)
-    prompts = chain_prompts(args.problems)
+    prompts = test_prompts(args.problems, args.family)
     modes = {"one at a time": 1, f"{args.batch} in lockstep": args.batch}
     for batch in modes.values():
         run_search(stepper, prompts[:2], settings, batch)  # warm-up
@@ -138,7 +143,7 @@ def main() -> None:
     sample_ms = per_token(sampled)
     head = generator.model.head.settings
     print(
-        f"{len(prompts)} chain problems, shape {args.shape}, {args.threads} thread(s), {args.repeats} repeats, "
+        f"{len(prompts)} {args.family} problems, shape {args.shape}, {args.threads} thread(s), {args.repeats} repeats, "
         f"head {head.kind} x{head.members} (window {head.window})"
     )
     for mode in modes:
