@@ -120,26 +120,25 @@ class Settings:
 
 def parse_shape(shape: str) -> tuple[int, int]:
     """ "4x2" -> expand 4, beam 2."""
-    try:
-        expand, beam = (int(part) for part in str(shape).lower().split("x"))
-    except ValueError:
-        raise ValueError(f"search shape {shape!r} is not <expand>x<beam>, e.g. 4x2") from None
-    if expand < 1 or beam < 1:
-        raise ValueError(f"search shape {shape!r}: expand and beam must be at least 1")
-    return expand, beam
+    return _shape_parts(shape, ("expand", "beam"), "search", "4x2")
 
 
 def parse_rollout_shape(shape: str) -> tuple[int, int, int]:
     """ "8x2x2" -> expand 8, beam 2, branch depth 2."""
+    return _shape_parts(shape, ("expand", "beam", "branch depths"), "rollout", "8x1x1")
+
+
+def _shape_parts(shape: str, names: tuple[str, ...], kind: str, example: str) -> tuple[int, ...]:
     try:
-        expand, beam, depth = (int(part) for part in str(shape).lower().split("x"))
+        parts = tuple(int(part) for part in str(shape).lower().split("x"))
     except ValueError:
-        raise ValueError(
-            f"rollout shape {shape!r} is not <expand>x<beam>x<branch depths>, e.g. 8x1x1"
-        ) from None
-    if min(expand, beam, depth) < 1:
-        raise ValueError(f"rollout shape {shape!r}: expand, beam and branch depths must be at least 1")
-    return expand, beam, depth
+        parts = ()
+    if len(parts) != len(names):
+        form = "x".join(f"<{name}>" for name in names)
+        raise ValueError(f"{kind} shape {shape!r} is not {form}, e.g. {example}")
+    if min(parts) < 1:
+        raise ValueError(f"{kind} shape {shape!r}: {', '.join(names[:-1])} and {names[-1]} must be at least 1")
+    return parts
 
 
 def solved(problem: Problem, text: str) -> bool:
