@@ -1,10 +1,11 @@
 """Critic-guided beam search vs plain sampling: what the search costs per sampled token.
 
     python bench/search_cost.py --ckpt EXPORT [--problems 32] [--shape 4x2] [--repeats 3] [--threads 1] [--batch 8]
-        [--family chain|countdown]
+        [--family chain|countdown] [--resample 1 --widen 1 --threshold 0.5]
 
 `--shape KxBxD` times the beam valued by greedy rollouts (expand x beam x branch depths): its rollouts are steps
-the same stepper samples (one greedy step per call for every open rollout), so they count as its own sampling.
+the same stepper samples (one greedy step per call for every open rollout), so they count as its own sampling;
+`--resample` and `--widen` time the rollout search that samples repeated steps again and widens doubted searches.
 
 Search side: `search` with the step critic (`CriticStepper`): each expansion samples `expand` next steps per kept
 state in one batch, scores every step from the state its last token produced (no second pass), and each child
@@ -109,6 +110,9 @@ def main() -> None:
     parser.add_argument("--problems", type=int, default=32)
     parser.add_argument("--shape", default="4x2", help="expand x beam, or expand x beam x branch depths: rollouts")
     parser.add_argument("--family", default="chain", help="the step family of the export's world: chain | countdown")
+    parser.add_argument("--resample", type=int, default=0, help="rounds that sample repeated steps again")
+    parser.add_argument("--widen", type=int, default=0, help="rollouts: widening rounds of doubted searches")
+    parser.add_argument("--threshold", type=float, default=0.5, help="widen: answers valued below are doubted")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--batch", type=int, default=8, help="prompts searched in lockstep in the second mode")
@@ -117,7 +121,14 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     expand, beam, *depth = (int(x) for x in args.shape.split("x"))
     settings = SearchSettings(
-        expand=expand, beam=beam, max_step_tokens=24, rollouts=bool(depth), branch_depth=depth[0] if depth else 1
+        expand=expand,
+        beam=beam,
+        max_step_tokens=24,
+        rollouts=bool(depth),
+        branch_depth=depth[0] if depth else 1,
+        resample=args.resample,
+        widen=args.widen,
+        threshold=args.threshold,
     )
     generator = CriticGenerator.from_export(args.ckpt)
     stepper = CriticStepper(generator)
@@ -143,7 +154,8 @@ def main() -> None:
     sample_ms = per_token(sampled)
     head = generator.model.head.settings
     print(
-        f"{len(prompts)} {args.family} problems, shape {args.shape}, {args.threads} thread(s), {args.repeats} repeats, "
+        f"{len(prompts)} {args.family} problems, shape {args.shape} (resample {args.resample}, widen {args.widen}), "
+        f"{args.threads} thread(s), {args.repeats} repeats, "
         f"head {head.kind} x{head.members} (window {head.window})"
     )
     for mode in modes:

@@ -37,21 +37,35 @@ class ScriptedTree:
         out = []
         for path in states:
             self.expanded.append(path)
-            children = []
-            for step, p, lp in self.tree.get(path, [])[(0 if settings.greedy_first else 1) :][:k]:
-                final = step.startswith(settings.final_prefix)
-                children.append(
-                    Expansion(
-                        step,
-                        logit(p),
-                        lp,
-                        self.tokens_per_step,
-                        final,
-                        "answer" if final else "step",
-                        path + (step,),
-                    )
-                )
-            out.append(children)
+            steps = self.tree.get(path, [])[(0 if settings.greedy_first else 1) :][:k]
+            out.append([self.expansion(path, *step, settings) for step in steps])
+        return out
+
+    def expansion(self, path, step, p, lp, settings):
+        final = step.startswith(settings.final_prefix)
+        return Expansion(
+            step, logit(p), lp, self.tokens_per_step, final, "answer" if final else "step", path + (step,)
+        )
+
+
+class DrawnTree(ScriptedTree):
+    """As ScriptedTree, but sampling draws: each call takes a state's next unsampled steps (after its greedy
+    first one), so sampling a state again gives new steps, in the order listed."""
+
+    def __init__(self, tree, tokens_per_step: int = 3):
+        super().__init__(tree, tokens_per_step)
+        self.drawn: dict[tuple[str, ...], int] = {}
+
+    def expand(self, states, k, settings):
+        out = []
+        for path in states:
+            self.expanded.append(path)
+            listed = self.tree.get(path, [])
+            greedy = listed[:1] if settings.greedy_first else []
+            start = 1 + self.drawn.get(path, 0)
+            sampled = listed[start : start + k - len(greedy)]
+            self.drawn[path] = self.drawn.get(path, 0) + len(sampled)
+            out.append([self.expansion(path, *step, settings) for step in greedy + sampled])
         return out
 
 
@@ -216,6 +230,62 @@ def test_a_state_sampled_twice_is_rolled_out_once():
     assert result.sampled_tokens == 3 * 7
 
 
+# The greedy first step a1 is sampled again before a2; a3 is the answer the critic trusts.
+DRAWN_TREE = {
+    (): [("a1", 0.3, -0.1), ("a1", 0.3, -0.1), ("a2", 0.45, -0.5), ("a2", 0.45, -0.5), ("a3", 0.9, -2.0)],
+    ("a1",): [("Answer: 1", 0.3, -0.1)],
+    ("a2",): [("Answer: 2", 0.45, -0.1)],
+    ("a3",): [("Answer: 3", 0.9, -0.1)],
+}
+
+
+def test_resampling_gives_a_state_distinct_steps_and_counts_the_repeats():
+    plain = search(DrawnTree(DRAWN_TREE), "q", SearchSettings(expand=2, beam=1, rollouts=True))
+    assert [c.step for c in plain.root.children] == ["a1", "a1"] and plain.steps == ["a1", "Answer: 1"]
+    expander = DrawnTree(DRAWN_TREE)
+    result = search(expander, "q", SearchSettings(expand=2, beam=1, rollouts=True, resample=1))
+    assert [c.step for c in result.root.children] == ["a1", "a1", "a2"]
+    assert result.steps == ["a2", "Answer: 2"]
+    assert result.sampled_tokens == 3 * (3 + 2)  # three first steps (one a repeat), two rollouts of one step
+    assert expander.expanded == [(), (), ("a1",), ("a2",)]
+
+
+def test_resampling_widens_the_beam_without_rollouts():
+    settings = SearchSettings(expand=2, beam=2)
+    plain = search(DrawnTree(DRAWN_TREE), "q", settings)
+    assert sorted(c.steps[-1] for c in plain.candidates) == ["Answer: 1"]
+    result = search(DrawnTree(DRAWN_TREE), "q", dataclasses.replace(settings, resample=1))
+    assert sorted(c.steps[-1] for c in result.candidates) == ["Answer: 1", "Answer: 2"]
+    assert result.steps == ["a2", "Answer: 2"]
+
+
+def test_widening_samples_more_first_steps_only_while_the_critic_doubts_the_answers():
+    settings = SearchSettings(expand=2, beam=1, rollouts=True, resample=1, widen=1, threshold=0.5)
+    expander = DrawnTree(DRAWN_TREE)
+    result = search(expander, "q", settings)
+    # round one: a1, a1 again, a2 (best answer 0.45 < 0.5); widening: a2 again, a3, both new to this call
+    assert [c.step for c in result.root.children] == ["a1", "a1", "a2", "a2", "a3"]
+    assert result.steps == ["a3", "Answer: 3"] and result.best.value == pytest.approx(0.9)
+    assert result.sampled_tokens == 3 * (5 + 3)  # the repeated a2 is not rolled out again
+    trusted = search(DrawnTree(DRAWN_TREE), "q", dataclasses.replace(settings, threshold=0.4))
+    assert [c.step for c in trusted.root.children] == ["a1", "a1", "a2"]  # 0.45 is trusted: no widening
+    more = search(DrawnTree(DRAWN_TREE), "q", dataclasses.replace(settings, widen=3))
+    assert more.sampled_tokens == result.sampled_tokens  # a3 is trusted: the other rounds never start
+
+
+def test_the_runnable_widens_a_doubted_rollout_search():
+    from autocritic.inference.search_chain import CriticTreeSearch
+
+    runnable = CriticTreeSearch(expander=DrawnTree(DRAWN_TREE), rollouts=True, expand=2, beam=1, resample=1, widen=1)
+    assert runnable.invoke("q") == "a3\nAnswer: 3"
+
+
+def test_widening_stops_at_the_token_budget():
+    settings = SearchSettings(expand=2, beam=1, rollouts=True, resample=1, widen=1, token_budget=15)
+    result = search(DrawnTree(DRAWN_TREE), "q", settings)
+    assert result.sampled_tokens == 15 and [c.step for c in result.root.children] == ["a1", "a1", "a2"]
+
+
 def test_rollouts_stop_at_the_token_budget():
     settings = SearchSettings(expand=2, beam=1, rollouts=True, token_budget=12)
     cut = search(ScriptedTree(ROLLOUT_TREE), "q", settings)
@@ -312,6 +382,9 @@ def test_dfs_and_a_bad_batch_in_search_many():
         {"separator": ""},
         {"branch_depth": 0},
         {"rollouts": True, "strategy": "dfs"},
+        {"resample": -1},
+        {"widen": -1},
+        {"widen": 1},
     ],
 )
 def test_bad_settings_are_refused(bad):
@@ -455,6 +528,8 @@ def test_the_runnable_refuses_bad_settings_and_inputs_clearly():
 
     with pytest.raises(ConfigError, match="strategy"):
         CriticTreeSearch(expander=ScriptedTree(TREE), strategy="astar")
+    with pytest.raises(ConfigError, match="widen needs rollouts=True"):
+        CriticTreeSearch(expander=ScriptedTree(TREE), widen=1)
     with pytest.raises(ConfigError, match="model="):
         CriticTreeSearch()
     with pytest.raises(ConfigError, match="PromptTemplate"):
@@ -590,6 +665,8 @@ def test_bad_search_suite_settings_are_refused_before_loading():
         Settings(rollout_shapes=("8x0x1",))
     with pytest.raises(ValueError, match="'arithmetic' is not a step family.*countdown"):
         Settings(family="arithmetic")
+    with pytest.raises(ValueError, match="rollout_threshold=1.5 must be a probability"):
+        Settings(rollout_threshold=1.5)
 
 
 def test_greedy_first_makes_one_candidate_per_state_the_greedy_step(tiny_backbone):

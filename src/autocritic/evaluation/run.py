@@ -52,7 +52,7 @@ SUITES: dict[str, ModuleType] = {
     "search": search,
 }
 SEARCHED_PHASES = ("finetune", "transfer")  # the first phase with an export wins, its newest run
-ZERO_ALLOWED = {"shots", "trees"}  # may be 0; every other whole-number setting of a suite is a count, at least 1
+ZERO_ALLOWED = {"shots", "trees", "rollout_resample", "rollout_widen"}  # may be 0; every other whole-number setting of a suite is a count, at least 1
 
 
 def looks_like_hub_id(name: str) -> bool:

@@ -88,6 +88,9 @@ class Settings:
     shapes: tuple[str, ...] = ("2x1", "4x1", "4x2", "8x2")  # beam searches: expand x beam
     # beam searches whose states are valued by their greedy rollouts: expand x beam x branch depths
     rollout_shapes: tuple[str, ...] = ()
+    rollout_resample: int = 1  # rollouts: rounds that sample a state's repeated steps again
+    rollout_widen: int = 1  # rollouts: rounds of `expand` more first steps while the best answer is doubted
+    rollout_threshold: float = 0.5  # rollouts: an answer valued below is doubted
     dfs_expand: int = 4
     dfs_threshold: float = 0.5
     max_depth: int = 8
@@ -112,8 +115,9 @@ class Settings:
             )
         if self.temperature <= 0:
             raise ValueError(f"temperature={self.temperature} must be above 0 (the methods sample)")
-        if not 0 <= self.dfs_threshold <= 1:
-            raise ValueError(f"dfs_threshold={self.dfs_threshold} must be a probability in [0, 1]")
+        for name in ("dfs_threshold", "rollout_threshold"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name}={getattr(self, name)} must be a probability in [0, 1]")
         if self.family is not None and self.family not in STEP_FAMILIES:
             raise ValueError(f"family={self.family!r} is not a step family: use one of {list(STEP_FAMILIES)}")
 
@@ -325,7 +329,16 @@ def search_curves(
             settings = replace(base, strategy="dfs", expand=s.dfs_expand, threshold=s.dfs_threshold)
         elif value == "rollout":
             expand, beam, depth = parse_rollout_shape(shape)
-            settings = replace(base, expand=expand, beam=beam, rollouts=True, branch_depth=depth)
+            settings = replace(
+                base,
+                expand=expand,
+                beam=beam,
+                rollouts=True,
+                branch_depth=depth,
+                resample=s.rollout_resample,
+                widen=s.rollout_widen,
+                threshold=s.rollout_threshold,
+            )
         else:
             expand, beam = parse_shape(shape)
             settings = replace(base, value=value, expand=expand, beam=beam)
@@ -462,8 +475,9 @@ def tables_of(summary: dict, comparisons: dict, figures: dict, s: Settings, grou
             ["method", "budget", *groups],
             rows,
             note=f"{figures['n_problems']} TEST problems of the {s.family or DEFAULT_FAMILY} family; samples at T={s.temperature}; "
-            "search shapes are expand x beam (rollouts: x branch depths); DFS expands "
-            f"{s.dfs_expand} and prunes below {s.dfs_threshold}.",
+            "search shapes are expand x beam (rollouts: x branch depths; repeated steps sampled again "
+            f"{s.rollout_resample} time(s), {s.rollout_widen} widening round(s) below {s.rollout_threshold}); "
+            f"DFS expands {s.dfs_expand} and prunes below {s.dfs_threshold}.",
         )
     ]
     compare_rows = [

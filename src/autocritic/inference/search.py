@@ -23,6 +23,10 @@ script one), so they are the same for any model and testable on a known tree.
           Math-Shepherd asks the checker. Each finished rollout is a candidate; the beam keeps the `beam` states
           with the best rollouts and branches them again, `branch_depth` depths in all. A kept state's greedy
           child is the first step of its rollout, so branching it samples `expand - 1` new siblings only.
+          With `resample`, a state whose sampled steps repeat samples again (up to `resample` rounds) until it has
+          `expand` distinct ones. With `widen`, a rollout search none of whose finished paths reaches `threshold`
+          samples `expand` more first steps and finishes them too (up to `widen` rounds): compute goes to the
+          questions the critic doubts.
     dfs   ToT's depth-first search: children in order of value, a child below `threshold` pruned, backtracking
           when every child of a state is pruned; the first finished path at or above the threshold is the answer
           (else the best finished path seen; if none finished, the path that takes the best-valued child at each
@@ -55,12 +59,14 @@ class SearchSettings:
     greedy_first: bool = (
         True  # the first of each state's `expand` steps is the greedy one, the others sampled
     )
-    threshold: float = 0.5  # dfs: children valued below are pruned
+    threshold: float = 0.5  # dfs: children below are pruned; widen: answers below are doubted
     separator: str = "\n"
     final_prefix: str = "Answer:"
     seed: int | None = 0
     rollouts: bool = False  # beam: each new open state finished greedily and valued by its finished path
     branch_depth: int = 1  # rollouts: the depths at which kept states branch (their rollouts finish the rest)
+    resample: int = 0  # beam: rounds that sample a state's repeated steps again, for `expand` distinct ones
+    widen: int = 0  # rollouts: rounds of `expand` more first steps while no finished path reaches `threshold`
 
     def __post_init__(self):
         if self.strategy not in STRATEGIES:
@@ -73,6 +79,11 @@ class SearchSettings:
             )
         if self.rollouts and self.strategy != "beam":
             raise ValueError(f"search rollouts need strategy='beam', got {self.strategy!r}")
+        for name in ("resample", "widen"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"search {name} must be at least 0, got {getattr(self, name)}")
+        if self.widen and not self.rollouts:
+            raise ValueError("search widen needs rollouts=True (it widens the rollout search's first steps)")
         for name in ("expand", "beam", "max_depth", "max_step_tokens", "branch_depth"):
             if getattr(self, name) < 1:
                 raise ValueError(f"search {name} must be at least 1, got {getattr(self, name)}")
@@ -252,6 +263,11 @@ class _Search:
             return frontier[0].depth < self.settings.branch_depth
         return len(self._finished()) < self.settings.beam
 
+    def doubtful(self) -> bool:
+        """Budget left and no finished path valued at `threshold` or above."""
+        best = max((c.value for c in self._finished()), default=0.0)
+        return not self.spent() and best < self.settings.threshold
+
     def add_candidates(self, nodes: Sequence[Node]) -> None:
         known = {id(c) for c in self.candidates}
         self.candidates += [n for n in nodes if n.final and id(n) not in known]
@@ -369,10 +385,13 @@ def _beams(expander: StepExpander, runs: Sequence[_Search], settings: SearchSett
         _grow(expander, fresh, settings.expand, settings)
         if settings.expand > 1:
             _grow(expander, rolled, settings.expand - 1, replace(settings, greedy_first=False))
+        _resample(expander, parents, settings)
         if settings.rollouts:
             _roll_out(expander, [(run, c) for run, p in parents for c in p.children], settings)
         for i in going:
             frontiers[i] = runs[i].keep_best([p.children for p in frontiers[i]])
+    for _ in range(settings.widen):
+        _widen(expander, [run for run in runs if run.doubtful()], settings)
     return [run.beam_result() for run in runs]
 
 
@@ -382,6 +401,42 @@ def _grow(expander: StepExpander, parents: Sequence[tuple[_Search, Node]], k: in
     per_parent = expander.expand([p.state for _, p in parents], k, settings)
     for (run, parent), expansions in zip(parents, per_parent, strict=True):
         run.grow([parent], [expansions])
+
+
+def _resample(
+    expander: StepExpander,
+    parents: Sequence[tuple[_Search, Node]],
+    settings: SearchSettings,
+    wanted: dict[int, int] | None = None,
+) -> None:
+    """Up to `settings.resample` rounds in which each parent with fewer distinct children than it wants (`expand`,
+    or `wanted[id(parent)]`) samples as many new ones as it lacks, parents lacking the same number in one call. The
+    repeats stay in the tree: their tokens were sampled."""
+    sampling = replace(settings, greedy_first=False)
+    wanted = wanted or {}
+    for _ in range(settings.resample):
+        lacking: dict[int, list[tuple[_Search, Node]]] = {}
+        for run, parent in parents:
+            missing = wanted.get(id(parent), settings.expand) - len({c.step for c in parent.children})
+            if missing > 0 and not run.spent():
+                lacking.setdefault(missing, []).append((run, parent))
+        if not lacking:
+            return
+        for missing, group in lacking.items():
+            _grow(expander, group, missing, sampling)
+
+
+def _widen(expander: StepExpander, runs: Sequence[_Search], settings: SearchSettings) -> None:
+    """`expand` more sampled first steps for each run (distinct from its others, with `resample`), finished
+    greedily like the first ones: a search whose answers the critic doubts spends more, one that trusts its
+    answer stops."""
+    if not runs:
+        return
+    roots = [(run, run.root) for run in runs]
+    wanted = {id(root): settings.expand + len({c.step for c in root.children}) for _, root in roots}
+    _grow(expander, roots, settings.expand, replace(settings, greedy_first=False))
+    _resample(expander, roots, settings, wanted)
+    _roll_out(expander, [(run, child) for run, root in roots for child in root.children], settings)
 
 
 def _roll_out(expander: StepExpander, nodes: Sequence[tuple[_Search, Node]], settings: SearchSettings) -> None:

@@ -53,6 +53,8 @@ class CriticTreeSearch(RunnableSerializable[Any, Any]):
     seed: int | None = 0
     rollouts: bool = False
     branch_depth: int = 1
+    resample: int = 0
+    widen: int = 0
 
     _expander: Any = PrivateAttr(default=None)
 
