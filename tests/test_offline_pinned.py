@@ -102,8 +102,10 @@ def test_a_signal_to_the_caller_stops_the_child_and_keeps_the_previous_build(tmp
     out = tmp_path / "backbone"
     out.mkdir()
     (out / "model.safetensors").write_text("the previous build")
+    # Ctrl+C as a terminal delivers it: a test run started in the background inherits SIGINT ignored.
     caller = f"""
-        import dataclasses, sys
+        import dataclasses, signal, sys
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         sys.path.insert(0, {str(TESTS)!r})
         from helpers import tiny_pretrain_settings
         from autocritic.errors import Interrupted
