@@ -667,6 +667,8 @@ def test_bad_search_suite_settings_are_refused_before_loading():
         Settings(family="arithmetic")
     with pytest.raises(ValueError, match="rollout_threshold=1.5 must be a probability"):
         Settings(rollout_threshold=1.5)
+    with pytest.raises(ValueError, match="rollout_aggregate='mean': use one of"):
+        Settings(rollout_aggregate="mean")
 
 
 def test_greedy_first_makes_one_candidate_per_state_the_greedy_step(tiny_backbone):

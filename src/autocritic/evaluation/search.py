@@ -11,6 +11,9 @@
         likelihood best-of-N  the N samples' best by their mean token log-probability
         search (critic)     beam search over steps valued by the step critic, for each shape expand x beam
         search (likelihood) the same search valued by the model's own likelihood of the path (the control)
+        search (rollouts)   the beam valued by greedy rollouts, for each shape expand x beam x branch depths: distinct
+                            first steps (`rollout_resample`), more of them while the critic doubts every answer
+                            (`rollout_widen`, `rollout_threshold`), a finished path valued by `rollout_aggregate`
         dfs (critic)        ToT's depth-first search with pruning and backtracking
         pass@N              any of the N samples is right (the ceiling of reranking)
 
@@ -39,7 +42,7 @@ from autocritic.evaluation.rerank import mean_logprob
 from autocritic.formats import ANSWER_PREFIX, STEP_SEPARATOR
 from autocritic.inference.generation import CriticGenerator, GenerationSettings, Sample
 from autocritic.inference.rerank import majority_vote
-from autocritic.inference.search import SearchResult, SearchSettings, search_many
+from autocritic.inference.search import AGGREGATES, SearchResult, SearchSettings, search_many
 from autocritic.inference.stepper import CriticStepper
 from autocritic.labelling.steps import split_steps
 from autocritic.model.export import read_critic_config
@@ -91,6 +94,7 @@ class Settings:
     rollout_resample: int = 1  # rollouts: rounds that sample a state's repeated steps again
     rollout_widen: int = 1  # rollouts: rounds of `expand` more first steps while the best answer is doubted
     rollout_threshold: float = 0.5  # rollouts: an answer valued below is doubted
+    rollout_aggregate: str = "last"  # rollouts: a finished path's value from its steps' probabilities (min | product | last)
     dfs_expand: int = 4
     dfs_threshold: float = 0.5
     max_depth: int = 8
@@ -118,6 +122,8 @@ class Settings:
         for name in ("dfs_threshold", "rollout_threshold"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be a probability in [0, 1]")
+        if self.rollout_aggregate not in AGGREGATES:
+            raise ValueError(f"rollout_aggregate={self.rollout_aggregate!r}: use one of {list(AGGREGATES)}")
         if self.family is not None and self.family not in STEP_FAMILIES:
             raise ValueError(f"family={self.family!r} is not a step family: use one of {list(STEP_FAMILIES)}")
 
@@ -338,6 +344,7 @@ def search_curves(
                 resample=s.rollout_resample,
                 widen=s.rollout_widen,
                 threshold=s.rollout_threshold,
+                aggregate=s.rollout_aggregate,
             )
         else:
             expand, beam = parse_shape(shape)
@@ -476,7 +483,8 @@ def tables_of(summary: dict, comparisons: dict, figures: dict, s: Settings, grou
             rows,
             note=f"{figures['n_problems']} TEST problems of the {s.family or DEFAULT_FAMILY} family; samples at T={s.temperature}; "
             "search shapes are expand x beam (rollouts: x branch depths; repeated steps sampled again "
-            f"{s.rollout_resample} time(s), {s.rollout_widen} widening round(s) below {s.rollout_threshold}); "
+            f"{s.rollout_resample} time(s), {s.rollout_widen} widening round(s) below {s.rollout_threshold}, "
+            f"a path valued by the {s.rollout_aggregate} of its steps' values); "
             f"DFS expands {s.dfs_expand} and prunes below {s.dfs_threshold}.",
         )
     ]
