@@ -671,6 +671,35 @@ def test_bad_search_suite_settings_are_refused_before_loading():
         Settings(rollout_aggregate="mean")
 
 
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("search.rollout_widen=-1", "search.rollout_widen=-1: it must be an integer ≥ 0"),
+        ("search.rollout_resample=-1", "search.rollout_resample=-1: it must be an integer ≥ 0"),
+        ("search.rollout_aggregate=mean", "rollout_aggregate='mean': use one of"),
+    ],
+)
+def test_bad_rollout_settings_fail_before_loading(tmp_path, override, message):
+    from test_evaluation import compose_eval
+
+    from autocritic.errors import ConfigError
+    from autocritic.evaluation.run import evaluate
+
+    with pytest.raises(ConfigError, match=message):
+        evaluate(compose_eval([f"ckpt={tmp_path / 'not-loaded'}", "suites=[search]", override]))
+
+
+def test_rollouts_without_resampling_or_widening_are_allowed(tmp_path):
+    from test_evaluation import compose_eval
+
+    from autocritic.errors import CheckpointError
+    from autocritic.evaluation.run import evaluate
+
+    overrides = ["suites=[search]", "search.rollout_widen=0", "search.rollout_resample=0"]
+    with pytest.raises(CheckpointError):  # past the settings, at the missing export
+        evaluate(compose_eval([f"ckpt={tmp_path / 'not-loaded'}", *overrides]))
+
+
 def test_greedy_first_makes_one_candidate_per_state_the_greedy_step(tiny_backbone):
     generator = tiny_generator(tiny_backbone)
     settings = dataclasses.replace(SETTINGS, greedy_first=True, temperature=5.0)
