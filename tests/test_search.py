@@ -385,6 +385,7 @@ def test_dfs_and_a_bad_batch_in_search_many():
         {"resample": -1},
         {"widen": -1},
         {"widen": 1},
+        {"resample": 1, "strategy": "dfs"},
     ],
 )
 def test_bad_settings_are_refused(bad):

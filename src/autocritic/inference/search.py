@@ -82,6 +82,8 @@ class SearchSettings:
         for name in ("resample", "widen"):
             if getattr(self, name) < 0:
                 raise ValueError(f"search {name} must be at least 0, got {getattr(self, name)}")
+        if self.resample and self.strategy != "beam":
+            raise ValueError(f"search resample needs strategy='beam' (DFS tries each step once), got {self.strategy!r}")
         if self.widen and not self.rollouts:
             raise ValueError("search widen needs rollouts=True (it widens the rollout search's first steps)")
         for name in ("expand", "beam", "max_depth", "max_step_tokens", "branch_depth"):
