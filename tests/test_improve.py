@@ -8,10 +8,12 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import load_file
 
 from autocritic.errors import ConfigError
 from autocritic.improve import world as world_module
-from autocritic.improve.filters import Candidate, select
+from autocritic.improve.filters import Candidate, Kept, select
 from autocritic.improve.generator import GeneratorSettings
 from autocritic.improve.loop import ROUNDS, LoopSettings, NothingKept, read_rounds, run_rounds
 from autocritic.improve.world import OfflineWorld, ProblemSettings, SamplingSettings
@@ -136,8 +138,6 @@ class Unlabelled:
 
 
 def test_the_offline_world_samples_and_fine_tunes_without_the_true_answers(tiny_export, monkeypatch, tmp_path):
-    from safetensors.torch import load_file
-
     real = world_module.problem_sets
 
     def guarded(settings):
@@ -165,6 +165,61 @@ def test_the_offline_world_samples_and_fine_tunes_without_the_true_answers(tiny_
     assert any((before[k] != after[k]).any() for k in before)  # the generator learned from the kept answers
     with pytest.raises(AssertionError, match="true answer"):
         world.judge(0, " 1")
+
+
+@pytest.mark.parametrize(
+    ("targets", "wrapped"),
+    [
+        (("query_key_value",), {"query_key_value"}),
+        (None, {"query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"}),  # every linear layer but the output
+    ],
+)
+def test_a_lora_round_changes_only_the_wrapped_layers_and_saves_a_whole_model(tiny_export, tmp_path, targets, wrapped):
+    """mode=lora: the adapter is merged after training, so the round's generator is a plain causal LM whose
+    wrapped layers moved and whose other weights are the export's own."""
+    world = OfflineWorld(
+        ProblemSettings(improving=3, labelled=4, held_out=2),
+        SamplingSettings(max_new_tokens=3, batch_size=8),
+        GeneratorSettings(epochs=2, lr=5e-2, batch_size=2, mode="lora", lora_r=2, lora_targets=targets),
+        replay_files=[],
+        critic_overrides=[],
+    )
+    prompts = world.improving_prompts()
+    kept = [Kept(problem=i, text=" 12", value=1.0) for i in range(len(prompts))]
+    out = tmp_path / "round_1"
+    out.mkdir()
+    generator = world.fine_tune(tiny_export, kept, prompts, out, seed=0)
+    backbone = Path(json.loads((tiny_export / "critic_config.json").read_text())["backbone"]["absolute_path"])
+    before, after = load_file(str(backbone / "model.safetensors")), load_file(str(generator / "model.safetensors"))
+    assert set(after) == set(before)  # no adapter keys: the merged weights under the model's own names
+    moved = {k.split(".")[-2] for k in before if not torch.equal(before[k], after[k])}
+    assert moved == wrapped
+    facts = json.loads((out / "generator.json").read_text())
+    assert facts["mode"] == "lora" and facts["trained_parameters"] < sum(t.numel() for t in before.values()) / 10
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"mode": "qlora"}, r"mode='qlora' is not one of \['full', 'lora'\]"),
+        ({"lora_r": 0}, "lora_r=0 must be ≥ 1"),
+        ({"lora_dropout": 1.0}, "lora_dropout=1.0 must be below 1"),
+        ({"lora_targets": ()}, r"lora_targets=\[\] wraps nothing"),
+    ],
+)
+def test_bad_generator_settings_are_refused(settings, message):
+    with pytest.raises(ValueError, match=message):
+        GeneratorSettings(**settings)
+
+
+def test_lora_targets_the_model_lacks_are_a_config_error(tiny_backbone):
+    from transformers import AutoModelForCausalLM
+
+    from autocritic.improve.generator import with_lora
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_backbone)
+    with pytest.raises(ConfigError, match="improve.generator.lora_targets to linear layer names"):
+        with_lora(model, GeneratorSettings(mode="lora", lora_targets=("q_proj",)))
 
 
 def test_your_problems_run_a_round_from_questions_without_answers(tiny_export, tmp_path):
@@ -209,6 +264,7 @@ def test_your_problems_run_a_round_from_questions_without_answers(tiny_export, t
         (["improve.threshold=1.5"], r"improve: threshold=1.5 must lie in \[0, 1\]"),
         (["improve.sampling.eval_samples=0"], r"improve.sampling: eval_samples=0 must be ≥ 1"),
         (["improve.generator.lr=0"], r"improve.generator: lr=0 must be > 0"),
+        (["improve.generator.mode=qlora"], r"improve.generator: mode='qlora' is not one of"),
         (["improve.problems.shots=-1"], r"improve.problems.shots=-1 must be ≥ 0"),
         (["improve.yours.val_fraction=0.8"], r"improve.yours: held_out_fraction=0.3 and val_fraction=0.8"),
         (['improve.critic_refresh.overrides=["phase.lr=abc"]'], r"improve.critic_refresh.overrides: phase.lr='abc' is not valid"),

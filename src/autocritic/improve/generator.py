@@ -2,7 +2,9 @@
 
 The loss is the LM loss on the answer tokens only (the few-shot prompt is context), plus `replay_weight` x the LM
 loss on a batch of replay documents each step (data/replay.py): the skills the answers do not exercise (dialogue,
-summaries, ReAct) are not worn away. All weights train (a tiny model: a full copy per round costs little).
+summaries, ReAct) are not worn away. `mode="full"` trains every weight; `mode="lora"` trains a LoRA adapter (peft)
+and merges it into the weights at the end, so a round's generator is a whole causal LM either way and the rounds
+after it (sampling, the critic refresh, the export) read it as they read a fully trained one.
 """
 
 from __future__ import annotations
@@ -15,7 +17,11 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from autocritic.data.replay import collate_replay
+from autocritic.errors import ConfigError
+from autocritic.model.adapter import bitsandbytes_quiet
 from autocritic.settings import at_least, positive
+
+GENERATOR_MODES = ("full", "lora")
 
 
 @dataclass(frozen=True)
@@ -29,11 +35,44 @@ class GeneratorSettings:
     replay_documents: int = 2000  # of the replay file: enough for the steps of a round
     max_length: int = 384
     answer_end: str = "\n"  # appended to each answer: the stop string that ended it, so the model still stops
+    mode: str = "full"  # full | lora
+    lora_r: int = 8
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.05
+    lora_targets: tuple[str, ...] | None = None  # linear layers the adapter wraps; None: every one but the output
 
     def __post_init__(self) -> None:
-        positive(self, "lr")
-        at_least(self, 1, "epochs", "batch_size", "replay_batch_size", "max_length")
-        at_least(self, 0, "weight_decay", "replay_weight", "replay_documents")
+        positive(self, "lr", "lora_alpha")
+        at_least(self, 1, "epochs", "batch_size", "replay_batch_size", "max_length", "lora_r")
+        at_least(self, 0, "weight_decay", "replay_weight", "replay_documents", "lora_dropout")
+        if self.mode not in GENERATOR_MODES:
+            raise ValueError(f"mode={self.mode!r} is not one of {list(GENERATOR_MODES)}")
+        if self.lora_dropout >= 1:
+            raise ValueError(f"lora_dropout={self.lora_dropout} must be below 1 (a probability)")
+        if self.lora_targets is not None and not self.lora_targets:
+            raise ValueError("lora_targets=[] wraps nothing: name linear layers, or null for peft's choice")
+
+
+def with_lora(model: PreTrainedModel, settings: GeneratorSettings) -> PreTrainedModel:
+    """`model` under a fresh LoRA adapter (a peft model whose base weights are frozen)."""
+    with bitsandbytes_quiet():
+        from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(
+        r=settings.lora_r,
+        lora_alpha=settings.lora_alpha,
+        lora_dropout=settings.lora_dropout,
+        target_modules="all-linear" if settings.lora_targets is None else list(settings.lora_targets),
+        task_type="CAUSAL_LM",
+    )
+    try:
+        return get_peft_model(model, config)
+    except ValueError as error:
+        raise ConfigError(
+            f"improve.generator: LoRA could not be applied to the generator ({error}). Set "
+            "improve.generator.lora_targets to linear layer names of this model (Falcon: [query_key_value, dense]; "
+            "Llama: [q_proj, v_proj]), or improve.generator.mode=full."
+        ) from None
 
 
 def encode_answers(
@@ -63,8 +102,12 @@ def fine_tune_generator(
     replay: Sequence[tuple[list[int], list[int]]],
     settings: GeneratorSettings,
     seed: int,
-) -> dict:
-    """Train `model` in place; returns the first and last epochs' mean answer loss and the step count."""
+) -> tuple[PreTrainedModel, dict]:
+    """The trained generator (`model` itself trained in place, or with `mode="lora"` `model` with the adapter merged
+    into its weights), and the first and last epochs' mean answer loss, the step count and the trained parameters."""
+    if settings.mode == "lora":
+        model = with_lora(model, settings)
+    trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
     rng = random.Random(f"{seed}|improve-generator")
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     optimizer = torch.optim.AdamW(
@@ -90,4 +133,13 @@ def fine_tune_generator(
             steps += 1
         epoch_losses.append(sum(losses) / max(1, len(losses)))
     model.eval()
-    return {"answer_loss_first_epoch": round(epoch_losses[0], 4), "answer_loss_last_epoch": round(epoch_losses[-1], 4), "steps": steps}
+    if settings.mode == "lora":
+        model = model.merge_and_unload()
+    facts = {
+        "answer_loss_first_epoch": round(epoch_losses[0], 4),
+        "answer_loss_last_epoch": round(epoch_losses[-1], 4),
+        "steps": steps,
+        "mode": settings.mode,
+        "trained_parameters": trained,
+    }
+    return model, facts

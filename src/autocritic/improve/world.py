@@ -118,7 +118,7 @@ class ModelSteps:
             tokenizer, [template.render_prompt(prompts[k.problem]) for k in kept], [k.text for k in kept],
             self.generator.answer_end, self.generator.max_length,
         )
-        facts = fine_tune_generator(model, tokenizer, rows, self.replay(tokenizer), self.generator, seed)
+        model, facts = fine_tune_generator(model, tokenizer, rows, self.replay(tokenizer), self.generator, seed)
         target = out / "generator"
         model.save_pretrained(target)
         tokenizer.save_pretrained(target)
