@@ -50,7 +50,7 @@ class GeneratorSettings:
         if self.lora_dropout >= 1:
             raise ValueError(f"lora_dropout={self.lora_dropout} must be below 1 (a probability)")
         if self.lora_targets is not None and not self.lora_targets:
-            raise ValueError("lora_targets=[] wraps nothing: name linear layers, or null for peft's choice")
+            raise ValueError("lora_targets=[] wraps nothing: name linear layers, or null for every one but the output")
 
 
 def with_lora(model: PreTrainedModel, settings: GeneratorSettings) -> PreTrainedModel:
