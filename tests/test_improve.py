@@ -354,7 +354,10 @@ def test_a_stopped_run_says_what_is_kept_and_how_to_go_on(tmp_path):
     )
 
 
-@pytest.mark.parametrize(("raise_it", "code", "name"), [("sigterm", 143, "SIGTERM"), ("ctrl-c", 130, "SIGINT")])
+@pytest.mark.parametrize(
+    ("raise_it", "code", "name"),
+    [("sigterm", 143, "SIGTERM"), ("sigterm inside `except Exception`", 143, "SIGTERM"), ("ctrl-c", 130, "SIGINT")],
+)
 def test_stop_with_turns_a_signal_anywhere_inside_into_one_message(raise_it, code, name):
     import os
     import signal
@@ -368,6 +371,12 @@ def test_stop_with_turns_a_signal_anywhere_inside_into_one_message(raise_it, cod
         if raise_it == "sigterm":
             os.kill(os.getpid(), signal.SIGTERM)
             time.sleep(5)  # the handler raises before this ends
+        elif raise_it == "sigterm inside `except Exception`":  # as in inspect.getfullargspec, which Lightning calls
+            try:
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(5)
+            except Exception as error:
+                raise TypeError("unsupported callable") from error
         else:
             raise KeyboardInterrupt
     assert (str(stopped.value), stopped.value.exit_code) == (f"stopped by {name}, go on", code)

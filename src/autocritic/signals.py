@@ -59,8 +59,10 @@ def interrupted(callback: SaveOnSignal, resume_hint: str = "", start_again: str 
         raise Interrupted(f"stopped by {callback.received}: {what}.", code) from None
 
 
-class Terminated(Exception):
-    """SIGTERM, raised where the process was (by the handler `stop_with` installs)."""
+class Terminated(BaseException):
+    """SIGTERM, raised where the process was (by the handler `stop_with` installs). Not an `Exception`, as
+    KeyboardInterrupt is not: library code that catches `Exception` around the spot (inspect, Lightning) must not
+    turn it into another error."""
 
 
 @contextmanager
