@@ -148,7 +148,7 @@ def test_the_offline_world_samples_and_fine_tunes_without_the_true_answers(tiny_
     world = OfflineWorld(
         ProblemSettings(improving=3, labelled=4, held_out=2),
         SamplingSettings(max_new_tokens=3, batch_size=8),
-        GeneratorSettings(epochs=1, lr=1e-2, batch_size=2),
+        GeneratorSettings(epochs=1, lr=1e-2, batch_size=2, mode="full"),
         replay_files=[],
         critic_overrides=[],
     )
@@ -210,6 +210,12 @@ def test_a_lora_round_changes_only_the_wrapped_layers_and_saves_a_whole_model(ti
 def test_bad_generator_settings_are_refused(settings, message):
     with pytest.raises(ValueError, match=message):
         GeneratorSettings(**settings)
+
+
+def test_the_learning_rate_is_the_modes_own_unless_set():
+    assert GeneratorSettings().mode == "lora" and GeneratorSettings().lr == 1e-3
+    assert GeneratorSettings(mode="full").lr == 1e-4
+    assert GeneratorSettings(mode="full", lr=3e-5).lr == 3e-5
 
 
 def test_lora_targets_the_model_lacks_are_a_config_error(tiny_backbone):

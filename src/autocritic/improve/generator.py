@@ -2,9 +2,9 @@
 
 The loss is the LM loss on the answer tokens only (the few-shot prompt is context), plus `replay_weight` x the LM
 loss on a batch of replay documents each step (data/replay.py): the skills the answers do not exercise (dialogue,
-summaries, ReAct) are not worn away. `mode="full"` trains every weight; `mode="lora"` trains a LoRA adapter (peft)
-and merges it into the weights at the end, so a round's generator is a whole causal LM either way and the rounds
-after it (sampling, the critic refresh, the export) read it as they read a fully trained one.
+summaries, ReAct) are not worn away. `mode="lora"` (the default) trains a LoRA adapter (peft) and merges it into the
+weights at the end; `mode="full"` trains every weight. Either way a round's generator is a whole causal LM, and the
+rounds after it (sampling, the critic refresh, the export) read it the same way.
 """
 
 from __future__ import annotations
@@ -22,12 +22,13 @@ from autocritic.model.adapter import bitsandbytes_quiet
 from autocritic.settings import at_least, positive
 
 GENERATOR_MODES = ("full", "lora")
+MODE_LR = {"full": 1.0e-4, "lora": 1.0e-3}  # full: 5e-4 already makes the model worse (docs/experiments.md)
 
 
 @dataclass(frozen=True)
 class GeneratorSettings:
     epochs: int = 2
-    lr: float = 1.0e-4
+    lr: float | None = None  # None: the mode's own (MODE_LR)
     batch_size: int = 16
     weight_decay: float = 0.0
     replay_batch_size: int = 8
@@ -35,18 +36,20 @@ class GeneratorSettings:
     replay_documents: int = 2000  # of the replay file: enough for the steps of a round
     max_length: int = 384
     answer_end: str = "\n"  # appended to each answer: the stop string that ended it, so the model still stops
-    mode: str = "full"  # full | lora
+    mode: str = "lora"  # lora | full
     lora_r: int = 8
     lora_alpha: float = 16.0
     lora_dropout: float = 0.05
     lora_targets: tuple[str, ...] | None = None  # linear layers the adapter wraps; None: every one but the output
 
     def __post_init__(self) -> None:
+        if self.mode not in GENERATOR_MODES:
+            raise ValueError(f"mode={self.mode!r} is not one of {list(GENERATOR_MODES)}")
+        if self.lr is None:
+            object.__setattr__(self, "lr", MODE_LR[self.mode])
         positive(self, "lr", "lora_alpha")
         at_least(self, 1, "epochs", "batch_size", "replay_batch_size", "max_length", "lora_r")
         at_least(self, 0, "weight_decay", "replay_weight", "replay_documents", "lora_dropout")
-        if self.mode not in GENERATOR_MODES:
-            raise ValueError(f"mode={self.mode!r} is not one of {list(GENERATOR_MODES)}")
         if self.lora_dropout >= 1:
             raise ValueError(f"lora_dropout={self.lora_dropout} must be below 1 (a probability)")
         if self.lora_targets is not None and not self.lora_targets:
