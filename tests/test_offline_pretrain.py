@@ -9,6 +9,7 @@ import math
 
 import pytest
 import torch
+import transformers
 from helpers import tiny_pretrain_settings
 from transformers import AutoTokenizer, FalconForCausalLM
 
@@ -26,6 +27,7 @@ from autocritic.offline.pretrain import (
 )
 from autocritic.offline.replay import ReplaySettings
 from autocritic.offline.tokenizer import train_tokenizer
+from autocritic.versions import other_releases
 
 TINY = tiny_pretrain_settings()
 
@@ -177,6 +179,22 @@ def test_when_no_draw_reaches_the_bar_the_best_is_kept_and_the_user_told(tmp_pat
     assert "offline.pretrain.draws=5" in caplog.text
     alone = build_backbone(settings.draw(1), tmp_path / "alone", progress=False)
     assert (out / "model.safetensors").read_bytes() == (alone / "model.safetensors").read_bytes()
+
+
+def test_a_build_records_its_library_versions_and_warns_when_they_are_not_the_locks(tmp_path, monkeypatch, caplog):
+    settings = dataclasses.replace(TINY, max_steps=2)
+    caplog.set_level("WARNING", logger="autocritic")
+    monkeypatch.setattr(pretrain, "other_releases", lambda versions: [])  # as if this were the documented build
+    out = build_backbone(settings, tmp_path / "locked", progress=False)
+    versions = json.loads((out / BUILD_INFO).read_text())["versions"]
+    assert versions["transformers"] == transformers.__version__ and set(versions) == {"torch", "transformers", "tokenizers"}
+    assert "another tiny Falcon" not in caplog.text
+
+    monkeypatch.setattr(pretrain, "other_releases", lambda versions: other_releases(versions, {"transformers": "0.0.1"}))
+    build_backbone(settings, tmp_path / "other", progress=False)
+    [warning] = [r.getMessage() for r in caplog.records if "another tiny Falcon" in r.getMessage()]
+    assert f"transformers {transformers.__version__} (the documented build: 0.0.1) installed" in warning
+    assert "pip install -c constraints.txt" in warning
 
 
 def test_build_is_skipped_with_same_settings_and_redone_when_they_change(tmp_path):

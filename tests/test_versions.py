@@ -11,7 +11,14 @@ from pathlib import Path
 from packaging.requirements import Requirement
 from packaging.version import Version
 
-from autocritic.versions import check_versions, locked_versions, normalise, version_problems
+from autocritic.versions import (
+    DOCUMENTED_BUILD,
+    check_versions,
+    locked_versions,
+    normalise,
+    other_releases,
+    version_problems,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 REQUIREMENTS = ["transformers>=5.24,<5.26", "torch>=2.13,<2.14", "pytest>=9; extra == 'dev'"]
@@ -40,6 +47,17 @@ def test_the_warning_is_one_line_with_the_fix(monkeypatch, caplog):
     [record] = [r for r in caplog.records if "transformers 9.0" in r.getMessage()]
     message = record.getMessage()
     assert "\n" not in message and "pip install -c constraints.txt" in message
+
+
+def test_a_release_other_than_the_documented_builds_is_named_and_a_local_build_tag_is_not_a_difference():
+    installed = {"torch": "2.13.0+cpu", "transformers": "5.25.0", "tokenizers": "0.23.3", "unnamed": "1.0"}
+    documented = {"torch": "2.13.0", "transformers": "5.24.0", "tokenizers": "0.23.3"}
+    assert other_releases(installed, documented) == ["transformers 5.25.0 (the documented build: 5.24.0)"]
+
+
+def test_the_documented_build_is_the_locks():
+    lock = locked_versions(REPO / "constraints.txt")
+    assert {name: lock[name] for name in DOCUMENTED_BUILD} == DOCUMENTED_BUILD
 
 
 def test_this_environment_is_inside_the_tested_ranges():

@@ -19,6 +19,11 @@ log = logging.getLogger("autocritic")
 
 LOCK_NAME = "constraints.txt"
 INSTALL_HINT = 'pip install -c constraints.txt -e ".[dev]"'
+# The releases of the libraries that change what a training run computes, not only how fast (transformers 5.25's
+# Falcon attention rounds the backward pass otherwise than 5.24's and pretrains another tiny Falcon from the same
+# seed), as the documented offline backbone was built with them. constraints.txt pins the same (tested); they are
+# here too because a wheel install has no lock.
+DOCUMENTED_BUILD = {"torch": "2.13.0", "transformers": "5.24.0", "tokenizers": "0.23.3"}
 
 
 def locked_versions(lock: Path) -> dict[str, str]:
@@ -66,6 +71,28 @@ def installed_version(name: str) -> str | None:
         return metadata.version(name)
     except metadata.PackageNotFoundError:
         return None
+
+
+def numeric_versions() -> dict[str, str | None]:
+    """The installed releases of the libraries `DOCUMENTED_BUILD` names, as a build records them."""
+    return {name: installed_version(name) for name in DOCUMENTED_BUILD}
+
+
+def other_releases(installed: dict[str, str | None], documented: dict[str, str] = DOCUMENTED_BUILD) -> list[str]:
+    """'name X (the documented build: Y)' for each installed release other than the documented one; a local build
+    tag (+cpu) is not a difference."""
+    differences = []
+    for name, have in installed.items():
+        expected = documented.get(name)
+        if have is None or expected is None:
+            continue
+        try:
+            same = Version(have).public == Version(expected).public
+        except InvalidVersion:
+            same = have == expected
+        if not same:
+            differences.append(f"{name} {have} (the documented build: {expected})")
+    return differences
 
 
 def check_versions() -> list[str]:

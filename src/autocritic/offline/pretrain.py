@@ -36,6 +36,7 @@ from autocritic.progress import track
 from autocritic.settings import at_least, positive
 from autocritic.signals import SaveOnSignal, interrupted
 from autocritic.staging import staged
+from autocritic.versions import INSTALL_HINT, numeric_versions, other_releases
 
 log = logging.getLogger("autocritic")
 
@@ -420,6 +421,15 @@ def build_backbone(
     fingerprint = build_fingerprint(settings, numerics)
     if not force and is_built(out_dir, fingerprint):
         return out_dir
+    versions = numeric_versions()
+    differences = other_releases(versions)
+    if differences:
+        log.warning(
+            "offline backbone: %s installed: it pretrains another tiny Falcon than the documented one, with other "
+            "figures (docs/results.md). For that one: %s",
+            ", ".join(differences),
+            INSTALL_HINT,
+        )
     started = time.perf_counter()
     draws: list[dict] = []
     kept, kept_skill, kept_seed = None, -1.0, settings.seed
@@ -441,6 +451,7 @@ def build_backbone(
         "fingerprint": fingerprint,
         "settings": dataclasses.asdict(settings),
         "numerics": numerics or "this machine's own",
+        "versions": versions,
         "vocab_size": len(tokenizer),
         **stats,
         "total_seconds": round(time.perf_counter() - started, 1),
