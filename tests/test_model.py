@@ -11,7 +11,7 @@ from helpers import PROMPT_TOKENS, TEXTS, encode, scores
 from safetensors.torch import load_file
 from transformers import FalconConfig, FalconForCausalLM
 
-from autocritic.errors import CheckpointError
+from autocritic.errors import CheckpointError, ConfigError
 from autocritic.model.backbone import LoraSettings, apply_lora, load_backbone, load_tokenizer
 from autocritic.model.critic import CriticModel, CriticOutput, decoder_of, last_token_index
 from autocritic.model.export import (
@@ -333,6 +333,11 @@ def test_lora_trains_adapters_and_the_critic_head_only(tiny_backbone):
     ]
     assert len([n for n in trainable if "lora_" in n]) == 4  # A and B in 2 blocks
     assert type(model.get_base_model().backbone.lm_head) is torch.nn.Linear
+
+
+def test_lora_targets_the_model_lacks_are_a_config_error_naming_the_key(tiny_backbone):
+    with pytest.raises(ConfigError, match=r"q_proj.*Set peft.target_modules to linear layer names"):
+        apply_lora(make_critic(tiny_backbone, HEADS["linear"]), LoraSettings(target_modules=["q_proj"]))
 
 
 @pytest.mark.parametrize("kind", ["mlp", "confidence"])

@@ -22,8 +22,6 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore", message=r".*LeafSpec.* is deprecated")
     # The frozen phase keeps its backbone in eval mode on purpose.
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
-    # peft reads this transformers 5 attribute whenever it wraps a model: the user can do nothing about it.
-    warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated")
     os.environ.setdefault("WANDB_SILENT", "true")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     for name in ("bitsandbytes", "kernels", "transformers.modeling_utils", "lightning.pytorch.utilities.rank_zero"):

@@ -17,8 +17,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from autocritic.data.replay import collate_replay
-from autocritic.errors import ConfigError
-from autocritic.model.adapter import bitsandbytes_quiet
+from autocritic.model.adapter import with_new_lora
 from autocritic.settings import at_least, positive
 
 GENERATOR_MODES = ("full", "lora")
@@ -58,24 +57,15 @@ class GeneratorSettings:
 
 def with_lora(model: PreTrainedModel, settings: GeneratorSettings) -> PreTrainedModel:
     """`model` under a fresh LoRA adapter (a peft model whose base weights are frozen)."""
-    with bitsandbytes_quiet():
-        from peft import LoraConfig, get_peft_model
-
-    config = LoraConfig(
-        r=settings.lora_r,
-        lora_alpha=settings.lora_alpha,
-        lora_dropout=settings.lora_dropout,
-        target_modules="all-linear" if settings.lora_targets is None else list(settings.lora_targets),
+    config = {"r": settings.lora_r, "lora_alpha": settings.lora_alpha, "lora_dropout": settings.lora_dropout}
+    config["target_modules"] = "all-linear" if settings.lora_targets is None else list(settings.lora_targets)
+    return with_new_lora(
+        model,
+        config,
+        "Set improve.generator.lora_targets to linear layer names of this model (Falcon: [query_key_value, dense]; "
+        "Llama: [q_proj, v_proj]), or improve.generator.mode=full.",
         task_type="CAUSAL_LM",
     )
-    try:
-        return get_peft_model(model, config)
-    except ValueError as error:
-        raise ConfigError(
-            f"improve.generator: LoRA could not be applied to the generator ({error}). Set "
-            "improve.generator.lora_targets to linear layer names of this model (Falcon: [query_key_value, dense]; "
-            "Llama: [q_proj, v_proj]), or improve.generator.mode=full."
-        ) from None
 
 
 def encode_answers(

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from autocritic.errors import CheckpointError
+from autocritic.errors import CheckpointError, ConfigError
 
 ADAPTER_DIR = "adapter"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -51,10 +51,11 @@ def save_adapter(model: torch.nn.Module, out_dir: Path, base_model_name_or_path:
 
 @contextlib.contextmanager
 def bitsandbytes_quiet() -> Iterator[None]:
-    """peft imports bitsandbytes when it is installed, and on CPUs with AVX512-BF16 bitsandbytes then looks for its
-    CPU 4-bit kernel on the Hub (through the `kernels` package) and warns when it cannot have it: a matter for
-    quantized models only (loading one runs its backend first, model/quantization.py), noise to someone loading an
-    adapter. Both libraries' warnings are quiet for the import alone."""
+    """peft imports bitsandbytes when it is installed (peft 0.22: when it first wraps a model or loads an adapter),
+    and on CPUs with AVX512-BF16 bitsandbytes then looks for its CPU 4-bit kernel on the Hub (through the `kernels`
+    package) and warns when it cannot have it: a matter for quantized models only (loading one runs its backend
+    first, model/quantization.py), noise to someone training or loading an adapter. Both libraries' warnings are
+    quiet inside this block alone."""
     loggers = [logging.getLogger(name) for name in ("bitsandbytes", "kernels")]
     levels = [logger.level for logger in loggers]
     for logger in loggers:
@@ -66,6 +67,18 @@ def bitsandbytes_quiet() -> Iterator[None]:
             logger.setLevel(level)
 
 
+def with_new_lora(model: torch.nn.Module, config: dict, fix: str, task_type: str | None = None) -> torch.nn.Module:
+    """`model` under a fresh LoRA adapter (peft's `LoraConfig(**config)`; its base weights frozen). peft's refusal, a
+    target that names no layer of the model, becomes a ConfigError that ends with `fix`."""
+    with bitsandbytes_quiet():
+        from peft import LoraConfig, get_peft_model
+
+        try:
+            return get_peft_model(model, LoraConfig(**config, task_type=task_type))
+        except ValueError as error:
+            raise ConfigError(f"LoRA could not be applied ({error}). {fix}") from None
+
+
 def apply_adapter(critic: torch.nn.Module, adapter_dir: Path, merge: bool, plain: bool = True) -> torch.nn.Module:
     """`critic` (a CriticModel) with the export's adapter on its backbone: merged into the weights (a CriticModel
     again), or as a PeftModel around it. `plain`: the adapter is a causal LM's (this module's layout); exports of
@@ -73,16 +86,16 @@ def apply_adapter(critic: torch.nn.Module, adapter_dir: Path, merge: bool, plain
     with bitsandbytes_quiet():
         from peft import PeftConfig, PeftModel
 
-    try:
-        extra = {}
-        if plain:
-            config = PeftConfig.from_pretrained(str(adapter_dir))
-            config.task_type = None  # peft's causal-LM wrapper would call the CriticModel like a causal LM
-            extra = {"config": config, "key_mapping": {"^": "backbone."}}
-        model = PeftModel.from_pretrained(critic, str(adapter_dir), **extra)
-    except Exception as error:  # a missing or truncated adapter file
-        raise CheckpointError(
-            f"the LoRA adapter in {adapter_dir} could not be read ({type(error).__name__}: {error}). Use another "
-            "export, or export again."
-        ) from None
+        try:
+            extra = {}
+            if plain:
+                config = PeftConfig.from_pretrained(str(adapter_dir))
+                config.task_type = None  # peft's causal-LM wrapper would call the CriticModel like a causal LM
+                extra = {"config": config, "key_mapping": {"^": "backbone."}}
+            model = PeftModel.from_pretrained(critic, str(adapter_dir), **extra)
+        except Exception as error:  # a missing or truncated adapter file
+            raise CheckpointError(
+                f"the LoRA adapter in {adapter_dir} could not be read ({type(error).__name__}: {error}). Use another "
+                "export, or export again."
+            ) from None
     return model.merge_and_unload() if merge else model

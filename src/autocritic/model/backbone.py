@@ -17,6 +17,7 @@ from transformers import (
 )
 
 from autocritic.errors import ConfigError
+from autocritic.model.adapter import with_new_lora
 from autocritic.model.falcon_attention import use_fused_attention
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -112,23 +113,15 @@ def apply_lora(critic: nn.Module, settings: LoraSettings) -> nn.Module:
     Not through `modules_to_save=["head"]`: peft matches those names by suffix, so "head" also catches the
     backbone's `lm_head` and would train and save a full copy of it (vocab x hidden) beside the adapter.
     """
-    from peft import LoraConfig, get_peft_model
-
-    config = LoraConfig(
-        r=settings.r,
-        lora_alpha=settings.alpha,
-        lora_dropout=settings.dropout,
-        target_modules=list(settings.target_modules),
+    targets = list(settings.target_modules)
+    model = with_new_lora(
+        critic,
+        {"r": settings.r, "lora_alpha": settings.alpha, "lora_dropout": settings.dropout, "target_modules": targets},
+        "Set peft.target_modules to linear layer names of this model (Falcon: query_key_value, dense, "
+        "dense_h_to_4h, dense_4h_to_h; Llama: q_proj, k_proj, v_proj, o_proj).",
     )
-    try:
-        model = get_peft_model(critic, config)
-        unwrap(model).head.requires_grad_(True)
-        return model
-    except ValueError as error:
-        raise ConfigError(
-            f"LoRA could not be applied: {error}. Set peft.target_modules to linear layer names of this model "
-            "(Falcon: query_key_value, dense, dense_h_to_4h, dense_4h_to_h; Llama: q_proj, k_proj, v_proj, o_proj)."
-        ) from None
+    unwrap(model).head.requires_grad_(True)
+    return model
 
 
 def unwrap(model: nn.Module) -> nn.Module:
