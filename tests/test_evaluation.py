@@ -346,6 +346,53 @@ def test_rerank_with_a_perfect_critic_reaches_pass_at_n(tmp_path):
     assert all((tmp_path / p).is_file() for p in result.plots)
 
 
+def _export_trained_on(tmp_path: Path, card_settings: dict | None) -> Path:
+    """An export dir whose critic_config.json names one train file (with its sha256), and that file's card.json."""
+    from autocritic.model.card import file_facts
+
+    data = tmp_path / "critic"
+    data.mkdir(parents=True)
+    (data / "pairs_train.jsonl").write_text('{"prompt": "Q", "chosen": " 1", "rejected": " 2"}\n')
+    if card_settings is not None:
+        (data / "card.json").write_text(json.dumps({"settings": card_settings}))
+    export = tmp_path / "export"
+    export.mkdir()
+    facts = file_facts([str(data / "pairs_train.jsonl")])
+    config = {"format_version": 2, "backbone": {}, "head": {}, "template": "{prompt}{response}"}
+    (export / CONFIG_NAME).write_text(json.dumps(config | {"data": {"train_files": facts}}))
+    return export
+
+
+def test_rerank_samples_as_the_exports_critic_data_was_made(tmp_path):
+    """Unset sampling settings come from the card of the data the export learned from; a changed file, a card of
+    another family or no card at all leave offline.generate's defaults, and the log line says which."""
+    made = dict(
+        vars(rerank.GenerateSettings()), families=["arithmetic"], stop=["\n\n"], max_new_tokens=32,
+        temperature=1.0, shots=0, train_problems=12000,
+    )
+    export = _export_trained_on(tmp_path / "a", made)
+    offline, source = rerank.critic_data_settings(export)
+    assert (offline.max_new_tokens, offline.temperature, offline.shots, offline.train_problems, offline.stop) == (
+        32, 1.0, 0, 12000, ("\n\n",)
+    )
+    assert "card.json" in source
+    resolved = rerank.Settings(max_new_tokens=16).resolved(offline)
+    assert (resolved.max_new_tokens, resolved.temperature, resolved.stop, resolved.pool_size) == (
+        16, 1.0, ("\n\n",), 12000
+    )
+    assert resolved.resolved() == resolved  # run() resolves again: set values stay
+
+    defaults = rerank.GenerateSettings()
+    (tmp_path / "a" / "critic" / "pairs_train.jsonl").write_text("{}\n")
+    offline, source = rerank.critic_data_settings(export)
+    assert offline == defaults and "changed since the export was trained" in source
+    other = _export_trained_on(tmp_path / "b", dict(made, families=["countdown"]))
+    assert rerank.critic_data_settings(other)[0] == defaults
+    assert rerank.critic_data_settings(_export_trained_on(tmp_path / "c", None))[0] == defaults
+    assert rerank.critic_data_settings(tmp_path / "not-an-export")[0] == defaults
+    assert rerank.Settings().resolved() == rerank.Settings().resolved(defaults)
+
+
 def test_best_of_n_curve_methods_on_a_hand_made_pool():
     pools = [
         Pool("5", ["5", "6", "6", None], [True, False, False, False], [0.1, 0.9, 0.2, -1.0]),

@@ -16,8 +16,11 @@ The critic's AUROC and calibration (ECE, reliability diagram) are measured on al
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, replace
+from pathlib import Path
 
+from autocritic.errors import AutocriticError
 from autocritic.evaluation import plots
 from autocritic.evaluation.context import EvalContext
 from autocritic.evaluation.metrics import (
@@ -35,7 +38,9 @@ from autocritic.evaluation.metrics import (
 )
 from autocritic.evaluation.report import SuiteResult, Table
 from autocritic.inference.generation import GenerationSettings
-from autocritic.offline.generate import GenerateSettings
+from autocritic.model.card import file_facts
+from autocritic.model.export import read_critic_config
+from autocritic.offline.generate import CARD, GenerateSettings
 from autocritic.offline.labelling import answer_of, is_right
 from autocritic.offline.tasks import SPLITS, few_shot_prompts
 
@@ -51,17 +56,20 @@ class Settings:
     subsets: int = 32
     gap_n: int = 8  # "fraction of the greedy → pass@N gap closed by best-of-N" at this N
     calibration_bins: int = 10
-    # None: the value offline.generate used to make the critic's data (the distribution it was trained on).
+    # None: the value offline.generate used to make the critic's data (the distribution it was trained on), as
+    # `critic_data_settings` finds it.
     temperature: float | None = None
     shots: int | None = None
     max_new_tokens: int | None = None
+    stop: tuple[str, ...] | None = None
     pool_size: int | None = None
 
     def __post_init__(self) -> None:
         if self.temperature is not None and self.temperature <= 0:
             raise ValueError(f"temperature={self.temperature} must be above 0 (best-of-N samples its answers)")
 
-    def resolved(self) -> Settings:
+    def resolved(self, offline: GenerateSettings = _OFFLINE) -> Settings:
+        """Every None taken from `offline`, the settings that made the critic's data."""
         pick = lambda value, default: default if value is None else value  # noqa: E731
         return Settings(
             **{
@@ -69,11 +77,33 @@ class Settings:
                 for k in ("n_problems", "n_samples", "subsets", "gap_n", "calibration_bins")
             },
             ns=tuple(sorted({n for n in self.ns if n <= self.n_samples} | {self.n_samples})),
-            temperature=pick(self.temperature, _OFFLINE.temperature),
-            shots=pick(self.shots, _OFFLINE.shots),
-            max_new_tokens=pick(self.max_new_tokens, _OFFLINE.max_new_tokens),
-            pool_size=pick(self.pool_size, _OFFLINE.train_problems),
+            temperature=pick(self.temperature, offline.temperature),
+            shots=pick(self.shots, offline.shots),
+            max_new_tokens=pick(self.max_new_tokens, offline.max_new_tokens),
+            stop=pick(self.stop, tuple(offline.stop)),
+            pool_size=pick(self.pool_size, offline.train_problems),
         )
+
+
+def critic_data_settings(export: Path) -> tuple[GenerateSettings, str]:
+    """How offline.generate sampled the arithmetic critic data the export was trained on, and where that was read:
+    the card.json beside the export's first train file, when that file is still the one it was trained on (same
+    sha256); else offline.generate's defaults. A run that changed them (`offline.generate.max_new_tokens=32`) is
+    then measured on the answers its critic learned from, not on the default's."""
+    try:
+        trained = read_critic_config(export)["data"]["train_files"][0]
+        path = Path(trained["path"]).expanduser()
+        card = json.loads((path.parent / CARD).read_text())
+        if file_facts([str(path)])[0].get("sha256") != trained["sha256"]:
+            return _OFFLINE, f"offline.generate's defaults ({path} changed since the export was trained)"
+        made = card["settings"]
+        if FAMILY not in made["families"]:
+            return _OFFLINE, f"offline.generate's defaults ({path.parent / CARD} has no {FAMILY} problems)"
+        keys = ("temperature", "shots", "max_new_tokens", "train_problems")
+        settings = replace(_OFFLINE, **{k: made[k] for k in keys}, stop=tuple(made["stop"]))
+    except (OSError, ValueError, KeyError, IndexError, TypeError, AttributeError, AutocriticError):
+        return _OFFLINE, "offline.generate's defaults (the export's critic data has no card.json)"
+    return settings, f"the export's critic data was made ({path.parent / CARD})"
 
 
 def mean_logprob(sample) -> float:
@@ -99,7 +129,7 @@ def sample_answers(ctx: EvalContext, s: Settings) -> Sampled:
     problems = splits["test"]
     # The same prompts offline.generate writes for the test split (seed + split index).
     prompts = few_shot_prompts(problems, splits["train"], s.shots, ctx.seed + SPLITS.index("test"))
-    common = dict(max_new_tokens=s.max_new_tokens, stop=tuple(_OFFLINE.stop), seed=ctx.seed)
+    common = dict(max_new_tokens=s.max_new_tokens, stop=s.stop, seed=ctx.seed)
     greedy = ctx.generator.generate(prompts, GenerationSettings(**common))
     sampled = ctx.generator.generate(
         prompts,

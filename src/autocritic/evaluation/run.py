@@ -232,6 +232,10 @@ def evaluate(cfg: DictConfig) -> float | None:
     use_wandb = check_logger(cfg)
     export = find_export(cfg, step_critic=suites == ["search"])
     log.info("evaluating %s (suites: %s)", export, ", ".join(suites))
+    if "rerank" in suites:
+        offline, source = rerank.critic_data_settings(export)
+        settings["rerank"] = settings["rerank"].resolved(offline)
+        log.info("suite rerank: unset sampling settings as %s", source)
     if "search" in suites:
         learned = search.step_family(export)  # refuses a backbone that never learned a step family
         if settings["search"].family is None:
