@@ -102,7 +102,7 @@ def critic_data_settings(export: Path) -> tuple[GenerateSettings, str]:
         keys = ("temperature", "shots", "max_new_tokens", "train_problems")
         settings = replace(_OFFLINE, **{k: made[k] for k in keys}, stop=tuple(made["stop"]))
     except (OSError, ValueError, KeyError, IndexError, TypeError, AttributeError, AutocriticError):
-        return _OFFLINE, "offline.generate's defaults (the export's critic data has no card.json)"
+        return _OFFLINE, "offline.generate's defaults (no card.json found beside the export's critic data)"
     return settings, f"the export's critic data was made ({path.parent / CARD})"
 
 
